@@ -1,0 +1,1 @@
+"""cryoprism.classify2d"""

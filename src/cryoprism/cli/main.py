@@ -1,0 +1,71 @@
+"""The ``cryoprism`` command. Each area registers its commands from its own module in this package."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cryoprism import __version__
+
+app = typer.Typer(
+    name="cryoprism",
+    help="Cryo-EM single-particle analysis. Reads and writes RELION STAR + MRC (and reads cryoSPARC .cs).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"cryoprism {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Cryo-EM single-particle analysis."""
+
+
+# One module per area; each defines register(app).
+_AREAS = [
+    "io_cmds", "image_cmds", "metrics_cmds", "forward_cmds", "heterogeneity_cmds",
+    "classify2d_cmds", "abinitio_cmds", "micrograph_cmds", "pipeline_cmds",
+]
+for _name in _AREAS:
+    __import__(f"cryoprism.cli.{_name}", fromlist=["register"]).register(app)
+
+
+def main(argv=None) -> int:
+    """Entry point: bad input (InputError, missing files, malformed data) → one line, exit code 2."""
+    from cryoprism.errors import InputError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except SystemExit as e:  # typer.Exit inside standalone_mode=False
+        return int(e.code or 0)
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        msg = str(e) if isinstance(e, InputError) else f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}"
+        typer.echo(f"cryoprism: error: {msg}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("cryoprism: interrupted", err=True)
+        return 130
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""cryoprism.report"""
