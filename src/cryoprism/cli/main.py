@@ -24,9 +24,22 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")):
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    scheduler: str = typer.Option(None, "--scheduler", envvar="CRYOPRISM_SCHEDULER",
+                                  help="dask.distributed scheduler address (tcp://host:8786) to run "
+                                       "particle passes on a cluster; default: this machine."),
+    workers: int = typer.Option(None, "--workers", min=1, envvar="CRYOPRISM_WORKERS",
+                                help="Local worker threads (default: all CPUs available)."),
+):
     """Cryo-EM single-particle analysis."""
+    import os
+
+    if scheduler:
+        os.environ["CRYOPRISM_SCHEDULER"] = scheduler
+    if workers:
+        os.environ["CRYOPRISM_WORKERS"] = str(workers)
 
 
 # One module per area; each defines register(app).
