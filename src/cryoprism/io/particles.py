@@ -1,0 +1,342 @@
+"""Lazy particle stacks: a STAR (or .cs) table plus memory-mapped MRC stacks, read in batches.
+
+``read_particles(path)`` checks up front that every row names an existing image (``idx@path``,
+1-based, paths relative to the STAR file's folder, then the current directory) and that the stacks
+agree on the box size and the pixel size is known; images are only read by ``images(indices)`` or
+``batches(batch_size)``. ``write_particles`` streams batches into a new stack and writes a RELION 3.1
+STAR next to it, atomically, never holding the whole stack in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from cryoprism.ctf.model import CTFParams
+from cryoprism.errors import InputError
+from cryoprism.io import star as _star
+from cryoprism.io.atomic import atomic_path
+from cryoprism.io.cryosparc import read_cs
+from cryoprism.io.mrc import MrcStack, MrcStackWriter, read_mrc_header
+from cryoprism.io.star import StarFile, read_star, to_relion31, write_star
+from cryoprism.parallel.core import batch_ranges
+
+
+@dataclass
+class Batch:
+    """One batch of particles: images ``(b, L, L)`` float32, their 0-based row ``indices``, CTF
+    parameters (arrays of b, or None without defocus), rotations ``(b, 3, 3)`` (None without angles),
+    origins ``(b, 2)`` [x, y] in Å, class numbers (or None) and the pixel size in Å."""
+
+    images: np.ndarray
+    indices: np.ndarray
+    ctf: CTFParams | None
+    rotations: np.ndarray | None
+    origins_A: np.ndarray
+    class_number: np.ndarray | None
+    pixel_size_A: float | None = None
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def _parse_image_names(star: StarFile) -> tuple[np.ndarray, np.ndarray]:
+    """``rlnImageName`` → (0-based index in the stack, stack path string) per row."""
+    p = star.particles
+    if "rlnImageName" not in p.columns:
+        raise InputError("no rlnImageName column: expected idx@stack.mrcs for every particle", star.path)
+    names = p["rlnImageName"].astype(str)
+    has_at = names.str.contains("@", regex=False).to_numpy()
+    parts = names.str.split("@", n=1, regex=False)
+    idx_str = np.where(has_at, parts.str[0].to_numpy(dtype=object), "1")
+    path_str = np.where(has_at, parts.str[1].to_numpy(dtype=object), names.to_numpy(dtype=object))
+    idx = pd.to_numeric(pd.Series(idx_str), errors="coerce").to_numpy()
+    bad = np.isnan(idx) | (idx < 1) | (idx != np.round(idx))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"row {row + 1}: rlnImageName {names.iloc[row]!r} is not idx@path with a "
+                         f"1-based integer idx", star.path)
+    return idx.astype(np.int64) - 1, path_str
+
+
+class ParticleStack:
+    """Particles of a STAR/.cs file with lazily read, memory-mapped images.
+
+    Attributes: ``n``, ``box`` (L), ``pixel_size_A`` (one value), ``pixel_sizes_A`` (per particle),
+    ``table`` (the particle DataFrame), ``optics``, ``star`` (the :class:`StarFile`).
+    """
+
+    def __init__(self, star: StarFile, root=None, *, pixel_size_A: float | None = None):
+        self.star = star
+        self.table = star.particles
+        self.optics = star.optics
+        self.path = star.path
+        self.n = len(self.table)
+        root = Path(root) if root is not None else (Path(star.path).parent if star.path else Path.cwd())
+        local, path_str = _parse_image_names(star)
+        codes, uniques = pd.factorize(pd.Series(path_str), sort=False)
+        self._local = local
+        self._file_id = codes.astype(np.int64)
+        search = [root] + ([root.parent] if star.style == "cryosparc" else []) + [Path.cwd()]
+        self.files: list[Path] = []
+        self._stacks: list[MrcStack] = []
+        box = None
+        order = np.argsort(self._file_id, kind="stable")
+        bounds = np.searchsorted(self._file_id[order], np.arange(len(uniques) + 1))
+        for f, name in enumerate(uniques):
+            rows = order[bounds[f]:bounds[f + 1]]
+            resolved = self._resolve(name, search, rows[0], star.path)
+            info = read_mrc_header(resolved)
+            stack = MrcStack(resolved, info)
+            if stack.shape[0] != stack.shape[1]:
+                raise InputError(f"images are {stack.shape[1]}×{stack.shape[0]}; expected square images",
+                                 resolved)
+            if box is None:
+                box = stack.shape[0]
+            elif stack.shape[0] != box:
+                raise InputError(f"box {stack.shape[0]} differs from {box} of {self.files[0]} "
+                                 f"(row {rows[0] + 1}); expected one box size", resolved)
+            over = rows[self._local[rows] >= stack.n]
+            if over.size:
+                r = int(over[0])
+                raise InputError(f"row {r + 1} names image {self._local[r] + 1} of {resolved}, which holds "
+                                 f"only {stack.n} images ({over.size} rows beyond its end)", star.path)
+            self.files.append(resolved)
+            self._stacks.append(stack)
+        self.box = int(box) if box is not None else 0
+        # pixel size: tables > MRC header > explicit fallback > error
+        ps = _star.pixel_sizes_A(star)
+        if np.isnan(ps).any() and self._stacks:
+            header = np.array([s.voxel_size_A or np.nan for s in self._stacks])
+            ps = np.where(np.isnan(ps), header[self._file_id], ps)
+        if np.isnan(ps).any() and pixel_size_A is not None:
+            ps = np.where(np.isnan(ps), float(pixel_size_A), ps)
+        if np.isnan(ps).any():
+            row = int(np.flatnonzero(np.isnan(ps))[0])
+            raise InputError(f"pixel size of row {row + 1} is unknown (not in the STAR/optics table, MRC "
+                             f"header voxel size is 0): {_star.PIXEL_SIZE_HINT}", star.path)
+        self.pixel_sizes_A = ps
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _resolve(name: str, search: list[Path], row: int, star_path) -> Path:
+        p = Path(name)
+        if p.is_absolute():
+            if p.exists():
+                return p
+        else:
+            for base in search:
+                if (base / p).exists():
+                    return base / p
+        raise InputError(f"row {row + 1}: image stack {name!r} not found (looked in "
+                         f"{', '.join(str(b) for b in search)})", star_path)
+
+    # ------------------------------------------------------------------ figures
+    @property
+    def pixel_size_A(self) -> float:
+        """The pixel size in Å shared by all particles (InputError if they differ by more than 0.01 %)."""
+        if self.n == 0:
+            return float("nan")
+        lo, hi = float(self.pixel_sizes_A.min()), float(self.pixel_sizes_A.max())
+        if hi - lo > 1e-4 * hi:
+            raise InputError(f"particles have different pixel sizes ({lo:g}–{hi:g} Å); rescale them to one "
+                             f"pixel size first (or select one optics group)", self.path)
+        return float(np.median(self.pixel_sizes_A))
+
+    def _all(self, key, fn):
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = fn()
+            return self._cache[key]
+
+    def _idx(self, indices):
+        return np.arange(self.n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+
+    def ctf_params(self, indices=None) -> CTFParams:
+        """Per-particle CTF parameters (InputError if the file has no defocus)."""
+        ctf = self._all("ctf", lambda: _star.ctf_params(self.star))
+        if ctf is None:
+            raise InputError("no CTF parameters (rlnDefocusU) in the particle table", self.path)
+        return ctf if indices is None else ctf.take(self._idx(indices))
+
+    def rotations(self, indices=None) -> np.ndarray:
+        """``(n, 3, 3)`` RELION matrices A (InputError if the file has no angles)."""
+        rot = self._all("rot", lambda: _star.rotations(self.star))
+        if rot is None:
+            raise InputError("no particle orientations (rlnAngleRot/Tilt/Psi) in the table", self.path)
+        return rot if indices is None else rot[self._idx(indices)]
+
+    def origins_A(self, indices=None) -> np.ndarray:
+        """``(n, 2)`` origins [x, y] in Å (0 where the table has none)."""
+        o = self._all("orig", lambda: _star.origins_A(self.star, pixel_size_A=self.pixel_sizes_A))
+        return o if indices is None else o[self._idx(indices)]
+
+    def class_numbers(self, indices=None) -> np.ndarray | None:
+        c = self._all("cls", lambda: _star.class_numbers(self.star))
+        return c if c is None or indices is None else c[self._idx(indices)]
+
+    # ------------------------------------------------------------------ images
+    def images(self, indices=None) -> np.ndarray:
+        """Images of rows ``indices`` (0-based; default all) as float32 ``(b, L, L)``."""
+        idx = self._idx(indices)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+            raise IndexError(f"particle indices must be in [0, {self.n})")
+        out = np.empty((idx.size, self.box, self.box), dtype=np.float32)
+        fid = self._file_id[idx]
+        loc = self._local[idx]
+        for f in np.unique(fid):  # one read per stack file in the batch
+            sel = np.flatnonzero(fid == f)
+            out[sel] = self._stacks[f].read(loc[sel])
+        return out
+
+    def batch(self, indices) -> Batch:
+        """A :class:`Batch` of rows ``indices``."""
+        idx = self._idx(indices)
+        ctf = self._all("ctf", lambda: _star.ctf_params(self.star))
+        rot = self._all("rot", lambda: _star.rotations(self.star))
+        cls = self.class_numbers(idx)
+        ps = self.pixel_sizes_A[idx]
+        return Batch(images=self.images(idx), indices=idx,
+                     ctf=None if ctf is None else ctf.take(idx),
+                     rotations=None if rot is None else rot[idx],
+                     origins_A=self.origins_A(idx), class_number=cls,
+                     pixel_size_A=float(np.median(ps)) if ps.size else None)
+
+    def batches(self, batch_size: int = 1000, indices=None) -> Iterator[Batch]:
+        """Yield :class:`Batch` es of at most ``batch_size`` particles, in order (of ``indices``)."""
+        idx = self._idx(indices)
+        for a, b in batch_ranges(len(idx), batch_size):
+            yield self.batch(idx[a:b])
+
+    def batch_indices(self, batch_size: int = 1000, indices=None) -> list[np.ndarray]:
+        """The row indices of each batch, to hand to ``cryoprism.parallel.map_batches``."""
+        idx = self._idx(indices)
+        return [idx[a:b] for a, b in batch_ranges(len(idx), batch_size)]
+
+    def __len__(self):
+        return self.n
+
+    def __repr__(self):
+        return (f"ParticleStack(n={self.n}, box={self.box}, files={len(self.files)}, "
+                f"style={self.star.style!r}, path={str(self.path)!r})")
+
+    def close(self):
+        for s in self._stacks:
+            s.close()
+
+
+def read_star_or_cs(path) -> StarFile:
+    """A STAR or cryoSPARC .cs file as a :class:`StarFile` (by the file's suffix)."""
+    path = Path(path)
+    if path.suffix.lower() == ".cs":
+        return read_cs(path)
+    return read_star(path)
+
+
+def read_particles(path, *, pixel_size_A: float | None = None) -> ParticleStack:
+    """Open the particles of a STAR (RELION 3.0/3.1/5) or cryoSPARC ``.cs`` file.
+
+    ``pixel_size_A`` is used only where neither the tables nor the MRC header give one.
+    """
+    star = path if isinstance(path, StarFile) else read_star_or_cs(path)
+    return ParticleStack(star, pixel_size_A=pixel_size_A)
+
+
+# -------------------------------------------------------------------------------------- writing
+def _iter_image_batches(images, chunk: int = 1000) -> Iterator[np.ndarray]:
+    if isinstance(images, ParticleStack):
+        for b in images.batches(chunk):
+            yield b.images
+        return
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2:
+            images = images[None]
+        for a, b in batch_ranges(len(images), chunk):
+            yield images[a:b]
+        return
+    for item in images:
+        yield item.images if isinstance(item, Batch) else np.asarray(item)
+
+
+def write_particles(star_path, stack_path, images: Iterable, table, optics: pd.DataFrame | None = None,
+                    *, pixel_size_A: float | None = None) -> tuple[Path, Path]:
+    """Write particle images and their table as RELION 3.1 STAR + MRCS, streaming and atomically.
+
+    ``images``: an iterable of ``(b, L, L)`` arrays or :class:`Batch` es, an ``(n, L, L)`` array, or a
+    :class:`ParticleStack`; n images in total, in table order. ``table``: a :class:`StarFile`, or a
+    particle DataFrame (with ``optics``, a 3.1 table; without, a 3.0-style table whose optics columns
+    are per row). ``pixel_size_A`` is the pixel size of the images written (defaults to the table's).
+
+    Every input row and column is kept, in order; ``rlnImageName`` points into the new stack
+    (``i@stack`` relative to the STAR folder), the old name is kept as ``rlnImageOriginalName`` when
+    that column is not there yet; ``rlnOpticsGroup`` / ``rlnOriginX/YAngst`` are appended when missing.
+    """
+    star_path, stack_path = Path(star_path), Path(stack_path)
+    if isinstance(table, StarFile):
+        star_in = table
+    elif isinstance(table, pd.DataFrame):
+        if optics is not None:
+            star_in = StarFile(particles=table.reset_index(drop=True), optics=optics,
+                               blocks={"optics": optics, "particles": table.reset_index(drop=True)},
+                               style="3.1", optics_block="optics")
+        else:
+            t = table.reset_index(drop=True)
+            star_in = StarFile(particles=t, optics=_star.derive_optics_30(t), blocks={"": t}, style="3.0",
+                               particles_block="", optics_block=None)
+    else:
+        raise TypeError("table must be a StarFile or a pandas DataFrame")
+    n = star_in.n
+    ps_in = _star.pixel_sizes_A(star_in)
+    if pixel_size_A is None:
+        known = ps_in[~np.isnan(ps_in)]
+        if known.size == 0:
+            raise InputError(f"pixel size of the particles is unknown: pass pixel_size_A or "
+                             f"{_star.PIXEL_SIZE_HINT}", star_path)
+        if known.size != n or np.ptp(known) > 1e-4 * known.max():
+            raise InputError("particles have different or missing pixel sizes; pass pixel_size_A",
+                             star_path)
+        pixel_size_A = float(known[0])
+
+    it = iter(_iter_image_batches(images))
+    first = next(it, None)
+    if first is None and n:
+        raise InputError(f"no images given for {n} particles", stack_path)
+    first = None if first is None else np.asarray(first, dtype=np.float32)
+    if first is not None and first.ndim == 2:
+        first = first[None]
+    box = int(first.shape[-1]) if first is not None else 0
+
+    with atomic_path(stack_path) as tmp_stack:
+        with MrcStackWriter(tmp_stack, n, box if box else 1, pixel_size_A) as w:
+            if first is not None:
+                w.write(first)
+            for b in it:
+                w.write(b)
+        out = to_relion31(star_in, pixel_size_A=pixel_size_A, box=box or None,
+                          input_pixel_sizes_A=ps_in)
+        p = out.particles
+        rel = os.path.relpath(stack_path.resolve(), star_path.resolve().parent)
+        new_names = [f"{i:06d}@{rel}" for i in range(1, n + 1)]
+        if "rlnImageName" in p.columns and "rlnImageOriginalName" not in p.columns:
+            p["rlnImageOriginalName"] = p["rlnImageName"].to_numpy()
+        p["rlnImageName"] = new_names
+        if "rlnImagePixelSize" in p.columns:
+            p["rlnImagePixelSize"] = pixel_size_A
+        rescaled = not np.allclose(ps_in, pixel_size_A, rtol=1e-6, equal_nan=False)
+        if rescaled and "rlnOriginXAngst" in p.columns and ("rlnOriginX" in p.columns
+                                                            or "rlnOriginY" in p.columns):
+            for c, ca in (("rlnOriginX", "rlnOriginXAngst"), ("rlnOriginY", "rlnOriginYAngst")):
+                if c in p.columns:  # keep pixel origins consistent with the written pixel size
+                    p[c] = pd.to_numeric(p[ca]).to_numpy() / pixel_size_A
+        out.particles = p
+        out.blocks[out.particles_block] = p
+        write_star(star_path, out)
+    return star_path, stack_path
+
