@@ -1,1 +1,24 @@
-"""cryoprism.reconstruct"""
+"""Reconstruction from particles with known poses: least-squares mean (CG with a Toeplitz kernel),
+direct Fourier inversion, weighted back-projection, SIRT (derivations in docs/reconstruct.md)."""
+
+from cryoprism.reconstruct.mean import (
+    CGInfo,
+    MeanKernel,
+    MeanResult,
+    accumulate_normal_equations,
+    apply_kernel,
+    conjugate_gradient,
+    half_set_labels,
+    kernel_from_spatial,
+    kernel_spatial,
+    mean_kernel,
+    reconstruct_mean,
+    solve_mean,
+)
+from cryoprism.reconstruct.sources import Source, as_source
+
+__all__ = [
+    "reconstruct_mean", "mean_kernel", "apply_kernel", "kernel_spatial", "kernel_from_spatial",
+    "MeanKernel", "MeanResult", "CGInfo", "conjugate_gradient", "solve_mean",
+    "accumulate_normal_equations", "half_set_labels", "Source", "as_source",
+]
