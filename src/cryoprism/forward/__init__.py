@@ -16,3 +16,12 @@ __all__ = [
     "project", "backproject", "project_slices", "backproject_slices", "slice_points", "slice_indices",
     "nufft_eps", "gaussian_blob_volume", "volume_from_pdb", "volume_from_atoms", "read_atoms",
 ]
+from cryoprism.forward.simulate import (  # noqa: E402
+    SimulationResult,
+    draw_defocus_groups,
+    make_noise,
+    noise_psd_grid,
+    simulate_particles,
+)
+
+__all__ += ["simulate_particles", "SimulationResult", "make_noise", "noise_psd_grid", "draw_defocus_groups"]
