@@ -77,6 +77,7 @@ def _header_info(path, header) -> dict:
     mxyz = np.array([int(header.mx), int(header.my), int(header.mz)])
     with np.errstate(divide="ignore", invalid="ignore"):
         vs = np.where(mxyz > 0, cella / np.maximum(mxyz, 1), 0.0)
+    vs = np.array([float(str(np.float32(v))) for v in vs])  # header floats are float32: 1.05, not 1.0499999
     voxel = float(vs[0]) if vs[0] > 0 else None
     if voxel is not None and not np.allclose(vs[:2], vs[0], rtol=1e-4):
         warnings.warn(f"{path}: anisotropic voxel size {tuple(round(float(v), 5) for v in vs)} Å; using x = {vs[0]:.5g} Å",
