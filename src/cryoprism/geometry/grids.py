@@ -113,12 +113,13 @@ def grid_spacing_deg(rotations, n_probe: int = 20000, rng=0) -> dict:
     """Measured spacing of a rotation grid (degrees).
 
     Returns ``nn_min`` / ``nn_mean`` / ``nn_max`` (smallest / mean / largest angle from a grid point to
-    its nearest other grid point) and ``covering`` (largest angle from ``n_probe`` Haar-random rotations to the grid, an
-    estimate from below of the covering radius). Cost O(n · (n + n_probe)).
+    its nearest other grid point) and ``covering`` (largest angle from ``n_probe`` Haar-random rotations
+    to the grid, an estimate from below of the covering radius). Cost O(n · (n + n_probe)).
     """
     q = matrix_to_quaternion(rotations).reshape(-1, 4)
     nn = 2 * np.arccos(np.clip(_max_abs_dot(q, q, True), 0.0, 1.0))
     probes = matrix_to_quaternion(uniform_rotations(n_probe, rng))
     cov = 2 * np.arccos(np.clip(_max_abs_dot(probes, q, False), 0.0, 1.0))
-    return {"n": int(len(q)), "nn_min": float(np.rad2deg(nn.min())), "nn_max": float(np.rad2deg(nn.max())), "nn_mean": float(np.rad2deg(nn.mean())),
-            "covering": float(np.rad2deg(cov.max()))}
+    deg = lambda x: float(np.rad2deg(x))
+    return {"n": int(len(q)), "nn_min": deg(nn.min()), "nn_max": deg(nn.max()), "nn_mean": deg(nn.mean()),
+            "covering": deg(cov.max())}
