@@ -25,3 +25,6 @@ from cryoprism.forward.simulate import (  # noqa: E402
 )
 
 __all__ += ["simulate_particles", "SimulationResult", "make_noise", "noise_psd_grid", "draw_defocus_groups"]
+from cryoprism.forward.micrographs import MicrographResult, place_particles, simulate_micrographs  # noqa: E402
+
+__all__ += ["simulate_micrographs", "MicrographResult", "place_particles"]
