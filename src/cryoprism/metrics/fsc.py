@@ -133,8 +133,8 @@ def resolution_at(result: FSCResult, threshold=0.143) -> float:
     if below.size == 0:
         return float(1.0 / result.freq_invA[-1])
     k = int(below[0]) + 1
-    d0, d1 = d[k - 1], d[k]
-    frac = d0 / (d0 - d1)
+    d0, d1 = max(float(d[k - 1]), 0.0), float(d[k])
+    frac = d0 / (d0 - d1)  # d1 < 0, so the denominator is positive
     s = result.freq_invA[k - 1] + frac * (result.freq_invA[k] - result.freq_invA[k - 1])
     return float(1.0 / s) if s > 0 else float("inf")
 
