@@ -278,10 +278,11 @@ class MrcStackWriter:
         if images.size:
             self._min = min(self._min, float(images.min()))
             self._max = max(self._max, float(images.max()))
-            x = images.astype(np.float64)
-            self._sum += float(x.sum())
-            self._sum2 += float(np.einsum("i,i->", x.ravel(), x.ravel()))
-        self._f.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
+            for a in range(0, images.shape[0], 64):  # float64 sums without a full float64 copy
+                x = images[a:a + 64].astype(np.float64)
+                self._sum += float(x.sum())
+                self._sum2 += float(np.vdot(x.ravel(), x.ravel()))
+        self._f.write(memoryview(np.ascontiguousarray(images, dtype="<f4")).cast("B"))
         self.written += images.shape[0]
 
     def close(self) -> None:

@@ -188,10 +188,13 @@ class ParticleStack:
         idx = self._idx(indices)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n):
             raise IndexError(f"particle indices must be in [0, {self.n})")
-        out = np.empty((idx.size, self.box, self.box), dtype=np.float32)
         fid = self._file_id[idx]
         loc = self._local[idx]
-        for f in np.unique(fid):  # one read per stack file in the batch
+        files = np.unique(fid)
+        if files.size == 1:  # the common case: the whole batch from one stack, no extra copy
+            return self._stacks[files[0]].read(loc)
+        out = np.empty((idx.size, self.box, self.box), dtype=np.float32)
+        for f in files:  # one read per stack file in the batch
             sel = np.flatnonzero(fid == f)
             out[sel] = self._stacks[f].read(loc[sel])
         return out
