@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import optimize
 
-from cryoprism.ctf.model import CTFParams, ctf_on_grid, electron_wavelength_A
+from cryoprism.ctf.model import CTFParams, electron_wavelength_A
 from cryoprism.fourier.core import fft2c, freq_grid
 from cryoprism.parallel import batch_ranges, map_reduce
 

@@ -13,7 +13,10 @@ def background_mask(shape, radius_px: float) -> np.ndarray:
 
 
 def background_stats(x: np.ndarray, radius_px: float, ndim: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of each image's background (``r > radius_px``); shapes ``x.shape[:-ndim]``."""
+    """Mean and standard deviation of each image's background (``r > radius_px``).
+
+    Both have shape ``x.shape[:-ndim]``.
+    """
     x = np.asarray(x)
     bg = background_mask(x.shape[-ndim:], radius_px)
     if not bg.any():

@@ -47,7 +47,8 @@ def rotation_matrix_2d(angle_deg: float) -> np.ndarray:
     return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
 
-def rotate(x: np.ndarray, angles_deg, order: int = 3, mode: str = "constant", cval: float = 0.0) -> np.ndarray:
+def rotate(x: np.ndarray, angles_deg, order: int = 3, mode: str = "constant",
+           cval: float = 0.0) -> np.ndarray:
     """Rotate images ``(..., L, L)`` about ``(L//2, L//2)`` by ``angles_deg`` (scalar or one per image).
 
     A point at (x, y) from the centre moves to ``R(θ)(x, y)`` (x toward y). With RELION angles,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryoprism.fourier.core import fft2c, ifft2c
+from cryoprism.fourier.core import fft2c, ifft2c, radial_index
 from cryoprism.fourier.resample import radial_average, shells_to_grid
 from cryoprism.image.masks import circular_mask
 from cryoprism.parallel import batch_ranges, map_reduce
@@ -12,7 +12,7 @@ from cryoprism.parallel import batch_ranges, map_reduce
 
 def n_bins_with_corners(L: int) -> int:
     """Shells needed to cover the corners of an ``L × L`` transform."""
-    return int(np.ceil(np.sqrt(2.0) * (L // 2 + 1))) + 1
+    return int(np.ceil(np.sqrt(2.0) * (L // 2))) + 2
 
 
 def noise_power_spectrum(images, radius_px: float, edge_px: float = 3.0, batch_size: int = 256,
@@ -42,7 +42,12 @@ def noise_power_spectrum(images, radius_px: float, edge_px: float = 3.0, batch_s
         return (F.real**2 + F.imag**2).sum(axis=0) / (L * L)
 
     total = map_reduce(one, batch_ranges(n, batch_size), progress=progress, desc="noise spectrum")
-    nps = radial_average(total / (n * w2), 2, n_bins_with_corners(L))
+    nb = n_bins_with_corners(L)
+    nps = radial_average(total / (n * w2), 2, nb)
+    counts = np.bincount(radial_index((L, L)).ravel(), minlength=nb)[:nb]
+    for k in range(1, nb):  # shells with no pixels (beyond the corners) copy the previous one
+        if counts[k] == 0:
+            nps[k] = nps[k - 1]
     nps[0] = nps[1]
     return nps
 
