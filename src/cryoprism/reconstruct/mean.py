@@ -257,47 +257,59 @@ def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
     return lab
 
 
-def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *,
-                     regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
-                     halfmaps: bool = False, batch_size: int = 512,
-                     n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
-                     progress: bool = True) -> MeanResult:
-    """Least-squares mean volume from particles with poses (and CTF).
+def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pixel_size_A=None,
+                 halfmaps: bool = False, batch_size: int = 512, n_workers: int | None = None,
+                 scheduler: str | None = None, seed: int = 0, progress: bool = True) -> MeanResult:
+    """One pass for the normal equations (per half-set if asked), then ``solver(kernel, rhs, scale)``
+    → ``(volume, iterations, residual)`` for each half and for the full set; FSC of the halves.
 
-    ``data``: an ``(n, L, L)`` image array (then ``rotations`` ``(n, 3, 3)``, optional ``origins_px``
-    ``(n, 2)`` [x, y] pixels, ``ctf`` as an ``(n, L, L)`` grid or ``CTFParams`` + ``pixel_size_A``) or an
-    ``io.ParticleStack`` (poses, origins, CTF from its table). ``regularization``: Tikhonov ``λ`` added
-    to the normal operator (same units as ``Σ P_jᵀP_j``, i.e. grows with n). ``halfmaps``: also
-    reconstruct two half-sets (``rlnRandomSubset`` or a seeded split) and their FSC
-    (``pixel_size_A`` defaults to 1 for the frequency axis).
+    ``scale`` is the fraction of the particles in the system (1 for the full set, ~½ for a half), so
+    a regularisation given for the full set can be scaled to a half.
     """
     t0 = time.perf_counter()
     src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
-    groups = None
-    if halfmaps:
-        groups = half_set_labels(src.n, getattr(data, "table", None), seed)
+    groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else None
     rhs, K = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler)
     kernels = [kernel_from_spatial(K[q]) for q in range(K.shape[0])]
     del K
     out: dict = {}
-    halves = None
-    fsc = None
+    halves = fsc = None
     if halfmaps:
         h = []
         for q in range(2):
-            xq, iq = solve_mean(kernels[q], rhs[q], regularization / 2, tol, maxiter, progress=progress)
-            h.append(xq.astype(src.dtype))
-            out[f"half{q + 1}_iterations"] = iq.iterations
+            frac = float(np.mean(groups == q))
+            xq, it, _ = solver(kernels[q], rhs[q], frac)
+            h.append(np.asarray(xq).astype(src.dtype))
+            out[f"half{q + 1}_iterations"] = it
         halves = tuple(h)
-        full_kernel = kernels[0] + kernels[1]
-        full_rhs = rhs[0] + rhs[1]
+        full_kernel, full_rhs = kernels[0] + kernels[1], rhs[0] + rhs[1]
         from cryoprism.metrics.fsc import fsc as _fsc
 
         fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
     else:
         full_kernel, full_rhs = kernels[0], rhs[0]
-    x, info = solve_mean(full_kernel, full_rhs, regularization, tol, maxiter, progress=progress)
-    out["residuals"] = info.residuals
-    out["converged"] = info.converged
-    return MeanResult(x.astype(src.dtype), halves, fsc, info.iterations, info.residuals[-1],
-                      time.perf_counter() - t0, out)
+    x, it, res = solver(full_kernel, full_rhs, 1.0)
+    return MeanResult(np.asarray(x).astype(src.dtype), halves, fsc, it, res, time.perf_counter() - t0, out)
+
+
+def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *,
+                     regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
+                     halfmaps: bool = False, batch_size: int = 512,
+                     n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
+                     progress: bool = True) -> MeanResult:
+    """Least-squares mean volume from particles with poses (and CTF), by CG on the normal equations.
+
+    ``data``: an ``(n, L, L)`` image array (then ``rotations`` ``(n, 3, 3)``, optional ``origins_px``
+    ``(n, 2)`` [x, y] pixels, ``ctf`` as an ``(n, L, L)`` grid or ``CTFParams`` + ``pixel_size_A``) or an
+    ``io.ParticleStack`` (poses, origins, CTF from its table). ``regularization``: Tikhonov ``λ`` added
+    to the normal operator for the full set (same units as ``Σ P_jᵀP_j``, i.e. grows with n; half-sets
+    use ``λ`` times their fraction). ``halfmaps``: also reconstruct two half-sets
+    (``rlnRandomSubset`` or a seeded split) and their FSC (``cryoprism.metrics.fsc``).
+    """
+    def solver(kernel, rhs, frac):
+        x, info = solve_mean(kernel, rhs, regularization * frac, tol, maxiter, progress=progress)
+        return x, info.iterations, info.residuals[-1]
+
+    return solve_groups(data, solver, rotations=rotations, origins_px=origins_px, ctf=ctf,
+                        pixel_size_A=pixel_size_A, halfmaps=halfmaps, batch_size=batch_size,
+                        n_workers=n_workers, scheduler=scheduler, seed=seed, progress=progress)
