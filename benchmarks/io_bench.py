@@ -7,8 +7,8 @@ its peak resident memory (VmHWM), so the growth in peak RSS from the small to th
 whether memory stays flat. For contrast, (3) a plain ``mrcfile.mmap`` pass over the same file, which
 keeps every touched page mapped, is measured the same way.
 
-Prints one JSON object. ``--quick`` uses 1 000 and 4 000 images in batches of 250. The read passes run with the file in
-the page cache (it was just written), so they measure the reader, not the disk.
+Prints one JSON object. ``--quick`` uses 1 000 and 4 000 images in batches of 250. The read passes
+run with the file in the page cache (it was just written), so they measure the reader, not the disk.
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from cryoprism.errors import InputError
-from cryoprism.io import (MrcStack, MrcStackWriter, open_mrc_stack, read_mrc, read_mrc_header,
-                          write_mrc)
+from cryoprism.io import MrcStack, MrcStackWriter, open_mrc_stack, read_mrc, read_mrc_header, write_mrc
 
 
 def test_write_read_volume_keeps_data_voxel_size_origin(tmp_path, rng):

@@ -128,7 +128,8 @@ def test_write_particles_streams_and_keeps_columns(tmp_path, rng):
 def test_write_particles_with_new_pixel_size_updates_pixel_origins(tmp_path, rng):
     src = read_particles(DATA / "particles/aspire_sample/sample_relion_data.star")
     small = rng.standard_normal((17, 8, 8)).astype(np.float32)
-    star_out, _ = write_particles(tmp_path / "d.star", tmp_path / "d.mrcs", small, src.star, pixel_size_A=25.0)
+    star_out, _ = write_particles(tmp_path / "d.star", tmp_path / "d.mrcs", small, src.star,
+                                  pixel_size_A=25.0)
     out = read_particles(star_out)
     assert out.box == 8 and out.pixel_size_A == 25.0
     np.testing.assert_allclose(out.origins_A(), src.origins_A(), atol=1e-9)  # Å origins unchanged

@@ -10,8 +10,16 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from cryoprism.errors import InputError
-from cryoprism.io import (StarFile, ctf_params, origins_A, pixel_sizes_A, read_cs, read_star, rotations,
-                          write_star)
+from cryoprism.io import (
+    StarFile,
+    ctf_params,
+    origins_A,
+    pixel_sizes_A,
+    read_cs,
+    read_star,
+    rotations,
+    write_star,
+)
 from cryoprism.io.cryosparc import cryosparc_pose_to_relion_matrix
 
 DATA = Path(__file__).parents[1] / "data"

@@ -5,12 +5,21 @@ See docs/io.md for the formats, the cryoSPARC mapping and the pixel-size precede
 
 from cryoprism.io.atomic import atomic_path
 from cryoprism.io.cryosparc import cryosparc_pose_to_relion_matrix, read_cs
-from cryoprism.io.mrc import (MrcStack, MrcStackWriter, open_mrc_stack, read_mrc, read_mrc_header,
-                              write_mrc)
-from cryoprism.io.particles import (Batch, ParticleStack, read_particles, read_star_or_cs,
-                                    write_particles)
-from cryoprism.io.star import (StarFile, class_numbers, column_per_particle, ctf_params, euler_angles_deg,
-                               origins_A, pixel_sizes_A, read_star, rotations, to_relion31, write_star)
+from cryoprism.io.mrc import MrcStack, MrcStackWriter, open_mrc_stack, read_mrc, read_mrc_header, write_mrc
+from cryoprism.io.particles import Batch, ParticleStack, read_particles, read_star_or_cs, write_particles
+from cryoprism.io.star import (
+                              StarFile,
+                              class_numbers,
+                              column_per_particle,
+                              ctf_params,
+                              euler_angles_deg,
+                              origins_A,
+                              pixel_sizes_A,
+                              read_star,
+                              rotations,
+                              to_relion31,
+                              write_star,
+)
 
 __all__ = [
     "atomic_path",

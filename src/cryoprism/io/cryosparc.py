@@ -131,7 +131,8 @@ def read_cs(path) -> StarFile:
         group = key.merge(uniq, on=key_cols, how="left", sort=False)["rlnOpticsGroup"].to_numpy()
         optics = pd.DataFrame({"rlnOpticsGroup": uniq["rlnOpticsGroup"].to_numpy(),
                                "rlnOpticsGroupName": [f"opticsGroup{i}" for i in uniq["rlnOpticsGroup"]]})
-        for src, dst in (("ctf/amp_contrast", "rlnAmplitudeContrast"), ("ctf/cs_mm", "rlnSphericalAberration"),
+        for src, dst in (("ctf/amp_contrast", "rlnAmplitudeContrast"),
+                         ("ctf/cs_mm", "rlnSphericalAberration"),
                          ("ctf/accel_kv", "rlnVoltage"), ("blob/psize_A", "rlnImagePixelSize"),
                          ("blob/shape", "rlnImageSize")):
             if src in uniq.columns:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def _header_info(path, header) -> dict:
     vs = np.array([float(str(np.float32(v))) for v in vs])  # header floats are float32: 1.05, not 1.0499999
     voxel = float(vs[0]) if vs[0] > 0 else None
     if voxel is not None and not np.allclose(vs[:2], vs[0], rtol=1e-4):
-        warnings.warn(f"{path}: anisotropic voxel size {tuple(round(float(v), 5) for v in vs)} Å; using x = {vs[0]:.5g} Å",
+        warnings.warn(f"{path}: anisotropic voxel size {tuple(round(float(v), 5) for v in vs)} Å; "
+                      f"using x = {vs[0]:.5g} Å",
                       RuntimeWarning, stacklevel=3)
     return {
         "path": str(path), "nx": nx, "ny": ny, "nz": nz, "mode": mode, "dtype": str(dtype),
@@ -178,6 +180,7 @@ class MrcStack:
         self.dtype = np.dtype(self.info["dtype"])
         self._mm = None
         self._arr = None
+        self._lock = threading.Lock()
 
     @property
     def voxel_size_A(self):
@@ -187,6 +190,10 @@ class MrcStack:
         return self.n
 
     def _map(self):
+        with self._lock:
+            return self._map_locked()
+
+    def _map_locked(self):
         if self._arr is None:
             with open(self.path, "rb") as f:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

@@ -445,7 +445,8 @@ def to_relion31(star: StarFile, pixel_size_A: float | None = None, box: int | No
         ps_in = pixel_sizes_A(star)
         for fill in (input_pixel_sizes_A, pixel_size_A):
             if fill is not None:
-                ps_in = np.where(np.isnan(ps_in), np.broadcast_to(np.asarray(fill, float), ps_in.shape), ps_in)
+                fill = np.broadcast_to(np.asarray(fill, float), ps_in.shape)
+                ps_in = np.where(np.isnan(ps_in), fill, ps_in)
         o = origins_A(star, pixel_size_A=ps_in)
         p["rlnOriginXAngst"] = o[:, 0]
         p["rlnOriginYAngst"] = o[:, 1]
