@@ -49,7 +49,8 @@ def fsc_cmd(
     map_a: Path = typer.Argument(..., help="First map or half map (MRC; a cubic volume, or a square image "
                                            "for an FRC)."),
     map_b: Path = typer.Argument(..., help="Second map (MRC), same box and voxel size."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Mask (MRC, same box), multiplied into both maps."),
+    mask: Optional[Path] = typer.Option(None, "--mask",
+                                        help="Mask (MRC, same box), multiplied into both maps."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the FSC curve as a PNG figure here."),
     pixel_size_A: Optional[float] = typer.Option(None, "--pixel-size",
                                                  help="Voxel size in Å (default: the MRC header)."),
@@ -143,7 +144,8 @@ def align_volumes_cmd(
         f"shift: {' '.join(f'{v:.2f}' for v in r.shift_px * px)} Å (x y z)",
         f"hand flipped: {r.flipped}",
         f"correlation: {r.correlation:.4f}",
-        f"FSC resolution 0.143 / 0.5: {figures['resolution_0.143_A']:.2f} / {figures['resolution_0.5_A']:.2f} Å",
+        f"FSC resolution 0.143 / 0.5: {figures['resolution_0.143_A']:.2f} / "
+        f"{figures['resolution_0.5_A']:.2f} Å",
     ] + ([f"wrote {out}"] if out is not None else []))
     emit(figures, as_json, human)
 

@@ -147,16 +147,37 @@ def _local_refine(score: _Scorer, R: np.ndarray, H: np.ndarray, step_deg: float,
     return R, best, shift
 
 
+def _polish(score: _Scorer, R: np.ndarray, H: np.ndarray, shift: np.ndarray):
+    """Maximise the real-space correlation over a rotation vector and the shift jointly (Powell)."""
+    from scipy.optimize import minimize
+
+    ref = sfft.irfftn(score.Fref, s=(score.box,) * 3, workers=WORKERS)
+    t0 = shift / score.scale
+
+    def cost(x):
+        Rx = rotvec_to_matrix(np.deg2rad(x[:3])) @ R
+        out = _resample(score.vol, (H @ Rx.T)[None], (t0 + x[3:])[None], order=1)[0] * score.mask
+        return -float(np.sum(out * ref) / (np.sqrt(np.sum(out * out)) * score.ref_norm + 1e-30))
+
+    res = minimize(cost, np.zeros(6), method="Powell",
+                   options={"xtol": 1e-3, "ftol": 1e-7, "maxfev": 600})
+    if res.fun <= cost(np.zeros(6)):
+        R = rotvec_to_matrix(np.deg2rad(res.x[:3])) @ R
+        shift = (t0 + res.x[3:]) * score.scale
+    return R, shift
+
+
 def align_volumes(ref, vol, n_coarse: int = 3000, coarse_box: int = 16, refine_box: int = 32,
-                  n_candidates: int = 3, try_flip: bool = True, min_step_deg: float = 0.25,
-                  batch: int = 128, progress: bool = False) -> AlignResult:
+                  n_candidates: int = 3, try_flip: bool = True, min_step_deg: float = 1.0,
+                  polish: bool = True, batch: int = 128, progress: bool = False) -> AlignResult:
     """Align ``vol`` onto ``ref`` (same cubic box and pixel size) over rotation, shift and hand.
 
     ``n_coarse`` rotations (super-Fibonacci grid, ~15° covering at 3000) are scored at ``coarse_box``
-    against every circular shift; the best ``n_candidates`` distinct rotations per hand are refined at
-    ``refine_box`` by a pattern search down to ``min_step_deg``; the best refined pose's sub-pixel shift
-    is then measured at full size. Returns an :class:`AlignResult` (see the module docstring for the
-    transform).
+    against every circular shift; the best ``n_candidates`` distinct rotations per hand are refined by a
+    pattern search at ``coarse_box`` (to 1/8 of the grid spacing), the best two of those again at
+    ``refine_box`` down to ``min_step_deg``; the winner's sub-pixel shift is measured at full size and,
+    with ``polish``, rotation and shift are refined jointly (Powell on the masked correlation at
+    ``refine_box``). Returns an :class:`AlignResult` (transform in the module docstring).
     """
     ref = np.asarray(ref, dtype=np.float64)
     vol = np.asarray(vol, dtype=np.float64)
@@ -187,20 +208,29 @@ def align_volumes(ref, vol, n_coarse: int = 3000, coarse_box: int = 16, refine_b
     bar.close()
     best_coarse = max(c[0] for c in cands)
 
-    fine = _Scorer(ref, vol, min(refine_box, L))
-    best = None
+    # stage A: refine every candidate at the coarse box; stage B: the best two at the finer box
+    staged = []
     for _, flipped, R0 in cands:
         H = _MIRROR_Z if flipped else np.eye(3)
-        R, s, _ = _local_refine(fine, R0, H, spacing / 2, min_step_deg)
+        R, s, _ = _local_refine(coarse, R0, H, spacing / 2, spacing / 8)
+        staged.append((s, flipped, R))
+    staged.sort(key=lambda c: -c[0])
+    fine = _Scorer(ref, vol, min(refine_box, L))
+    best = None
+    for _, flipped, R0 in staged[:2]:
+        H = _MIRROR_Z if flipped else np.eye(3)
+        R, s, _ = _local_refine(fine, R0, H, spacing / 8, min_step_deg)
         if best is None or s > best[0]:
             best = (s, flipped, R)
     _, flipped, R = best
     H = _MIRROR_Z if flipped else np.eye(3)
 
-    # sub-pixel translation at full size
+    # sub-pixel translation at full size, then a joint continuous polish of rotation and shift
     full = _Scorer(ref, vol, L)
     _, shift = full((H @ R.T)[None])
     shift = shift[0]
+    if polish:
+        R, shift = _polish(fine, R, H, shift)
     aligned = transform_volume(vol, R, shift, flipped, order=3)
     m = spherical_mask(L, L / 2 - 1, dtype=np.float64) > 0
     corr = float(np.corrcoef(ref[m], aligned[m])[0, 1])
