@@ -81,6 +81,20 @@ def test_rows_pointing_into_several_stacks(tmp_path, rng, monkeypatch):
     assert len(ps.files) == 2
 
 
+def test_batches_through_parallel_map_match_serial(tmp_path, rng):
+    from cryoprism.parallel import map_batches
+
+    a, b = _two_stacks(tmp_path, rng)
+    names = [f"{i}@stk/a.mrcs" for i in (1, 2, 3, 4)] + [f"{i}@stk/b.mrcs:mrcs" for i in (3, 2, 1)]
+    star = tmp_path / "p.star"
+    write_star(star, _table(names), _optics())
+    ps = read_particles(star)
+    sums = map_batches(lambda idx: ps.batch(idx).images.sum(axis=(1, 2)), ps.batch_indices(2), n_workers=2,
+                       progress=False)
+    expect = np.concatenate([a, b[::-1]]).sum(axis=(1, 2))
+    np.testing.assert_allclose(np.concatenate(sums), expect, rtol=1e-5)
+
+
 def test_paths_relative_to_cwd_as_fallback(tmp_path, rng, monkeypatch):
     a, _ = _two_stacks(tmp_path, rng)
     (tmp_path / "meta").mkdir()

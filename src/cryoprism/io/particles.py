@@ -56,6 +56,9 @@ def _parse_image_names(star: StarFile) -> tuple[np.ndarray, np.ndarray]:
     parts = names.str.split("@", n=1, regex=False)
     idx_str = np.where(has_at, parts.str[0].to_numpy(dtype=object), "1")
     path_str = np.where(has_at, parts.str[1].to_numpy(dtype=object), names.to_numpy(dtype=object))
+    # RELION accepts a type hint after the name ("stack.mrc:mrcs"); it is not part of the path
+    path_str = (pd.Series(path_str, dtype=object).str.replace(r":mrcs?$", "", regex=True)
+                .to_numpy(dtype=object))
     idx = pd.to_numeric(pd.Series(idx_str), errors="coerce").to_numpy()
     bad = np.isnan(idx) | (idx < 1) | (idx != np.round(idx))
     if bad.any():
