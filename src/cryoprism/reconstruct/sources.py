@@ -56,7 +56,8 @@ def as_source(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None
     """Wrap an ``(n, L, L)`` array (with ``rotations``, ``origins_px``, ``ctf``) or a ParticleStack.
 
     For a ParticleStack, poses, origins (Å → pixels) and CTF parameters come from its table unless
-    given explicitly. ``ctf`` may be None, an ``(n, L, L)`` centred grid, or ``CTFParams``.
+    given explicitly. ``ctf`` may be None, an ``(n, L, L)`` centred grid, or ``CTFParams``;
+    ``ctf=False`` means no CTF even for a ParticleStack whose table has one.
     """
     if hasattr(data, "batches") and hasattr(data, "n"):  # io.ParticleStack
         px = float(pixel_size_A or data.pixel_size_A)
@@ -66,6 +67,8 @@ def as_source(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None
             origins_px = None if o is None else np.asarray(o, np.float64) / px
         if ctf is None:
             ctf = data.ctf_params()
+        elif ctf is False:
+            ctf = None
         return Source(int(data.n), int(data.box), px, data, rot.reshape(-1, 3, 3),
                       None if origins_px is None else np.asarray(origins_px, np.float64).reshape(-1, 2),
                       ctf, np.float32)
@@ -78,6 +81,7 @@ def as_source(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None
     if rot.shape[0] != arr.shape[0]:
         raise ValueError(f"{arr.shape[0]} images but {rot.shape[0]} rotations")
     dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    ctf = None if ctf is False else ctf
     return Source(arr.shape[0], arr.shape[1], pixel_size_A, arr, rot,
                   None if origins_px is None else np.asarray(origins_px, np.float64).reshape(-1, 2),
                   ctf, dtype)
