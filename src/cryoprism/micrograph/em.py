@@ -177,12 +177,12 @@ def _estep_batch(Xhat, xnorm2, Ihat_c, norm2, valid, grid: ShiftGrid, sigma2, lo
     mx = np.maximum(flat.max(1), log_prior_empty)
     np.subtract(flat, mx[:, None].astype(np.float32), out=flat)
     np.exp(flat, out=flat)
-    ssum = flat.sum(1, dtype=np.float64) + np.exp(log_prior_empty - mx)
+    ssum = flat.sum(1).astype(np.float64) + np.exp(log_prior_empty - mx)
     logz = mx + np.log(ssum)
     flat *= (1.0 / ssum)[:, None].astype(np.float32)  # now posteriors γ
     g_empty = np.exp(log_prior_empty - logz)
     gam = flat.reshape(B, nrot, Nf, Nf)
-    G = gam.sum(0, dtype=np.float64)
+    G = gam.sum(0).astype(np.float64)
     ghat = sfft.rfft2(gam, workers=1)  # (B, nrot, Nf, Nfr)
     bhat = np.einsum("brk,bk->rk", np.conj(ghat).reshape(B, nrot, -1), Xhat.reshape(B, -1)).reshape(
         nrot, Nf, -1)

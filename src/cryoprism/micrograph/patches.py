@@ -114,7 +114,7 @@ def filter_images(images: np.ndarray, filt: ModelFilter, margin: int) -> np.ndar
         out = np.zeros((Lb, Lb) + x.shape[2:])
         out[margin:margin + L, margin:margin + L] = x
         return out
-    G = _fast(L + 4 * margin + 8)
+    G = _fast(max(4 * Lb, 128))
     pad = np.zeros((G, G) + x.shape[2:])
     o = G // 2 - L // 2
     pad[o:o + L, o:o + L] = x
