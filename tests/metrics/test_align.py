@@ -54,3 +54,28 @@ def test_align_recovers_rotation_shift_and_hand(vol32, flip):
     assert r.correlation > 0.98
     # the aligned volume is the target
     assert np.corrcoef(r.aligned.ravel(), target.ravel())[0, 1] > 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flip", [False, True])
+def test_align_noisy_and_different_state_full_size(flip):
+    """Full 64³: a rotated, shifted, noised copy of vol_018 is brought back to within 1°; the same
+    transform of a different conformational state (vol_287, pre-aligned to vol_018 in the data set)
+    within 5° (a rigid fit of another conformation need not be exactly the identity: measured 3.0–3.3°)."""
+    with mrcfile.open(MAP, permissive=True) as m:
+        ref = m.data.astype(np.float64)
+    with mrcfile.open(MAP.parent / "vol_287.mrc", permissive=True) as m:
+        other = m.data.astype(np.float64)
+    rng = np.random.default_rng(11 + flip)
+    Q = axis_angle_to_matrix(rng.standard_normal(3), rng.uniform(20, 180))
+    t = rng.uniform(-4, 4, 3)
+    H = np.diag([1.0, 1.0, -1.0]) if flip else np.eye(3)
+    # moved(p) = src(H Qᵀ (p − t)); moved(H Rᵀ (p − s)) = src(p) for all p needs
+    # H Qᵀ H Rᵀ = I and s = −H Qᵀ t, i.e. R = H Qᵀ H
+    R_expect, s_expect = H @ Q.T @ H, -H @ Q.T @ t
+    for src, tol_deg, tol_px in ((ref, 1.0, 0.3), (other, 5.0, 0.6)):
+        moved = _transform(src, Q, t, flip) + 0.5 * ref.std() * rng.standard_normal(ref.shape)
+        r = align_volumes(ref, moved)
+        assert r.flipped == flip
+        assert angular_distance_deg(r.rotation, R_expect) < tol_deg
+        assert np.allclose(r.shift_px, s_expect, atol=tol_px)
