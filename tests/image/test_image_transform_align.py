@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from cryoprism.image import (align_rotation_translation, align_translation, circular_mask, fourier_shift,
-                             gaussian_blur, rotate)
+from cryoprism.image import (
+    align_rotation_translation,
+    align_translation,
+    circular_mask,
+    fourier_shift,
+    gaussian_blur,
+    rotate,
+)
 
 
 def _gauss(L, cx, cy, sx=3.0, sy=3.0, theta=0.0):
@@ -55,7 +61,8 @@ def test_align_translation_subpixel(rng):
     L = 64
     ref = _particle(rng, L)
     t = np.array([[1.37, -2.61], [-4.05, 0.52], [0.0, 0.0], [7.3, 6.9]])
-    imgs = fourier_shift(np.broadcast_to(ref, (4, L, L)), t) + 0.1 * ref.std() * rng.standard_normal((4, L, L))
+    imgs = fourier_shift(np.broadcast_to(ref, (4, L, L)), t)
+    imgs = imgs + 0.1 * ref.std() * rng.standard_normal((4, L, L))
     a = align_translation(imgs, ref)
     assert np.abs(a.shifts_px - t).max() < 0.05
     assert np.all(a.score > 0.9)

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from cryoprism.fourier import (crop, downsample, pad, power_spectrum, radial_average, radial_power_spectrum,
-                               shells_to_grid, upsample)
+from cryoprism.fourier import (
+    crop,
+    downsample,
+    pad,
+    power_spectrum,
+    radial_average,
+    radial_power_spectrum,
+    shells_to_grid,
+    upsample,
+)
 
 
 def _cosines(L, waves, ndim=2):

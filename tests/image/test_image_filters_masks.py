@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from cryoprism.image import (bandpass, circular_mask, gaussian_blur, highpass, lowpass, radial_mask,
-                             spherical_mask)
+from cryoprism.image import (
+    bandpass,
+    circular_mask,
+    gaussian_blur,
+    highpass,
+    lowpass,
+    radial_mask,
+    spherical_mask,
+)
 
 
 def _wave(L, k):

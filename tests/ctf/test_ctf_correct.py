@@ -8,8 +8,8 @@ from cryoprism.image import circular_mask, gaussian_blur
 
 # relativistic wavelength at 300 kV from h, m0, e, c (computed here, not by cryoprism)
 _V = 300e3
-LAM_300 = 6.62607015e-34 / np.sqrt(2 * 9.1093837015e-31 * 1.602176634e-19 * _V
-                                   * (1 + 1.602176634e-19 * _V / (2 * 9.1093837015e-31 * 299792458.0**2))) * 1e10
+_H, _M0, _E, _C = 6.62607015e-34, 9.1093837015e-31, 1.602176634e-19, 299792458.0
+LAM_300 = _H / np.sqrt(2 * _M0 * _E * _V * (1 + _E * _V / (2 * _M0 * _C**2))) * 1e10
 
 
 def _zeros(n, df, cs_mm, q, lam=LAM_300):
