@@ -97,3 +97,22 @@ def test_downsample_removes_frequencies_above_new_nyquist():
     x = _cosines(L, [(1.0, (3, 1), 0.0), (1.0, (20, 0), 0.0)])  # 20 > M/2: must vanish, not alias
     y, _ = downsample(x, M)
     assert np.allclose(y, _cosines(M, [(1.0, (3, 1), 0.0)]), atol=1e-9)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_upsample_then_downsample_is_identity(rng, ndim):
+    for L, M in [(16, 24), (16, 25), (17, 24), (15, 30)]:
+        x = rng.standard_normal((2,) + (L,) * ndim).astype(np.float32)
+        y, _ = upsample(x, M, ndim)
+        z, _ = downsample(y, L, ndim)
+        assert np.abs(z - x).max() < 1e-5, (L, M)
+    c = rng.standard_normal((12, 12)) + 1j * rng.standard_normal((12, 12))
+    assert np.allclose(downsample(upsample(c, 20)[0], 12)[0], c)
+
+
+def test_downsample_samples_a_cosine_at_the_new_nyquist():
+    # cos(π(x' + y')) on the new grid: the ±M/2 frequencies alias onto one and are summed
+    L, M = 32, 16
+    x = _cosines(L, [(1.0, (M // 2, M // 2), 0.0), (0.5, (0, M // 2), 0.0)])
+    y, _ = downsample(x, M)
+    assert np.allclose(y, _cosines(M, [(1.0, (M // 2, M // 2), 0.0), (0.5, (0, M // 2), 0.0)]), atol=1e-9)

@@ -7,8 +7,9 @@ over any leading axes. Centres stay at index ``L // 2`` (docs/conventions.md).
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft as sfft
 
-from cryoprism.fourier.core import fftnc, ifftnc, radial_index
+from cryoprism.fourier.core import WORKERS, fftnc, radial_index
 
 
 def _check_ndim(x: np.ndarray, ndim: int) -> None:
@@ -162,30 +163,88 @@ def pad(x: np.ndarray, size, ndim: int = 2, value: float = 0.0) -> np.ndarray:
     return crop_or_pad(x, new, ndim, value)
 
 
+def _resize_axis_full(A: np.ndarray, axis: int, old: int, new: int) -> np.ndarray:
+    """Crop/pad one axis of a spectrum stored in FFT order (index ``k mod n``).
+
+    Even Nyquist terms: cropping to even ``new`` stores ``F(−new/2) + F(+new/2)`` at ``−new/2`` (the
+    two frequencies alias to one on the new grid, as when sampling the continuous signal); padding
+    from even ``old`` puts ``F(−old/2) / 2`` at both ``±old/2`` (the symmetric band-limited
+    interpolant). Padding then cropping back is the identity.
+    """
+    A = np.moveaxis(A, axis, -1)
+    out = np.zeros(A.shape[:-1] + (new,), dtype=A.dtype)
+    m = min(old, new)
+    pos = (m - 1) // 2  # k = 0 … pos
+    neg = m // 2  # k = −1 … −neg
+    out[..., :pos + 1] = A[..., :pos + 1]
+    out[..., new - neg:] = A[..., old - neg:]
+    if m % 2 == 0:
+        if new < old:  # fold +new/2 onto −new/2
+            out[..., new - neg] = A[..., old - neg] + A[..., neg]
+        else:  # split −old/2 into ±old/2
+            half = 0.5 * A[..., old - neg]
+            out[..., new - neg] = half
+            out[..., neg] = half
+    return np.moveaxis(out, -1, axis)
+
+
+def _resize_axis_half(A: np.ndarray, old: int, new: int) -> np.ndarray:
+    """Crop/pad the last axis of a real-FFT half spectrum (``k = 0 … n//2``).
+
+    The inverse real FFT keeps only the Hermitian part of the Nyquist column,
+    ``(A(k, n/2) + conj A(−k, n/2)) / 2``, so cropping to even ``new`` doubles that column to get the
+    fold ``F(+new/2) + F(−new/2)``; padding from even ``old`` halves the ``old/2`` column (its mirror
+    ``−old/2`` is implied).
+    """
+    out = np.zeros(A.shape[:-1] + (new // 2 + 1,), dtype=A.dtype)
+    m = min(old, new) // 2 + 1
+    out[..., :m] = A[..., :m]
+    if new > old and old % 2 == 0:
+        out[..., old // 2] *= 0.5
+    elif new < old and new % 2 == 0:
+        out[..., new // 2] *= 2.0
+    return out
+
+
 def fourier_resize(x: np.ndarray, size, ndim: int = 2,
                    pixel_size_A: float = 1.0) -> tuple[np.ndarray, float]:
     """Resample by cropping (downsample) or zero-padding (upsample) the centred transform.
 
     Band-limited interpolation: the output is the same continuous band-limited signal sampled
     on ``size`` points over the same field of view. The mean intensity is preserved (values are
-    multiplied by ``N_out / N_in`` after the unnormalised/1/N transform pair). Real input gives real
-    output (the unpaired Nyquist term of an even box is split symmetrically by taking the real
-    part). Returns ``(array, new_pixel_size_A)`` with ``new = pixel_size_A · L / size`` (first
-    resampled axis).
+    multiplied by ``N_out / N_in`` after the unnormalised/1/N transform pair). Axis by axis, an
+    even box's unpaired Nyquist term is split in half between ``±L/2`` when padding, and the two
+    frequencies ``±M/2`` that alias on an even new box are summed when cropping (so cropping equals
+    sampling the continuous band-limited signal, and ``downsample(upsample(x))`` returns ``x``).
+    Real input gives real output (computed with real FFTs). Returns ``(array, new_pixel_size_A)`` with
+    ``new = pixel_size_A · L / size`` (last axis).
     """
     x = np.asarray(x)
     _check_ndim(x, ndim)
-    old = x.shape[-ndim:]
+    old = tuple(x.shape[-ndim:])
     new = _size_tuple(size, ndim)
-    if new == tuple(old):
-        return x.copy(), float(pixel_size_A)
-    F = fftnc(x, ndim)
-    G = crop_or_pad(F, new, ndim)
-    y = ifftnc(G, ndim) * (np.prod(new) / np.prod(old))
-    if not np.iscomplexobj(x):
-        y = y.real
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) or np.iscomplexobj(x) else np.float32
-    return y.astype(dtype, copy=False), float(pixel_size_A) * old[-1] / new[-1]
+    if min(new) < 1:
+        raise ValueError(f"size must be positive, got {new}")
+    px_new = float(pixel_size_A) * old[-1] / new[-1]
+    if new == old:
+        return x.copy(), px_new
+    ax = tuple(range(-ndim, 0))
+    scale = float(np.prod(new)) / float(np.prod(old))
+    if np.iscomplexobj(x):
+        F = sfft.fftn(sfft.ifftshift(x, axes=ax), axes=ax, workers=WORKERS)
+        for j in range(ndim):
+            F = _resize_axis_full(F, x.ndim - ndim + j, old[j], new[j])
+        y = sfft.fftshift(sfft.ifftn(F, axes=ax, workers=WORKERS), axes=ax) * scale
+        return y.astype(x.dtype, copy=False), px_new
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+    F = sfft.rfftn(sfft.ifftshift(x.astype(dtype, copy=False), axes=ax), axes=ax, workers=WORKERS)
+    for j in range(ndim - 1):
+        F = _resize_axis_full(F, x.ndim - ndim + j, old[j], new[j])
+    F = _resize_axis_half(F, old[-1], new[-1])
+    y = sfft.irfftn(F, s=new, axes=ax, workers=WORKERS)
+    y = sfft.fftshift(y, axes=ax)
+    y *= scale
+    return y.astype(dtype, copy=False), px_new
 
 
 def downsample(x: np.ndarray, size, ndim: int = 2, pixel_size_A: float = 1.0) -> tuple[np.ndarray, float]:
