@@ -54,6 +54,11 @@ def _check_pair(a, b, mask):
     return a, b
 
 
+def _float(x: np.ndarray) -> np.ndarray:
+    """Keep float32 input in float32 (complex64 transforms); everything else goes to float64."""
+    return x if x.dtype == np.float32 else np.asarray(x, dtype=np.float64)
+
+
 def _shells(shape):
     L = shape[0]
     k = radial_index(shape).ravel()
@@ -74,12 +79,12 @@ def fsc(a, b, pixel_size_A: float = 1.0, mask=None) -> FSCResult:
     power gets 0.
     """
     a, b = _check_pair(a, b, mask)
-    Fa = fftnc(np.asarray(a, dtype=np.float64), a.ndim)
-    Fb = fftnc(np.asarray(b, dtype=np.float64), b.ndim)
+    Fa = fftnc(_float(a), a.ndim)
+    Fb = fftnc(_float(b), b.ndim)
     k, keep, n_shells = _shells(a.shape)
-    num = _shell_sums((Fa * np.conj(Fb)).real, k, keep, n_shells)
-    pa = _shell_sums(np.abs(Fa) ** 2, k, keep, n_shells)
-    pb = _shell_sums(np.abs(Fb) ** 2, k, keep, n_shells)
+    num = _shell_sums((Fa.real * Fb.real + Fa.imag * Fb.imag), k, keep, n_shells)
+    pa = _shell_sums(Fa.real ** 2 + Fa.imag ** 2, k, keep, n_shells)
+    pb = _shell_sums(Fb.real ** 2 + Fb.imag ** 2, k, keep, n_shells)
     den = np.sqrt(pa * pb)
     curve = np.divide(num, den, out=np.zeros(n_shells), where=den > 0)
     n_vox = np.bincount(k[keep], minlength=n_shells)
@@ -173,8 +178,8 @@ def dpr(a, b, pixel_size_A: float = 1.0, mask=None) -> tuple[np.ndarray, np.ndar
     (−180°, 180°]. Identical maps give 0; unrelated phases give ``180/√3 ≈ 103.9°``.
     """
     a, b = _check_pair(a, b, mask)
-    Fa = fftnc(np.asarray(a, dtype=np.float64), a.ndim)
-    Fb = fftnc(np.asarray(b, dtype=np.float64), b.ndim)
+    Fa = fftnc(_float(a), a.ndim)
+    Fb = fftnc(_float(b), b.ndim)
     k, keep, n_shells = _shells(a.shape)
     w = np.abs(Fa) + np.abs(Fb)
     dphi = np.angle(Fa * np.conj(Fb))
