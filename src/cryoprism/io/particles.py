@@ -113,6 +113,15 @@ class ParticleStack:
             self.files.append(resolved)
             self._stacks.append(stack)
         self.box = int(box) if box is not None else 0
+        # the table's declared image size (optics group or per row) must match the stacks
+        declared = _star.column_per_particle(star, "rlnImageSize")
+        if declared is not None and self.n and box is not None:
+            bad = np.flatnonzero(np.isfinite(declared) & (declared != self.box))
+            if bad.size:
+                r = int(bad[0])
+                raise InputError(f"row {r + 1}: rlnImageSize is {int(declared[r])} but the images in "
+                                 f"{self.files[self._file_id[r]]} are {self.box}×{self.box}; expected "
+                                 "one box size", star.path)
         # pixel size: tables > MRC header > explicit fallback > error
         ps = _star.pixel_sizes_A(star)
         if np.isnan(ps).any() and self._stacks:
