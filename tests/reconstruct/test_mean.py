@@ -51,3 +51,19 @@ def test_reconstruct_blob_from_noiseless_projections_with_ctf(rng):
     res2 = reconstruct_mean(imgs, A, org, p, px, halfmaps=True, tol=1e-6, maxiter=200, progress=False)
     for h in res2.half_maps:
         assert np.linalg.norm(h - vol) / np.linalg.norm(vol) < 5e-3
+
+
+def test_auto_regularization_estimates_noise_and_beats_plain_ls():
+    L, n, px = 24, 800, 3.0
+    vol = gaussian_blob_volume(L, [(3.0, 1.0, -2.0), (-3.0, 2.0, 2.0), (0.0, -4.0, 0.0)], [2.0, 2.5, 1.5],
+                               [1.0, 0.6, 0.8])
+    from cryoprism.forward import simulate_particles
+
+    sim = simulate_particles(vol, n, px, snr=0.05, rng=21, progress=False, n_defocus_groups=8)
+    args = (sim.images, sim.rotations, sim.origins_A / px, sim.ctf, px)
+    plain = reconstruct_mean(*args, regularization=0.0, maxiter=60, progress=False)
+    auto = reconstruct_mean(*args, regularization="auto", progress=False)
+    assert abs(auto.info["noise_var_per_pixel"] / sim.noise_sigma**2 - 1) < 0.1
+    e_plain = np.linalg.norm(plain.volume - vol) / np.linalg.norm(vol)
+    e_auto = np.linalg.norm(auto.volume - vol) / np.linalg.norm(vol)
+    assert e_auto < 0.8 * e_plain, (e_auto, e_plain)

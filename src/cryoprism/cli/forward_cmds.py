@@ -191,11 +191,15 @@ def register(app: typer.Typer) -> None:
                                    "Fourier inversion), wbp (weighted back-projection), sirt."),
         halfmaps: bool = typer.Option(False, "--halfmaps", help="Also write OUT_half1/2.mrc and report "
                                       "the gold-standard FSC (rlnRandomSubset or a seeded split)."),
-        regularization: float = typer.Option(0.0, "--regularization", help="Tikhonov λ (cg, fourier, sirt)."),
+        regularization: str = typer.Option("auto", "--regularization", help="cg: 'auto' (Wiener prior "
+                                           "estimated from half-sets, default) or a Tikhonov λ ≥ 0; "
+                                           "fourier/sirt: λ (auto means 0)."),
+        mask_radius: Optional[float] = typer.Option(None, "--mask-radius", help="cg: restrict the map to a "
+                                                    "sphere of this radius (pixels); default the whole box."),
         maxiter: int = typer.Option(100, "--maxiter", help="CG/SIRT iterations at most."),
         tol: float = typer.Option(1e-5, "--tol", help="CG relative residual to stop at."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore the CTF."),
-        batch_size: int = typer.Option(512, "--batch-size", help="Particles per batch."),
+        batch_size: int = typer.Option(0, "--batch-size", help="Particles per batch (0: automatic)."),
         as_json: bool = JSON_OPTION,
     ):
         """Reconstruct a volume from particles with known poses: reads PARTICLES (STAR/.cs + stacks),
@@ -206,9 +210,17 @@ def register(app: typer.Typer) -> None:
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        if regularization == "auto":
+            reg = "auto" if method == "cg" else 0.0
+        else:
+            try:
+                reg = float(regularization)
+            except ValueError:
+                raise InputError(f"--regularization must be 'auto' or a number, got {regularization!r}")
         stack = read_particles(particles)
-        r = reconstruct(stack, ctf=False if no_ctf else None, method=method, regularization=regularization, maxiter=maxiter,
-                        tol=tol, halfmaps=halfmaps, batch_size=batch_size)
+        r = reconstruct(stack, ctf=False if no_ctf else None, method=method, regularization=reg,
+                        maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
+                        mask_radius_px=mask_radius)
         px = stack.pixel_size_A
         write_mrc(out, r.volume, px)
         fig = {"volume": str(out), "method": method, "particles": stack.n, "box": stack.box,

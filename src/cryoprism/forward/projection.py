@@ -17,6 +17,13 @@ identity-rotation projection is exactly the voxel sum along z.
 
 ``backproject`` is the exact adjoint of ``project`` for the real inner products on volumes and image
 stacks (type-1 NUFFT of the adjoint slices).
+
+Half the work: the kept grid is symmetric (``m = 2h+1`` frequencies per axis) and the slice of a
+real volume is Hermitian, ``V̂(-ω) = conj V̂(ω)``. The NUFFTs therefore run only on the half-plane
+``ky > 0 or (ky = 0, kx ≥ 0)`` (flattened index ``p ≥ (m²-1)/2``); projection fills the other half by
+conjugation, back-projection folds it in (``Re[c_p e^{iωr} + c_p' e^{-iωr}] = Re[(c_p + conj c_p')
+e^{iωr}]``), which is exact for any coefficients. Because the image is real, only the even part
+``(C(k) + C(-k))/2`` of a CTF grid acts, so that is what is used.
 """
 
 from __future__ import annotations
@@ -56,15 +63,25 @@ def _sl(L: int) -> slice:
     return slice(1, None) if L % 2 == 0 else slice(0, None)
 
 
-def slice_points(rotations: np.ndarray, L: int, dtype=np.float64) -> tuple[np.ndarray, ...]:
+def half_start(L: int) -> int:
+    """First flattened index ``P0 = (m²-1)/2`` of the Hermitian half of the kept ``m × m`` grid."""
+    m = len(slice_indices(L))
+    return (m * m - 1) // 2
+
+
+def slice_points(rotations: np.ndarray, L: int, dtype=np.float64, half: bool = False) -> tuple[np.ndarray, ...]:
     """NUFFT points ``2π/L · Aᵀ(kx, ky, 0)`` in array-axis order ``(z, y, x)``, each ``(n·m²,)``.
 
     ``m = len(slice_indices(L))``; the image grid is ``[ky, kx]`` (row = y), flattened per particle.
+    ``half=True``: only the Hermitian half (flattened indices ``≥ half_start(L)``), ``(n·(P0+1),)``.
     """
     rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
     k = slice_indices(L).astype(np.float64)
     ky, kx = np.meshgrid(k, k, indexing="ij")
     kx, ky = kx.ravel(), ky.ravel()
+    if half:
+        P0 = half_start(L)
+        kx, ky = kx[P0:], ky[P0:]
     # ω = Aᵀ (kx, ky, 0): ω_i = A[0, i] kx + A[1, i] ky
     scale = 2 * np.pi / L
     pts = []
@@ -111,16 +128,24 @@ def project_slices(volume, rotations, eps: float | None = None, chunk: int = DEF
                         nthreads=_nthreads(nthreads))
     f = np.ascontiguousarray(vol, dtype=cdtype)
     s = _sl(L)
+    P0 = half_start(L)
     for a, b in _chunks(n, chunk):
-        z, y, x = slice_points(rot[a:b], L, dtype=rdtype)
+        z, y, x = slice_points(rot[a:b], L, dtype=rdtype, half=True)
         plan.setpts(z, y, x)
-        out[a:b, s, s] = plan.execute(f).reshape(b - a, m, m)
+        vh = plan.execute(f).reshape(b - a, P0 + 1)
+        full = np.empty((b - a, m * m), dtype=cdtype)
+        full[:, P0:] = vh
+        full[:, :P0] = np.conj(vh[:, :0:-1])  # index m²-1-p holds -k
+        out[a:b, s, s] = full.reshape(b - a, m, m)
     return out
 
 
 def backproject_slices(slices, rotations, L: int | None = None, eps: float | None = None,
                        chunk: int = DEFAULT_CHUNK, nthreads: int | None = None) -> np.ndarray:
-    """Adjoint of :func:`project_slices`: ``Σ_j slice_j(k) exp(+2πi ω_j·r/L)`` as a complex volume."""
+    """Adjoint of :func:`project_slices` for real volumes: ``Re Σ_j slice_j(k) exp(+2πi ω_j·r/L)``.
+
+    Returned as a complex volume whose real part is the answer (the imaginary part is not
+    meaningful: the half-plane folding computes only the real part exactly)."""
     sl = np.asarray(slices)
     n, L0, _ = sl.shape
     L = L0 if L is None else L
@@ -134,11 +159,26 @@ def backproject_slices(slices, rotations, L: int | None = None, eps: float | Non
     plan = finufft.Plan(1, (L, L, L), n_trans=1, eps=eps, isign=1, dtype=np.dtype(cdtype).name,
                         nthreads=_nthreads(nthreads))
     s = _sl(L)
+    P0 = half_start(L)
     for a, b in _chunks(n, chunk):
-        z, y, x = slice_points(rot[a:b], L, dtype=rdtype)
+        z, y, x = slice_points(rot[a:b], L, dtype=rdtype, half=True)
         plan.setpts(z, y, x)
-        c = np.ascontiguousarray(sl[a:b, s, s], dtype=cdtype).ravel()
-        out += plan.execute(c)
+        c = sl[a:b, s, s].reshape(b - a, -1)
+        d = np.empty((b - a, P0 + 1), dtype=cdtype)
+        d[:, 1:] = c[:, P0 + 1:] + np.conj(c[:, P0 - 1::-1])  # fold -k onto k (real part is taken)
+        d[:, 0] = c[:, P0]
+        out += plan.execute(np.ascontiguousarray(d).ravel())
+    return out
+
+
+def even_part(ctf, L: int) -> np.ndarray:
+    """``(C(k) + C(-k))/2`` of centred CTF grids ``(…, L, L)`` on the kept frequencies (the part a real
+    image sees; the ``-L/2`` row/column of even L is left as is, it is not used)."""
+    c = np.asarray(ctf)
+    s = _sl(L)
+    out = np.array(c, copy=True)
+    blk = c[..., s, s]
+    out[..., s, s] = 0.5 * (blk + blk[..., ::-1, ::-1])
     return out
 
 
@@ -175,7 +215,7 @@ def project(volume, rotations, origins_px=None, ctf=None, eps: float | None = No
             F[:, s, s] *= _shift_phase(np.asarray(origins_px).reshape(-1, 2)[a:b], L, F.dtype)
         if ctf is not None:
             c = np.asarray(ctf)
-            F *= (c[a:b] if c.ndim == 3 else c).astype(vol.dtype, copy=False)
+            F *= even_part(c[a:b] if c.ndim == 3 else c, L).astype(vol.dtype, copy=False)
         out[a:b] = ifft2c(F).real
     return out
 
@@ -204,7 +244,7 @@ def backproject(images, rotations, origins_px=None, ctf=None, eps: float | None 
         F = F.astype(_complex(img.dtype), copy=False)
         if ctf is not None:
             c = np.asarray(ctf)
-            F *= (c[a:b] if c.ndim == 3 else c).astype(img.dtype, copy=False)
+            F *= even_part(c[a:b] if c.ndim == 3 else c, L).astype(img.dtype, copy=False)
         if origins_px is not None:
             F[:, s, s] *= np.conj(_shift_phase(np.asarray(origins_px).reshape(-1, 2)[a:b], L, F.dtype))
         acc += backproject_slices(F, rot[a:b], L=L, eps=eps, chunk=chunk, nthreads=nthreads)

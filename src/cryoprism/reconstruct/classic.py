@@ -207,18 +207,24 @@ def reconstruct_wbp(data, rotations=None, origins_px=None, ctf=None, pixel_size_
 
 def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *, method: str = "cg",
                 regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
-                halfmaps: bool = False, batch_size: int = 512, n_workers: int | None = None,
-                scheduler: str | None = None, seed: int = 0, progress: bool = True) -> MeanResult:
+                halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
+                scheduler: str | None = None, seed: int = 0, mask_radius_px: float | None = None,
+                eps: float | None = None, progress: bool = True) -> MeanResult:
     """Reconstruct by ``method``: ``"cg"`` (least squares, default), ``"fourier"`` (direct Fourier
     inversion), ``"wbp"`` (weighted back-projection), ``"sirt"`` (``maxiter`` Landweber steps).
 
-    Arguments as in :func:`cryoprism.reconstruct.reconstruct_mean`.
+    Arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
+    ``mask_radius_px`` and ``eps`` apply to ``"cg"`` only; ``batch_size`` None = automatic).
     """
     common = dict(rotations=rotations, origins_px=origins_px, ctf=ctf, pixel_size_A=pixel_size_A,
                   halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers, scheduler=scheduler,
                   seed=seed, progress=progress)
     if method == "cg":
-        return reconstruct_mean(data, regularization=regularization, tol=tol, maxiter=maxiter, **common)
+        return reconstruct_mean(data, regularization=regularization, tol=tol, maxiter=maxiter,
+                                mask_radius_px=mask_radius_px, eps=eps, **common)
+    if isinstance(regularization, str):
+        raise ValueError(f"regularization='auto' is for method 'cg' only, not {method!r}")
+    common["batch_size"] = batch_size or 512
     if method == "wbp":
         return reconstruct_wbp(data, **common)
     if method == "fourier":

@@ -31,7 +31,8 @@ import finufft
 import numpy as np
 import scipy.fft as sfft
 
-from cryoprism.forward.projection import backproject, nufft_eps, slice_indices, slice_points
+from cryoprism.forward.projection import (backproject, even_part, half_start, nufft_eps, slice_indices,
+                                         slice_points)
 from cryoprism.fourier.core import WORKERS
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import batch_ranges, default_workers
@@ -85,15 +86,20 @@ def kernel_spatial(rotations, L: int, ctf=None, weights=None, eps: float | None 
     else:
         c = np.asarray(ctf, dtype=np.float64)
         c = np.broadcast_to(c, (n, L, L)) if c.ndim == 2 else c
-        w = c[:, s, s] ** 2
+        w = even_part(c, L)[:, s, s] ** 2  # the CTF part a real image sees
     if weights is not None:
         w = w * np.asarray(weights, np.float64).reshape(-1, 1, 1)
-    w = (w / (L * L)).astype(cdtype).ravel()
-    z, y, x = slice_points(rot, L, dtype=rdtype)
+    w = w.reshape(n, m * m) / (L * L)
+    # K is real and even: fold the weights of -k onto k and spread only the Hermitian half-plane
+    P0 = half_start(L)
+    wh = np.empty((n, P0 + 1), dtype=np.float64)
+    wh[:, 1:] = w[:, P0 + 1:] + w[:, P0 - 1::-1]
+    wh[:, 0] = w[:, P0]
+    z, y, x = slice_points(rot, L, dtype=rdtype, half=True)
     nt = 0 if nthreads is None else nthreads
     # upsampfac 1.25 keeps the fine grid at ~(2.5L)³ instead of (4L)³
-    out = finufft.nufft3d1(z, y, x, w, (2 * L, 2 * L, 2 * L), eps=eps, isign=1, nthreads=nt,
-                           upsampfac=1.25 if rdtype == np.float32 else 2.0)
+    out = finufft.nufft3d1(z, y, x, wh.astype(cdtype).ravel(), (2 * L, 2 * L, 2 * L), eps=eps, isign=1,
+                           nthreads=nt, upsampfac=1.25 if rdtype == np.float32 else 2.0)
     return out.real.astype(rdtype)
 
 
@@ -123,15 +129,54 @@ def mean_kernel(rotations, L: int, ctf=None, weights=None, pixel_size_A=None, ba
     return kernel_from_spatial(K)
 
 
-def apply_kernel(kernel: MeanKernel, x: np.ndarray, regularization: float = 0.0) -> np.ndarray:
-    """``(Σ_j P_jᵀ P_j + λ I) x`` by a zero-padded convolution on the ``2L`` grid (two real FFTs)."""
+def apply_kernel(kernel: MeanKernel, x: np.ndarray, regularization=0.0) -> np.ndarray:
+    """``(Σ_j P_jᵀ P_j + Λ) x`` by a zero-padded convolution on the ``2L`` grid (two real FFTs).
+
+    ``regularization``: a scalar ``λ`` (``Λ = λ I``) or an ``rfftn``-layout array ``(L, L, L//2+1)``
+    of Fourier multipliers (``Λ = F⁻¹ diag(λ(k)) F``, see :func:`wiener_regularization`).
+    """
     L = kernel.L
     X = sfft.rfftn(x.astype(kernel.dtype, copy=False), s=(2 * L,) * 3, workers=WORKERS)
     X *= kernel.kernel_hat
     y = sfft.irfftn(X, s=(2 * L,) * 3, workers=WORKERS)[:L, :L, :L]
-    if regularization:
-        y = y + regularization * x
+    if np.ndim(regularization) == 0:
+        if regularization:
+            y = y + regularization * x
+    else:
+        y = y + sfft.irfftn(sfft.rfftn(x, workers=WORKERS) * regularization, s=(L,) * 3, workers=WORKERS)
     return y
+
+
+def _rfft_shell_index(L: int) -> np.ndarray:
+    """Integer Fourier radius of every element of an ``rfftn`` array of an ``L³`` volume."""
+    f = np.fft.fftfreq(L) * L
+    fz, fy = np.meshgrid(f, f, indexing="ij")
+    fx = np.fft.rfftfreq(L) * L
+    return np.rint(np.sqrt(fz[..., None] ** 2 + fy[..., None] ** 2 + fx[None, None] ** 2)).astype(np.int64)
+
+
+def wiener_regularization(x1: np.ndarray, x2: np.ndarray, noise_var: float, floor: float = 1e-3):
+    """Fourier multipliers ``λ(k) = σ² L³ / S(|k|)`` of a Gaussian prior with power spectrum ``S``.
+
+    ``S`` is the shell average of the cross power ``Re X̂₁ X̂₂*`` of two independent estimates
+    (half-sets), which is unbiased for the signal power because their noises are independent;
+    shells where it is not positive get ``S = floor · max S``. ``σ²`` is the noise variance per image
+    pixel. Returns an ``rfftn``-layout ``(L, L, L//2+1)`` array for :func:`apply_kernel`.
+    """
+    L = x1.shape[0]
+    X1 = sfft.rfftn(np.asarray(x1, np.float64), workers=WORKERS)
+    X2 = sfft.rfftn(np.asarray(x2, np.float64), workers=WORKERS)
+    r = _rfft_shell_index(L)
+    cross = np.real(X1 * np.conj(X2))
+    nsh = int(r.max()) + 1
+    S = np.bincount(r.ravel(), cross.ravel(), nsh) / np.maximum(np.bincount(r.ravel(), minlength=nsh), 1)
+    Smax = float(S.max()) if S.size and S.max() > 0 else 1.0
+    S = np.maximum(S, floor * Smax)
+    # beyond the first shell where the signal vanishes keep the floor (noise-only cross power)
+    bad = np.flatnonzero(S <= floor * Smax)
+    if bad.size:
+        S[bad[0]:] = floor * Smax
+    return (noise_var * L**3 / S)[r]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,11 +229,35 @@ def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 10
 
 
 
-def solve_mean(kernel: MeanKernel, rhs: np.ndarray, regularization: float = 0.0, tol: float = 1e-5,
-               maxiter: int = 100, x0=None, progress: bool = False):
-    """Solve ``(K + λ I) x = rhs`` by CG. Returns ``(x, CGInfo)``."""
-    return conjugate_gradient(lambda v: apply_kernel(kernel, v, regularization), rhs, x0=x0, tol=tol,
-                              maxiter=maxiter, progress=progress)
+def sphere_mask(L: int, radius_px: float, edge_px: float = 0.0) -> np.ndarray:
+    """``L³`` mask: 1 within ``radius_px`` of the centre ``L//2``, a raised-cosine fall-off to 0 over
+    ``edge_px`` beyond it (a hard boolean-valued mask when ``edge_px = 0``)."""
+    g = np.arange(L) - L // 2
+    r = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
+    if edge_px <= 0:
+        return (r <= radius_px).astype(np.float64)
+    t = np.clip((r - radius_px) / edge_px, 0.0, 1.0)
+    return 0.5 * (1 + np.cos(np.pi * t))
+
+
+def solve_mean(kernel: MeanKernel, rhs: np.ndarray, regularization=0.0, tol: float = 1e-5,
+               maxiter: int = 100, x0=None, progress: bool = False, support: np.ndarray | None = None):
+    """Solve ``(K + Λ) x = rhs`` by CG. Returns ``(x, CGInfo)``.
+
+    ``regularization``: scalar λ or Fourier multipliers (see :func:`apply_kernel`). ``support``: a
+    mask ``M`` (values in [0, 1]); the solution is ``x = M u`` with ``u`` solving ``M (K + Λ) M u = M b``
+    by CG — a support prior (hard for a 0/1 mask, tapered for a soft edge).
+    """
+    if support is None:
+        return conjugate_gradient(lambda v: apply_kernel(kernel, v, regularization), rhs, x0=x0, tol=tol,
+                                  maxiter=maxiter, progress=progress)
+    m = np.asarray(support, np.float64)
+    u0 = None
+    if x0 is not None:  # a starting x inside the support: u = x / M where M > 0
+        u0 = np.where(m > 1e-3, x0 / np.maximum(m, 1e-3), 0.0)
+    u, info = conjugate_gradient(lambda v: apply_kernel(kernel, v * m, regularization) * m, rhs * m,
+                                 x0=u0, tol=tol, maxiter=maxiter, progress=progress)
+    return u * m, info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,12 +277,20 @@ class MeanResult:
     info: dict = field(default_factory=dict)
 
 
-def accumulate_normal_equations(src, groups=None, batch_size: int = 512, n_workers: int | None = None,
-                                progress: bool = True, scheduler: str | None = None):
+def auto_batch_size(n: int, L: int, workers: int) -> int:
+    """Particles per batch: one share per worker, at most ~4M slice samples (2²² / L²) per batch."""
+    return int(max(16, min(-(-n // max(workers, 1)), 2**22 // (L * L))))
+
+
+def accumulate_normal_equations(src, groups=None, batch_size: int | None = None, n_workers: int | None = None,
+                                progress: bool = True, scheduler: str | None = None, eps: float | None = None,
+                                with_norms: bool = False):
     """One pass over particles: back-projection RHS and spatial kernel per group.
 
     ``groups``: ``(n,)`` integer labels ``0..G-1`` (e.g. half-sets) or None (one group). Returns
-    ``(rhs (G, L, L, L) float64, K (G, 2L, 2L, 2L))``.
+    ``(rhs (G, L, L, L) float64, K (G, 2L, 2L, 2L))``, plus ``Σ‖y_j‖²`` per group ``(G,)`` with
+    ``with_norms``. ``eps``: NUFFT tolerance (default: the dtype's, see ``forward.nufft_eps``).
+    ``batch_size`` None: :func:`auto_batch_size`.
     """
     n, L = src.n, src.L
     g = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
@@ -227,23 +304,29 @@ def accumulate_normal_equations(src, groups=None, batch_size: int = 512, n_worke
         im, rot, org, ctf = src.get(a, b)
         rhs = np.zeros((G, L, L, L), np.float64)
         K = np.zeros((G, 2 * L, 2 * L, 2 * L), kdtype)
+        y2 = np.zeros(G, np.float64)
         for q in range(G):
             sel = np.flatnonzero(g[a:b] == q)
             if sel.size == 0:
                 continue
             c = None if ctf is None else ctf[sel]
             o = None if org is None else org[sel]
-            rhs[q] = backproject(im[sel], rot[sel], o, c, nthreads=nt)
-            K[q] = kernel_spatial(rot[sel], L, c, dtype=kdtype, nthreads=nt)
-        return rhs, K
+            rhs[q] = backproject(im[sel], rot[sel], o, c, eps=eps, nthreads=nt)
+            K[q] = kernel_spatial(rot[sel], L, c, dtype=kdtype, nthreads=nt,
+                                  eps=None if eps is None else max(eps, 3e-5 if kdtype == np.float32 else 0))
+            y2[q] = float(np.sum(np.square(im[sel], dtype=np.float64)))
+        return rhs, K, y2
 
     def add(acc, v):
-        acc[0].__iadd__(v[0])
-        acc[1].__iadd__(v[1])
+        for x, y in zip(acc, v):
+            x += y
         return acc
 
-    return map_reduce(job, batch_ranges(n, batch_size), add, n_workers=workers, scheduler=scheduler,
-                      desc="back-projection", progress=progress)
+    if not batch_size:
+        batch_size = auto_batch_size(n, L, workers)
+    out = map_reduce(job, batch_ranges(n, batch_size), add, n_workers=workers, scheduler=scheduler,
+                     desc="back-projection", progress=progress)
+    return out if with_norms else out[:2]
 
 
 def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
@@ -258,8 +341,9 @@ def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
 
 
 def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pixel_size_A=None,
-                 halfmaps: bool = False, batch_size: int = 512, n_workers: int | None = None,
-                 scheduler: str | None = None, seed: int = 0, progress: bool = True) -> MeanResult:
+                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
+                 scheduler: str | None = None, seed: int = 0, eps: float | None = None,
+                 progress: bool = True) -> MeanResult:
     """One pass for the normal equations (per half-set if asked), then ``solver(kernel, rhs, scale)``
     → ``(volume, iterations, residual)`` for each half and for the full set; FSC of the halves.
 
@@ -269,7 +353,7 @@ def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pix
     t0 = time.perf_counter()
     src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
     groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else None
-    rhs, K = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler)
+    rhs, K = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps)
     kernels = [kernel_from_spatial(K[q]) for q in range(K.shape[0])]
     del K
     out: dict = {}
@@ -293,9 +377,11 @@ def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pix
 
 
 def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *,
-                     regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
-                     halfmaps: bool = False, batch_size: int = 512,
+                     regularization=0.0, tol: float = 1e-5, maxiter: int = 100,
+                     halfmaps: bool = False, batch_size: int | None = None,
                      n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
+                     eps: float | None = None, auto_iterations: int = 15,
+                     mask_radius_px: float | None = None, mask_edge_px: float = 0.0,
                      progress: bool = True) -> MeanResult:
     """Least-squares mean volume from particles with poses (and CTF), by CG on the normal equations.
 
@@ -305,11 +391,72 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
     to the normal operator for the full set (same units as ``Σ P_jᵀP_j``, i.e. grows with n; half-sets
     use ``λ`` times their fraction). ``halfmaps``: also reconstruct two half-sets
     (``rlnRandomSubset`` or a seeded split) and their FSC (``cryoprism.metrics.fsc``).
+
+    ``regularization="auto"``: a Wiener (Gaussian-prior) Tikhonov term estimated from the data —
+    the two half-sets are solved without regularisation for ``auto_iterations`` CG steps, the noise
+    variance per pixel comes from their residuals ``Σ‖y_j − P_j x‖²``, the signal power spectrum from
+    the half-maps' cross power (:func:`wiener_regularization`); then the full set (and the halves,
+    with ``halfmaps``) is solved with ``Λ = F⁻¹ diag(σ² L³ / S(|k|)) F``. Same single pass over the
+    particles. ``eps``: NUFFT tolerance of the pass (default 1e-6 for float32 data).
+    ``mask_radius_px``: restrict the solution to a sphere of this radius (pixels) around the box
+    centre — a support prior (e.g. ``L/2 - 1``, the inscribed sphere), with a raised-cosine edge of
+    ``mask_edge_px`` beyond it; None: the whole box.
     """
+    if isinstance(regularization, str):
+        if regularization != "auto":
+            raise ValueError("regularization must be a number or 'auto'")
+        return _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, tol=tol, maxiter=maxiter,
+                                 halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers,
+                                 scheduler=scheduler, seed=seed, eps=eps, auto_iterations=auto_iterations,
+                                 mask_radius_px=mask_radius_px, mask_edge_px=mask_edge_px, progress=progress)
+
     def solver(kernel, rhs, frac):
-        x, info = solve_mean(kernel, rhs, regularization * frac, tol, maxiter, progress=progress)
+        sup = None if mask_radius_px is None else sphere_mask(kernel.L, mask_radius_px, mask_edge_px)
+        x, info = solve_mean(kernel, rhs, regularization * frac, tol, maxiter, progress=progress, support=sup)
         return x, info.iterations, info.residuals[-1]
 
     return solve_groups(data, solver, rotations=rotations, origins_px=origins_px, ctf=ctf,
                         pixel_size_A=pixel_size_A, halfmaps=halfmaps, batch_size=batch_size,
-                        n_workers=n_workers, scheduler=scheduler, seed=seed, progress=progress)
+                        n_workers=n_workers, scheduler=scheduler, seed=seed, eps=eps, progress=progress)
+
+
+def _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, *, tol, maxiter, halfmaps, batch_size,
+                      n_workers, scheduler, seed, eps, auto_iterations, mask_radius_px,
+                      mask_edge_px, progress) -> MeanResult:
+    t0 = time.perf_counter()
+    src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
+    L = src.L
+    groups = half_set_labels(src.n, getattr(data, "table", None), seed)
+    rhs, K, y2 = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
+                                             with_norms=True)
+    kernels = [kernel_from_spatial(K[q]) for q in range(2)]
+    del K
+    sup = None if mask_radius_px is None else sphere_mask(L, mask_radius_px, mask_edge_px)
+    # 1. unregularised, early-stopped half solutions
+    pilot = []
+    rss = 0.0
+    for q in range(2):
+        x, _ = solve_mean(kernels[q], rhs[q], 0.0, tol, auto_iterations, support=sup)
+        pilot.append(x)
+        rss += y2[q] - 2 * np.vdot(x, rhs[q]) + np.vdot(x, apply_kernel(kernels[q], x))
+    # residual per pixel (the dropped -L/2 frequencies of even L hold noise only: counted too)
+    sigma2 = max(float(rss) / (src.n * L * L), 1e-30)
+    lam = wiener_regularization(pilot[0], pilot[1], sigma2)
+    out: dict = {"regularization": "auto", "noise_var_per_pixel": sigma2}
+    halves = fsc = None
+    if halfmaps:
+        h = []
+        for q in range(2):
+            xq, iq = solve_mean(kernels[q], rhs[q], lam, tol, maxiter, x0=pilot[q], progress=progress,
+                                support=sup)
+            h.append(xq.astype(src.dtype))
+            out[f"half{q + 1}_iterations"] = iq.iterations
+        halves = tuple(h)
+        from cryoprism.metrics.fsc import fsc as _fsc
+
+        fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
+    x, info = solve_mean(kernels[0] + kernels[1], rhs[0] + rhs[1], lam, tol, maxiter,
+                         x0=0.5 * (pilot[0] + pilot[1]), progress=progress, support=sup)
+    out["residuals"] = info.residuals
+    return MeanResult(x.astype(src.dtype), halves, fsc, info.iterations, info.residuals[-1],
+                      time.perf_counter() - t0, out)
