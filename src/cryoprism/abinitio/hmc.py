@@ -155,8 +155,9 @@ def energy_rotations(rotations, state: HMCState, data: GaussData):
 
 
 def hmc_means(state: HMCState, data: GaussData, priors: HMCPriors, rng, n_leapfrog: int = 10,
-              adapt: bool = True) -> bool:
-    """One leapfrog-HMC move of all 3K mean coordinates; ε ×1.02 on accept, ×0.98 on reject."""
+              adapt: bool = True, factor: float = 1.02) -> bool:
+    """One leapfrog-HMC move of all 3K mean coordinates; ε ×factor on accept, ÷factor on reject
+    (the thesis uses ×1.02 / ×0.98)."""
     eps = state.eps_means
     q = state.means_A.copy()
     E0, g = energy_means(q, state, data, priors)
@@ -174,11 +175,12 @@ def hmc_means(state: HMCState, data: GaussData, priors: HMCPriors, rng, n_leapfr
     if ok:
         state.means_A = q
     if adapt:
-        state.eps_means = eps * (1.02 if ok else 0.98)
+        state.eps_means = eps * (factor if ok else 1.0 / factor)
     return ok
 
 
-def hmc_rotations(state: HMCState, data: GaussData, rng, n_leapfrog: int = 10, adapt: bool = True):
+def hmc_rotations(state: HMCState, data: GaussData, rng, n_leapfrog: int = 10, adapt: bool = True,
+                  factor: float = 1.02):
     """Leapfrog HMC on every image's rotation in exponential coordinates (Lie-group leapfrog:
     ``R ← exp(ε[p]×) R``), independent accept per image; per-image adaptive ε."""
     n = state.rotations.shape[0]
@@ -200,7 +202,7 @@ def hmc_rotations(state: HMCState, data: GaussData, rng, n_leapfrog: int = 10, a
     ok = np.isfinite(H1) & (np.log(rng.random(n)) < H0 - H1)
     state.rotations = np.where(ok[:, None, None], R, state.rotations)
     if adapt:
-        state.eps_rot = state.eps_rot * np.where(ok, 1.02, 0.98)
+        state.eps_rot = state.eps_rot * np.where(ok, factor, 1.0 / factor)
     return ok
 
 
@@ -331,10 +333,11 @@ def log_posterior(state: HMCState, data: GaussData, priors: HMCPriors) -> float:
 
 
 def default_priors(data: GaussData, **kw) -> HMCPriors:
-    """``r`` from the spread of the (positive part of the CTF-uncorrected) image mass."""
+    """``r`` from the spread of the positive image mass (phase-flipped images when there is a CTF)."""
     L = data.L
     x = pixel_coords_A(L, data.pixel_size_A)
-    im = np.clip(data.images if data.ctf is None else np.abs(data.images), 0, None)
+    im = data.images if data.ctf is None else apply_ctf(data.images, np.sign(data.ctf))
+    im = np.clip(im - np.median(im), 0, None)
     w = im.sum(0)
     w = w / w.sum()
     mx, my = (w.sum(0) * x).sum(), (w.sum(1) * x).sum()
@@ -346,7 +349,7 @@ def initial_state(data: GaussData, K: int, priors: HMCPriors, rng, precision_inv
     means = rng.standard_normal((K, 3)) / np.sqrt(priors.mean_precision_invA2)
     s = priors.s_shape / priors.s_rate_A2 if precision_invA2 is None else precision_invA2
     st = HMCState(means, float(s), np.ones(data.n), 1.0, uniform_rotations(data.n, rng),
-                  np.zeros((data.n, 2)))
+                  np.zeros((data.n, 2)), eps_means=0.1 * data.pixel_size_A)
     sample_scales(st, data, rng)
     st.scales = np.abs(st.scales)
     sample_beta(st, data, priors, rng)
@@ -360,12 +363,14 @@ class HMCSettings:
     rotation_moves: int = 10
     n_rotations: int = 1000
     n_leapfrog: int = 10
+    #: step-size adaptation factor of the initial stage (faster than the thesis' 1.02: the stage is short)
+    adapt_factor: float = 1.1
 
 
 def _mixture_block(state, data, priors, rng, settings):
     for _ in range(settings.mixture_moves):
         sample_scales(state, data, rng)
-        hmc_means(state, data, priors, rng, settings.n_leapfrog)
+        hmc_means(state, data, priors, rng, settings.n_leapfrog, factor=settings.adapt_factor)
         mh_precision(state, data, priors, rng)
         sample_beta(state, data, priors, rng)
 
@@ -382,7 +387,7 @@ def run_initial_stage(data: GaussData, K: int, priors: HMCPriors, rng, settings:
         update_rotations_global(state, data, settings.n_rotations, rng)
         sample_scales(state, data, rng)
         for _ in range(settings.rotation_moves):
-            hmc_rotations(state, data, rng, settings.n_leapfrog)
+            hmc_rotations(state, data, rng, settings.n_leapfrog, factor=settings.adapt_factor)
         state.iteration += 1
         state.log_posterior.append(log_posterior(state, data, priors))
         if checkpoint is not None:
