@@ -78,13 +78,15 @@ class Stage:
 
 def default_stages(ell_max: int = 5, n_rotations: int = 600, iterations: Sequence[int] = (4, 4, 6),
                    batch_fraction: float = 0.5) -> list[Stage]:
-    """Three stages marching (ℓ_max, band limit) from about half to the full values:
-    ``ℓ_max ∈ {⌈ℓ/2⌉, ⌈3ℓ/4⌉, ℓ}``, band limit ``{0.3, 0.4, 0.5}`` cycles/pixel."""
-    ells = sorted({max(1, int(np.ceil(ell_max / 2))), max(1, int(np.ceil(3 * ell_max / 4))), int(ell_max)})
-    while len(ells) < len(iterations):
-        ells = [ells[0]] + ells
-    bls = np.linspace(0.3, 0.5, len(iterations))
-    return [Stage(e, float(b), int(n_rotations), int(k), float(batch_fraction))
+    """Frequency marching in ``len(iterations)`` stages: ℓ_max from ``⌈ℓ/2⌉`` to ``ℓ`` and the band
+    limit from 0.3 to 0.5 cycles/pixel, linearly (one stage: the final values)."""
+    n = len(iterations)
+    if n == 1:
+        ells, bls = [int(ell_max)], [0.5]
+    else:
+        ells = np.rint(np.linspace(max(1, np.ceil(ell_max / 2)), ell_max, n)).astype(int).tolist()
+        bls = np.linspace(0.3, 0.5, n).tolist()
+    return [Stage(int(e), float(b), int(n_rotations), int(k), float(batch_fraction))
             for e, b, k in zip(ells, bls, iterations)]
 
 
@@ -311,11 +313,12 @@ def _blocks(n_patches: Sequence[int], n_blocks: int, seed: int) -> list[list[np.
     return out
 
 
-def calibrate_scale(coef, basis, prepared, grid, sigma2, rho_empty=0.5, n_patches=128, n_rot=60,
+def calibrate_scale(coef, basis, prepared, grid, sigma2, rho_empty=0.5, n_patches=96, n_rot=36,
                     factors=None, seed=0) -> float:
     """Scale ``α`` maximising the approximate log-likelihood of ``α · coef`` on a few patches
-    (a log-spaced search, used once on the initial volume whose amplitude is arbitrary)."""
-    factors = np.logspace(-2, 2, 17) if factors is None else np.asarray(factors)
+    (a log-spaced search over 10⁻²…10², used once on the initial volume whose amplitude is
+    arbitrary)."""
+    factors = np.logspace(-2, 2, 13) if factors is None else np.asarray(factors)
     rng = np.random.default_rng(seed)
     rots = so3_grid(n_rot)
     best, best_ll = 1.0, -np.inf
@@ -353,6 +356,7 @@ def run_em(micrographs: Sequence[MicrographPatches], L: int, stages: Sequence[St
         b0 = _stage_basis(L, stages[0])
         prev_basis, prev_coef = b0, fit_volume(b0, init_volume)
     n_mic = [len(m.patches) for m in micrographs]
+    fresh = st.coef is None and not st.history
     basis = None
     for si in range(st.stage, len(stages)):
         stage = stages[si]
@@ -360,18 +364,16 @@ def run_em(micrographs: Sequence[MicrographPatches], L: int, stages: Sequence[St
         if prev_coef is None:
             rng = np.random.default_rng(seed)
             coef = rng.standard_normal(basis.n) / (1.0 + basis.zeros)  # decaying random spectrum
-            need_cal = True
         elif prev_basis is basis or (prev_basis is not None and prev_basis.n == basis.n
                                      and prev_basis.ell_max == basis.ell_max
                                      and prev_basis.bandlimit == basis.bandlimit):
             coef = prev_coef
-            need_cal = False
         else:
             coef = fit_volume(basis, evaluate_volume(prev_basis, prev_coef, L))
-            need_cal = st.stage == 0 and st.iteration == 0 and not st.history
         prepared = prepare(micrographs, basis, grid)
         rots = so3_grid(stage.n_rotations)
-        if need_cal and calibrate:
+        if fresh and calibrate:
+            fresh = False
             coef = coef * calibrate_scale(coef, basis, prepared, grid, sigma2, st.rho_empty, seed=seed)
         n_blocks = max(1, int(round(1.0 / stage.batch_fraction)))
         blocks = _blocks(n_mic, n_blocks, seed + 7919 * si)

@@ -1,0 +1,343 @@
+"""File-level driver of the micrograph EM: reading micrographs, CTF STAR and maps, checkpoints,
+the iteration table and the FSC-per-iteration figure (used by ``cryoprism micrograph-em``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cryoprism.ctf.model import CTFParams
+from cryoprism.errors import InputError
+from cryoprism.io.atomic import atomic_path
+from cryoprism.micrograph.em import EMState, MicrographPatches, Stage, run_em
+from cryoprism.micrograph.patches import (
+    ModelFilter,
+    cut_patches,
+    estimate_noise_variance,
+    filter_margin,
+    noise_profile,
+    whiten_micrograph,
+)
+from cryoprism.micrograph.sbasis import evaluate_volume, fit_volume, make_basis
+
+CHECKPOINT = "checkpoint.npz"
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs
+
+
+def read_micrograph(path, bin_factor: int = 1) -> tuple[np.ndarray, float | None]:
+    """A 2-D micrograph (float32, mean removed) and its pixel size (Å, after binning; None if the
+    header says 0), Fourier-cropped by ``bin_factor``."""
+    from cryoprism.fourier import downsample
+    from cryoprism.io.mrc import read_mrc
+
+    m, px = read_mrc(path, ndim=2, finite=True)
+    if bin_factor > 1:
+        m, _ = downsample(m, (m.shape[0] // bin_factor, m.shape[1] // bin_factor), ndim=2)
+        px = px * bin_factor if px else px
+    return (m - m.mean()).astype(np.float32), px
+
+
+def read_ctf_star(path, micrograph_paths: Sequence) -> tuple[list[CTFParams], float | None]:
+    """Per-micrograph CTF parameters from a RELION ``micrographs_ctf.star`` (CTFFIND/RELION output),
+    matched by file name; also returns ``rlnMicrographPixelSize`` (Å) when present."""
+    from cryoprism.io.star import read_star
+
+    star = read_star(path)
+    tab = star.particles.copy()
+    if "rlnMicrographName" not in tab.columns:
+        raise InputError("no rlnMicrographName column; expected a micrographs CTF STAR file", path)
+    for col in ("rlnDefocusU", "rlnDefocusV"):
+        if col not in tab.columns:
+            raise InputError(f"no {col} column; expected CTF parameters per micrograph", path)
+    if star.optics is not None and "rlnOpticsGroup" in tab.columns and "rlnOpticsGroup" in star.optics.columns:
+        extra = [c for c in star.optics.columns if c not in tab.columns or c == "rlnOpticsGroup"]
+        tab = tab.merge(star.optics[extra], on="rlnOpticsGroup", how="left")
+    names = {Path(str(n)).name: i for i, n in enumerate(tab["rlnMicrographName"])}
+    stems = {Path(str(n)).stem: i for i, n in enumerate(tab["rlnMicrographName"])}
+
+    def get(row, col, default):
+        return float(row[col]) if col in row and np.isfinite(float(row[col])) else default
+
+    out = []
+    for p in micrograph_paths:
+        i = names.get(Path(p).name, stems.get(Path(p).stem))
+        if i is None:
+            raise InputError(f"no row for micrograph {Path(p).name} (matched on rlnMicrographName)", path)
+        row = tab.iloc[i]
+        out.append(CTFParams(
+            defocus_u_A=get(row, "rlnDefocusU", 0.0), defocus_v_A=get(row, "rlnDefocusV", 0.0),
+            defocus_angle_deg=get(row, "rlnDefocusAngle", 0.0), voltage_kV=get(row, "rlnVoltage", 300.0),
+            cs_mm=get(row, "rlnSphericalAberration", 2.7),
+            amplitude_contrast=get(row, "rlnAmplitudeContrast", 0.1),
+            phase_shift_deg=get(row, "rlnPhaseShift", 0.0), bfactor_A2=get(row, "rlnCtfBfactor", 0.0),
+            scale=get(row, "rlnCtfScalefactor", 1.0)))
+    px = None
+    for col in ("rlnMicrographPixelSize", "rlnImagePixelSize"):
+        if col in tab.columns:
+            px = float(tab[col].iloc[0])
+            break
+    return out, px
+
+
+def map_to_box(volume: np.ndarray, voxel_size_A: float | None, L: int, pixel_size_A: float | None) -> np.ndarray:
+    """Resample a cubic map to the micrograph pixel size (Fourier crop/pad) and centre-crop/pad to
+    ``L``; with an unknown pixel size on either side the whole box is resized to ``L``."""
+    from cryoprism.fourier import crop_or_pad, fourier_resize
+
+    v = np.asarray(volume, dtype=np.float32)
+    if v.ndim != 3 or len(set(v.shape)) != 1:
+        raise InputError(f"expected a cubic volume, got shape {v.shape}")
+    N = v.shape[0]
+    if voxel_size_A and pixel_size_A:
+        n_new = max(2, int(round(N * voxel_size_A / pixel_size_A)))
+        v, _ = fourier_resize(v, n_new, ndim=3)
+        return crop_or_pad(v, L, ndim=3).astype(np.float32)
+    v, _ = fourier_resize(v, L, ndim=3)
+    return v.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(path, state: EMState, config: dict) -> None:
+    """Atomic ``.npz`` with the EM state (coefficients, counters, incremental statistics, history)."""
+    keys = sorted(state.block_H)
+    arrays = {
+        "coef": np.asarray(state.coef, dtype=np.float64),
+        "counters": np.array([state.stage, state.iteration, int(state.done)], dtype=np.int64),
+        "rho_empty": np.array(state.rho_empty),
+        "block_keys": np.array(keys, dtype=np.int64),
+        "block_H": np.stack([state.block_H[k] for k in keys]) if keys else np.zeros((0, 0, 0)),
+        "block_r": np.stack([state.block_r[k] for k in keys]) if keys else np.zeros((0, 0)),
+        "block_empty": np.array([state.block_empty[k] for k in keys]),
+        "block_n": np.array([state.block_n[k] for k in keys], dtype=np.int64),
+        "history": np.array(json.dumps(state.history)),
+        "config": np.array(json.dumps(config, sort_keys=True)),
+    }
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_checkpoint(path) -> tuple[EMState, dict]:
+    with np.load(path, allow_pickle=False) as z:
+        keys = [int(k) for k in z["block_keys"]]
+        st = EMState(stage=int(z["counters"][0]), iteration=int(z["counters"][1]), coef=z["coef"].copy(),
+                     rho_empty=float(z["rho_empty"]), done=bool(z["counters"][2]))
+        for i, k in enumerate(keys):
+            st.block_H[k] = z["block_H"][i].copy()
+            st.block_r[k] = z["block_r"][i].copy()
+            st.block_empty[k] = float(z["block_empty"][i])
+            st.block_n[k] = int(z["block_n"][i])
+        st.history = json.loads(str(z["history"]))
+        config = json.loads(str(z["config"]))
+    return st, config
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_iterations_csv(path, history: list, pixel_size_A: float | None) -> None:
+    cols = ["iteration", "stage", "stage_iteration", "ell_max", "bandlimit_cpp", "bandlimit_A", "n_coefficients",
+            "n_rotations", "n_patches", "loglik_per_patch", "rho_empty", "seconds", "fsc_mean", "fsc05_A"]
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            for h in history:
+                row = dict(h)
+                row["bandlimit_A"] = (pixel_size_A / h["bandlimit_cpp"]) if pixel_size_A else ""
+                w.writerow([row.get(c, "") for c in cols])
+
+
+def plot_fsc_per_iteration(path, rows: list, freq_invA: np.ndarray, title: str = "") -> None:
+    """FSC curves ``rows = [(iteration, curve), ...]`` coloured by iteration (0 = initial volume)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    n = len(rows)
+    for j, (it, c) in enumerate(rows):
+        ax.plot(freq_invA, c, color=cmap(j / max(n - 1, 1)), lw=1.2,
+                label=f"iteration {it}" if j in (0, n - 1) else None)
+    ax.axhline(0.5, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("spatial frequency (1/Å)" if freq_invA[-1] < 1 else "shell")
+    ax.set_ylabel("FSC with band-limited truth")
+    ax.set_ylim(-0.2, 1.02)
+    ax.set_title(title or "FSC per iteration (iteration 0 = initial volume)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole run
+
+
+@dataclass
+class RunConfig:
+    L: int
+    ell_max: int = 5
+    n_rotations: int = 600
+    iterations: tuple = (4, 4, 6)
+    batch_fraction: float = 0.5
+    bin_factor: int = 1
+    whiten: bool = True
+    seed: int = 0
+
+
+def stages_for(cfg: RunConfig) -> list[Stage]:
+    from cryoprism.micrograph.em import default_stages
+
+    return default_stages(cfg.ell_max, cfg.n_rotations, tuple(cfg.iterations), cfg.batch_fraction)
+
+
+def prepare_micrographs(mics: Sequence[np.ndarray], L: int, ctfs: Sequence[CTFParams] | None,
+                        pixel_size_A: float | None, whiten: bool) -> tuple[list[MicrographPatches], int, float]:
+    """Whitening, model filters, patches, the common margin and the noise variance."""
+    out, margins = [], []
+    for i, m in enumerate(mics):
+        prof = noise_profile(m, block=min(64, *m.shape)) if whiten else None
+        mw = whiten_micrograph(m, prof) if whiten else m
+        filt = ModelFilter(ctf=ctfs[i] if ctfs else None, pixel_size_A=pixel_size_A, profile=prof)
+        margins.append(filter_margin(filt, L))
+        P, _ = cut_patches(mw, L)
+        out.append(MicrographPatches(P, filt, name=str(i)))
+    sigma2 = float(np.median([estimate_noise_variance(mp.patches) for mp in out]))
+    return out, int(max(margins) if margins else 0), sigma2
+
+
+def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None, ctf_star=None,
+                 truth_path=None, resume: bool = False, pixel_size_A: float | None = None,
+                 noise_var: float | None = None, log: Callable[[str], None] = print) -> dict:
+    """Read, run the EM (checkpointing after every iteration) and write the outputs; returns figures."""
+    from cryoprism.io.mrc import read_mrc, write_mrc
+    from cryoprism.metrics.fsc import fsc, resolution_at
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L = int(cfg.L)
+    if L < 5:
+        raise InputError(f"--particle-box must be at least 5 pixels, got {L}")
+    mics, pxs = [], []
+    for p in mic_paths:
+        m, px = read_micrograph(p, cfg.bin_factor)
+        if min(m.shape) < 2 * L:
+            raise InputError(f"micrograph {m.shape} is smaller than two particle boxes ({L} px)", p)
+        mics.append(m)
+        pxs.append(px)
+    ctfs, star_px = (read_ctf_star(ctf_star, mic_paths) if ctf_star else (None, None))
+    px = pixel_size_A or (pxs[0] if pxs[0] else None) or (star_px * cfg.bin_factor if star_px else None)
+    if ctfs and not px:
+        raise InputError("pixel size unknown (header 0, no rlnMicrographPixelSize): pass --pixel-size",
+                         mic_paths[0])
+    stages = stages_for(cfg)
+    config = {"L": L, "stages": [asdict(s) for s in stages], "micrographs": [Path(p).name for p in mic_paths],
+              "bin": cfg.bin_factor, "whiten": cfg.whiten, "seed": cfg.seed, "ctf": bool(ctfs)}
+    ck = out_dir / CHECKPOINT
+    state = None
+    if resume:
+        if not ck.exists():
+            raise InputError("--resume: no checkpoint in the output folder", ck)
+        state, old = load_checkpoint(ck)
+        if old != config:
+            raise InputError("--resume: the checkpoint was written with different inputs or settings", ck)
+        log(f"resuming after iteration {len(state.history)}")
+    data, margin, sigma2 = prepare_micrographs(mics, L, ctfs, px, cfg.whiten)
+    if noise_var:
+        sigma2 = float(noise_var)
+    init_vol = None
+    if init_path is not None:
+        v, vs = read_mrc(init_path, ndim=3)
+        init_vol = map_to_box(v, vs, L, px)
+    truth_c = truth_vol = None
+    final_basis = make_basis(L, stages[-1].ell_max, stages[-1].bandlimit)
+    if truth_path is not None:
+        v, vs = read_mrc(truth_path, ndim=3)
+        truth_c = fit_volume(final_basis, map_to_box(v, vs, L, px))
+        truth_vol = evaluate_volume(final_basis, truth_c, L)
+    fsc_rows: list = []
+    fsc_path = out_dir / "fsc_per_iteration.csv"
+    if resume and fsc_path.exists():
+        with open(fsc_path) as f:
+            fsc_rows = [(int(r[0]), list(map(float, r[1:]))) for r in csv.reader(f) if r and r[0] != "iteration"]
+    pxo = px or 1.0
+
+    def fsc_of(vol):
+        res = fsc(vol, truth_vol, pxo)
+        return res, resolution_at(res, 0.5)
+
+    if truth_vol is not None and not fsc_rows:
+        if init_vol is not None:
+            b0 = make_basis(L, stages[0].ell_max, stages[0].bandlimit)
+            v0 = evaluate_volume(b0, fit_volume(b0, init_vol), L)
+            fsc_rows.append((0, list(fsc_of(v0)[0].curve)))
+
+    def callback(st: EMState, basis, rec):
+        vol = evaluate_volume(basis, st.coef, L).astype(np.float32)
+        if truth_vol is not None:
+            res, r05 = fsc_of(vol)
+            rec["fsc_mean"] = float(np.mean(res.curve[1:]))
+            rec["fsc05_A"] = float(r05)
+            fsc_rows.append((int(rec["iteration"]), list(res.curve)))
+            with atomic_path(fsc_path) as tmp:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["iteration"] + [f"shell_{k}" for k in range(len(res.curve))])
+                    for i, r in fsc_rows:
+                        w.writerow([i] + [f"{x:.5f}" for x in r])
+        save_checkpoint(ck, st, config)
+        write_iterations_csv(out_dir / "iterations.csv", st.history, px)
+        write_mrc(out_dir / "volume.mrc", vol, px)
+        msg = (f"iteration {rec['iteration']}: stage {rec['stage'] + 1}/{len(stages)} ell_max {rec['ell_max']} "
+               f"band {rec['bandlimit_cpp']:.2f} c/px, {rec['n_patches']} patches, "
+               f"loglik/patch {rec['loglik_per_patch']:.3f}, rho_empty {rec['rho_empty']:.3f}, "
+               f"{rec['seconds']:.1f} s")
+        if "fsc_mean" in rec:
+            msg += f", FSC mean {rec['fsc_mean']:.3f} (0.5 at {rec['fsc05_A']:.1f} Å)"
+        log(msg)
+
+    if state is not None and state.done:
+        from cryoprism.micrograph.em import EMResult
+
+        res = EMResult(state.coef, final_basis, state.rho_empty, state.history,
+                       evaluate_volume(final_basis, state.coef, L).astype(np.float32))
+    else:
+        res = run_em(data, L, stages, init_volume=init_vol, sigma2=sigma2, margin=margin, seed=cfg.seed,
+                     state=state, callback=callback)
+        save_checkpoint(ck, EMState(stage=len(stages) - 1, iteration=stages[-1].n_iterations, coef=res.coef,
+                                    rho_empty=res.rho_empty, history=res.history, done=True), config)
+    write_mrc(out_dir / "volume.mrc", res.volume, px)
+    write_iterations_csv(out_dir / "iterations.csv", res.history, px)
+    figures = {
+        "volume": str(out_dir / "volume.mrc"), "iterations_csv": str(out_dir / "iterations.csv"),
+        "n_micrographs": len(mics), "n_patches": int(sum(len(d.patches) for d in data)),
+        "particle_box": L, "pixel_size_A": px, "noise_variance": sigma2, "filter_margin_px": margin,
+        "n_iterations": len(res.history), "rho_empty": res.rho_empty,
+        "final_loglik_per_patch": res.history[-1]["loglik_per_patch"] if res.history else None,
+        "seconds": time.perf_counter() - t_start,
+    }
+    if truth_vol is not None and fsc_rows:
+        freq = fsc(res.volume, truth_vol, pxo).freq_invA
+        plot_fsc_per_iteration(out_dir / "fsc_per_iteration.png", fsc_rows, freq)
+        final, r05 = fsc_of(res.volume)
+        figures.update({"fsc_final": list(final.curve), "fsc05_A": r05,
+                        "fsc_plot": str(out_dir / "fsc_per_iteration.png")})
+    return figures
