@@ -1,0 +1,1 @@
+"""End-to-end pipelines (the demo) built from the library and the CLI commands."""
