@@ -1,0 +1,274 @@
+"""End to end: particles → mean, covariance, eigenvolumes, number of states, coordinates, classes,
+per-class reconstructions at full resolution, and the output files of ``cryoprism heterogeneity``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cryoprism.heterogeneity.classify import StateCount, coordinates, count_states, gmm_classes, subspace_em
+from cryoprism.heterogeneity.covariance import (
+    CovarianceResult,
+    SubspaceSystem,
+    covariance_full,
+    covariance_lowrank,
+    estimate_mean,
+    full_memory_bytes,
+)
+from cryoprism.heterogeneity.data import HetData, compute_residuals, prepare, subspace_statistics
+
+
+@dataclass
+class HeterogeneityResult:
+    """Everything the analysis produces (volumes on the ``N_res`` grid unless stated)."""
+
+    data: HetData
+    mean: np.ndarray  # (N, N, N)
+    covariance: CovarianceResult
+    states: StateCount
+    coords: np.ndarray  # (n, C−1) or (n, r) when C = 1
+    labels: np.ndarray  # (n,) 0..C−1
+    class_volumes: list = field(default_factory=list)  # full resolution (L³), one per class
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n_states(self) -> int:
+        return self.states.n_states
+
+
+def resolve_nres(L: int, pixel_size_A: float, n_res: int | None, max_res_A: float | None) -> int:
+    """``N_res`` from ``--nres`` or from a resolution limit: ``N = ceil(2 L a / res)`` (≤ L)."""
+    if n_res is not None:
+        return int(min(max(n_res, 4), L))
+    if max_res_A is not None:
+        return int(min(L, max(4, np.ceil(2 * L * pixel_size_A / max_res_A))))
+    return int(min(L, 17))
+
+
+def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "auto", cg_iterations: int = 10,
+            max_states: int = 8, block: int = 8, steps: int = 3, n_boot: int = 20, wiener: bool = True,
+            reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
+            progress: bool = True, max_full_bytes: float = 2e9) -> HeterogeneityResult:
+    """Run the heterogeneity analysis on a :class:`cryoprism.reconstruct.Source`.
+
+    ``method``: ``cg`` (dense covariance, 6-D Toeplitz kernel), ``lowrank`` (matrix-free subspace
+    estimator) or ``auto`` (``cg`` when its kernel fits in ``max_full_bytes``). ``classes``: ``auto``
+    (from the spectral gap) or a number of states. ``reconstruct``: per-class volumes at full
+    resolution (CG mean with the class's particles).
+    """
+    t = {}
+    t0 = time.perf_counter()
+    d = prepare(source, n_res, n_workers=n_workers, progress=progress)
+    t["read_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    A = estimate_mean(d, n_workers=n_workers, progress=progress)
+    compute_residuals(d, A.mean, n_workers=n_workers, progress=progress)
+    t["mean_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    if method == "auto":
+        method = "cg" if full_memory_bytes(d.N) <= max_full_bytes else "lowrank"
+    if method == "cg":
+        cov = covariance_full(d, maxiter=cg_iterations, max_bytes=max_full_bytes, n_workers=n_workers,
+                              progress=progress)
+        m = min(max_states + 4, cov.eigenvolumes.shape[0])
+        basis = cov.eigenvolumes[:m]
+        G, c = subspace_statistics(d, basis, n_workers, progress)
+        system = SubspaceSystem(G, c, d.noise_var)
+        Q = np.eye(m)
+        lam = cov.eigenvalues
+    elif method == "lowrank":
+        cov = covariance_lowrank(d, A, block=block, steps=steps, maxiter=cg_iterations, seed=seed,
+                                 n_workers=n_workers, progress=progress)
+        full_sys = cov.info["system"]
+        m = min(max_states + 4, cov.eigenvalues.size)
+        Q = cov.info["Q"][:, :m]
+        system = SubspaceSystem(np.einsum("ai,sab,bj->sij", Q, full_sys.G, Q), full_sys.c @ Q, d.noise_var)
+        Q = np.eye(m)
+        lam = cov.eigenvalues
+    else:
+        raise ValueError(f"method must be cg, lowrank or auto, got {method!r}")
+    t["covariance_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    states = count_states(lam, system, max_states=max_states, n_boot=n_boot, maxiter=cg_iterations,
+                          seed=seed)
+    C = states.n_states if classes == "auto" else int(classes)
+    r = max(C - 1, 1)
+    alpha = coordinates(system.G, system.c, Q[:, :r], lam[:r], d.noise_var, wiener=wiener)
+    labels, _ = gmm_classes(alpha, C, seed)
+    if C > 1 and refine:
+        Qr = Q[:, :r]
+        H = np.einsum("ai,sab,bj->sij", Qr, system.G, Qr)
+        labels, _, _ = subspace_em(H, system.c @ Qr, d.noise_var, labels, C)
+    t["classify_s"] = time.perf_counter() - t1
+    res = HeterogeneityResult(d, A.mean, cov, states, alpha, labels, [], t)
+    if reconstruct:
+        t1 = time.perf_counter()
+        res.class_volumes = class_reconstructions(source, labels, C, n_workers=n_workers,
+                                                  progress=progress)
+        t["reconstruct_s"] = time.perf_counter() - t1
+    t["total_s"] = time.perf_counter() - t0
+    return res
+
+
+class _SubsetImages:
+    """Images of a Source restricted to ``idx`` (reads only the batch asked for)."""
+
+    def __init__(self, source, idx):
+        self.source, self.idx = source, np.asarray(idx)
+
+    def images(self, j):
+        base = self.source._images
+        k = self.idx[np.asarray(j)]
+        if hasattr(base, "images") and callable(base.images):
+            return np.asarray(base.images(k))
+        return np.asarray(base[k])
+
+
+def class_reconstructions(source, labels: np.ndarray, n_classes: int, *, regularization: float = 1e-3,
+                          maxiter: int = 30, n_workers: int | None = None, progress: bool = True) -> list:
+    """Least-squares volume of each class at the full box (reconstruct module's CG + Toeplitz kernel)."""
+    from cryoprism.ctf.model import CTFParams
+    from cryoprism.reconstruct import Source, accumulate_normal_equations, kernel_from_spatial, solve_mean
+
+    out = []
+    for k in range(n_classes):
+        idx = np.flatnonzero(labels == k)
+        if idx.size == 0:
+            out.append(np.zeros((source.L,) * 3, np.float32))
+            continue
+        ctf = source.ctf
+        if isinstance(ctf, CTFParams):
+            ctf = ctf.take(idx)
+        elif ctf is not None:
+            ctf = np.asarray(ctf)[idx]
+        sub = Source(int(idx.size), source.L, source.pixel_size_A, _SubsetImages(source, idx),
+                     source.rotations[idx], None if source.origins_px is None else source.origins_px[idx],
+                     ctf, source.dtype)
+        rhs, K = accumulate_normal_equations(sub, None, n_workers=n_workers, progress=progress)
+        ker = kernel_from_spatial(K[0])
+        lam = regularization * float(np.abs(ker.kernel_hat).max())
+        x, _ = solve_mean(ker, rhs[0], lam, 1e-5, maxiter, progress=progress)
+        out.append(x.astype(np.float32))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+# ------------------------------------------------------------------------------------------------
+
+def eigenvolumes_full_box(res: HeterogeneityResult, r: int) -> np.ndarray:
+    """The leading ``r`` eigenvolumes Fourier-padded from ``N_res`` to the full box (unit norm)."""
+    from cryoprism.fourier.resample import upsample
+
+    U = res.covariance.eigenvolumes[:r]
+    L = res.data.L
+    out = []
+    for u in U:
+        v = u if res.data.N == L else upsample(u, L, ndim=3)[0]
+        out.append((v / (np.linalg.norm(v) or 1.0)).astype(np.float32))
+    return np.stack(out) if out else np.zeros((0, L, L, L), np.float32)
+
+
+def write_outputs(res: HeterogeneityResult, out_dir, *, star=None, pixel_size_A: float,
+                  n_eigvols: int | None = None) -> dict:
+    """Write eigenvalues.csv, coords.csv, classes.star (+ class_NN.star), class_NN.mrc, eigvol_NN.mrc,
+    report.png into ``out_dir``. ``star``: the input StarFile (its rows and columns are kept)."""
+    import pandas as pd
+
+    from cryoprism.io.atomic import atomic_path
+    from cryoprism.io.mrc import write_mrc
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    lam = res.covariance.eigenvalues
+    K = min(len(lam), 50)
+    gaps = np.full(K, np.nan)
+    g = res.states.gaps
+    gaps[:min(len(g), K)] = g[:K]
+    ev = pd.DataFrame({"index": np.arange(1, K + 1), "eigenvalue": lam[:K], "gap_ratio": gaps})
+    with atomic_path(out / "eigenvalues.csv") as p:
+        ev.to_csv(p, index=False)
+    files.append("eigenvalues.csv")
+    co = pd.DataFrame(res.coords, columns=[f"alpha_{i + 1}" for i in range(res.coords.shape[1])])
+    co.insert(0, "particle", np.arange(len(co)))
+    co["class"] = res.labels + 1
+    with atomic_path(out / "coords.csv") as p:
+        co.to_csv(p, index=False)
+    files.append("coords.csv")
+    if star is not None:
+        from cryoprism.io.star import write_star
+
+        table = star.particles.copy()
+        table["rlnClassNumber"] = res.labels + 1
+        s2 = _with_particles(star, table)
+        write_star(out / "classes.star", s2)
+        files.append("classes.star")
+        for k in range(res.n_states):
+            sub = table[table["rlnClassNumber"] == k + 1].reset_index(drop=True)
+            write_star(out / f"class_{k + 1:02d}.star", _with_particles(star, sub))
+            files.append(f"class_{k + 1:02d}.star")
+    for k, v in enumerate(res.class_volumes):
+        write_mrc(out / f"class_{k + 1:02d}.mrc", v, pixel_size_A)
+        files.append(f"class_{k + 1:02d}.mrc")
+    r = n_eigvols if n_eigvols is not None else max(res.n_states - 1, 1)
+    for k, v in enumerate(eigenvolumes_full_box(res, r)):
+        write_mrc(out / f"eigvol_{k + 1:02d}.mrc", v, pixel_size_A)
+        files.append(f"eigvol_{k + 1:02d}.mrc")
+    report_png(res, out / "report.png")
+    files.append("report.png")
+    return {"files": files}
+
+
+def _with_particles(star, table):
+    import copy
+
+    s2 = copy.copy(star)
+    s2.particles = table
+    return s2
+
+
+def report_png(res: HeterogeneityResult, path) -> None:
+    """Eigenvalue spectrum with the gap, coordinates coloured by class, central class slices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cryoprism.io.atomic import atomic_path
+
+    C = res.n_states
+    ncol = 2 + max(C, 1)
+    fig, ax = plt.subplots(1, ncol, figsize=(3.2 * ncol, 3.2))
+    lam = res.covariance.eigenvalues[:min(30, len(res.covariance.eigenvalues))]
+    ax[0].bar(np.arange(1, len(lam) + 1), lam, color=["C3" if i < C - 1 else "C0" for i in range(len(lam))])
+    ax[0].set_title(f"eigenvalues: {C} state(s), gap {res.states.gaps.max() if res.states.gaps.size else 0:.2f}")
+    ax[0].set_xlabel("index")
+    a = res.coords
+    if a.shape[1] >= 2:
+        for k in range(C):
+            s = res.labels == k
+            ax[1].scatter(a[s, 0], a[s, 1], s=2, alpha=0.4, label=f"class {k + 1}")
+        ax[1].set_xlabel("α₁")
+        ax[1].set_ylabel("α₂")
+    else:
+        bins = np.linspace(a[:, 0].min(), a[:, 0].max(), 60)
+        for k in range(C):
+            ax[1].hist(a[res.labels == k, 0], bins=bins, alpha=0.6, label=f"class {k + 1}")
+        ax[1].set_xlabel("α₁")
+    ax[1].set_title("coordinates")
+    ax[1].legend(fontsize=7)
+    vols = res.class_volumes or [res.mean]
+    for k in range(ncol - 2):
+        if k < len(vols):
+            v = vols[k]
+            ax[2 + k].imshow(v[v.shape[0] // 2], cmap="gray")
+            ax[2 + k].set_title(f"class {k + 1} (z = L/2)")
+        ax[2 + k].axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as p:
+        fig.savefig(p, dpi=90, format="png")
+    plt.close(fig)
