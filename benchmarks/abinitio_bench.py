@@ -157,16 +157,32 @@ def load_truth():
     return np.clip(vol - THRESHOLD, 0, None).astype(np.float64), float(px)
 
 
+def thesis_reference(truth, px, res_A):
+    """The thesis' "map at res Å": Gaussian blur with σ = res/(π√2) (transfer e^{-1} at 1/res)."""
+    from cryoprism.fourier.core import radius_grid
+    from cryoprism.image.filters import apply_radial_filter
+
+    sig = res_A / (np.pi * np.sqrt(2))
+    H = np.exp(-2 * np.pi ** 2 * sig ** 2 * radius_grid(truth.shape, px) ** 2)
+    return apply_radial_filter(truth, H, 3)
+
+
 def compare_maps(truth, est, px, filt_A):
+    """FSC 0.5 and CC after alignment (rotation, shift, hand: cryoprism.metrics.align_volumes), against
+    the truth filtered to ``filt_A`` two ways: the thesis' Gaussian definition (primary) and a 3-D
+    low-pass with a cosine edge (transfer 1/2 at 1/filt_A)."""
     from cryoprism.image.filters import lowpass
     from cryoprism.metrics.align import align_volumes
     from cryoprism.metrics.fsc import fsc, resolution_at
 
-    ref = lowpass(truth, px, resolution_A=filt_A)
-    al = align_volumes(ref, est)
-    f = fsc(ref, al.aligned, px)
-    return {"fsc05_A": float(resolution_at(f, 0.5)), "cc": float(al.correlation),
-            "flipped": bool(al.flipped)}
+    out = {}
+    for name, ref in (("thesis_gaussian", thesis_reference(truth, px, filt_A)),
+                      ("cosine_lowpass", lowpass(truth, px, resolution_A=filt_A, ndim=3))):
+        al = align_volumes(ref, est)
+        f = fsc(ref, al.aligned, px)
+        out[name] = {"fsc05_A": float(resolution_at(f, 0.5)), "cc": float(al.correlation),
+                     "flipped": bool(al.flipped)}
+    return out
 
 
 def rotation_errors(R_true, R_est):
@@ -214,7 +230,7 @@ def exp_full_gibbs(truth, px, n, restarts, K_ref, alternations, sweeps, rng):
     imgs = project(truth, R)
     t = time.perf_counter()
     res = pipeline.run_abinitio(imgs, px, method="gibbs", K_initial=100, K_refine=K_ref, restarts=restarts,
-                                n_alternations=alternations, refine_sweeps=sweeps, n_counts_refine=4000,
+                                n_alternations=alternations, refine_sweeps=sweeps, n_counts_refine=20000,
                                 seed=1, progress=False)
     out = {"n_images": n, "restarts": restarts, "K_initial": 100, "K_refine": K_ref,
            "alternations": alternations, "refine_sweeps": sweeps,

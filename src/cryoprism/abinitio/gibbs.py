@@ -81,13 +81,14 @@ class ChainState:
 
 @dataclass(frozen=True)
 class CountData:
-    """Counts ``(n, L, L)`` and their expansion into points (Å) grouped by image."""
+    """Counts ``(n, L, L)`` and their non-zero pixels (centres in Å) grouped by image."""
 
     counts: np.ndarray
     pixel_size_A: float
-    points_A: np.ndarray      # (P, 2) [x, y]
-    image_of: np.ndarray      # (P,)
-    starts: np.ndarray        # (n + 1,) offsets of each image's points
+    pixels_A: np.ndarray      # (M, 2) [x, y] of the non-zero pixels
+    pixel_counts: np.ndarray  # (M,)
+    image_of: np.ndarray      # (M,)
+    starts: np.ndarray        # (n + 1,) offsets of each image's pixels
 
     @property
     def n(self) -> int:
@@ -107,27 +108,25 @@ def images_to_counts(images, n_counts: int = 1000) -> np.ndarray:
 
 
 def count_data(counts, pixel_size_A: float) -> CountData:
-    """Expand counts into one 2-D point (pixel centre, Å) per count."""
+    """Index the non-zero pixels of integer counts ``(n, L, L)``."""
     counts = np.asarray(counts, dtype=np.int64)
     n, L, _ = counts.shape
     flat = counts.reshape(n, -1)
-    idx = np.repeat(np.arange(n * L * L), flat.ravel())
-    img, pix = np.divmod(idx, L * L)
+    img, pix = np.nonzero(flat)
     iy, ix = np.divmod(pix, L)
     x = pixel_coords_A(L, pixel_size_A)
-    pts = np.stack([x[ix], x[iy]], axis=1)
-    starts = np.concatenate([[0], np.cumsum(flat.sum(1))])
-    return CountData(counts, float(pixel_size_A), pts, img, starts)
+    starts = np.concatenate([[0], np.cumsum(np.count_nonzero(flat, axis=1))])
+    return CountData(counts, float(pixel_size_A), np.stack([x[ix], x[iy]], axis=1), flat[img, pix],
+                     img, starts)
 
 
 def default_priors(data: CountData, **kw) -> Priors:
     """``r`` = precision of one isotropic Gaussian fitted to the counts (seed 004 default)."""
-    d = data.points_A
-    cen = np.zeros((data.n, 2))
-    for a in range(2):
-        cen[:, a] = np.bincount(data.image_of, weights=d[:, a], minlength=data.n) / np.maximum(
-            np.diff(data.starts), 1)
-    var = np.mean(np.sum((d - cen[data.image_of]) ** 2, axis=1)) / 2.0
+    d, w = data.pixels_A, data.pixel_counts.astype(np.float64)
+    tot = np.maximum(np.bincount(data.image_of, weights=w, minlength=data.n), 1)
+    cen = np.stack([np.bincount(data.image_of, weights=w * d[:, a], minlength=data.n) / tot
+                    for a in range(2)], axis=1)
+    var = np.sum(w * np.sum((d - cen[data.image_of]) ** 2, axis=1)) / w.sum() / 2.0
     return Priors(mean_precision_invA2=1.0 / var, **kw)
 
 
@@ -159,8 +158,24 @@ class Stats:
     sq: np.ndarray
 
 
+def _draw_per_count(p, counts, rng):
+    """For every row of (unnormalised) probabilities ``p`` (m, K), draw ``counts[row]`` categorical
+    indices (inverse CDF: one cumulative sum per row, a binary search per count)."""
+    c = np.cumsum(p, axis=1)
+    c /= c[:, -1:]
+    m, K = c.shape
+    row = np.repeat(np.arange(m), counts)
+    u = rng.random(row.size)
+    flat = (c + np.arange(m)[:, None] * 2.0).ravel()       # rows separated: row r lives in [2r, 2r+1]
+    k = np.searchsorted(flat, u + row * 2.0, side="right") - row * K
+    return row, np.minimum(k, K - 1)
+
+
 def sample_latents(state: ChainState, data: CountData, rng) -> Stats:
-    """Steps 1–2: assignments of every count and the missing depths (as sufficient statistics)."""
+    """Steps 1–2: assignments of every count and the missing depths (as sufficient statistics).
+
+    Assignment probabilities are computed once per non-zero pixel; the pixel's counts are drawn from
+    them (equivalent to a multinomial over components per pixel)."""
     K = state.means_A.shape[0]
     s = float(state.precision_invA2)
     n = data.n
@@ -171,16 +186,19 @@ def sample_latents(state: ChainState, data: CountData, rng) -> Stats:
     logw = np.log(np.maximum(state.weights, _TINY))
     for a, b in _image_chunks(data, K):
         p0, p1 = data.starts[a], data.starts[b]
-        x = data.points_A[p0:p1]
+        x = data.pixels_A[p0:p1]
         img = data.image_of[p0:p1]
-        c = c_all[img]                                        # (p, K, 2)
+        c = c_all[img]                                        # (m, K, 2)
         d2 = (x[:, None, 0] - c[..., 0]) ** 2 + (x[:, None, 1] - c[..., 1]) ** 2
-        z = categorical(logw[None] - 0.5 * s * d2, rng)
-        f = img * K + z
+        lp = logw[None] - 0.5 * s * d2
+        lp -= lp.max(axis=1, keepdims=True)
+        row, z = _draw_per_count(np.exp(lp), data.pixel_counts[p0:p1], rng)
+        f = img[row] * K + z
+        xr = x[row]
         N += np.bincount(f, minlength=n * K)
-        Sx[:, 0] += np.bincount(f, weights=x[:, 0], minlength=n * K)
-        Sx[:, 1] += np.bincount(f, weights=x[:, 1], minlength=n * K)
-        Sxx += np.bincount(f, weights=(x * x).sum(1), minlength=n * K)
+        Sx[:, 0] += np.bincount(f, weights=xr[:, 0], minlength=n * K)
+        Sx[:, 1] += np.bincount(f, weights=xr[:, 1], minlength=n * K)
+        Sxx += np.bincount(f, weights=(xr * xr).sum(1), minlength=n * K)
     N = N.reshape(n, K)
     # depths: each assigned count has depth ~ N(m_ik, 1/s) independently
     m = m_all
@@ -469,13 +487,18 @@ def refinement_state(initial: ChainState, K: int, rng, precision_scale: float = 
 
 def run_refinement(data: CountData, state: ChainState, priors: Priors, rng, n_sweeps: int = 100,
                    burn_in: int = 50, thin: int = 10, shifts: bool = True, checkpoint=None,
-                   samples: list | None = None):
+                   samples: list | None = None, mp_every: int = 5, mp_scales_deg=(1.0, 0.5),
+                   n_proposals: int = 16):
     """All variables jointly; returns ``(state, samples)`` with every ``thin``-th state after
-    ``burn_in`` (for the posterior mean). ``state.iteration`` counts sweeps (resumable)."""
+    ``burn_in`` (for the posterior mean). ``state.iteration`` counts sweeps (resumable). Every
+    ``mp_every`` sweeps the rotations also get multiple-proposal moves at ``mp_scales_deg``."""
     rng = np.random.default_rng(rng)
     samples = [] if samples is None else samples
     while state.iteration < n_sweeps:
         full_sweep(state, data, priors, rng, shifts=shifts)
+        if mp_every and state.iteration % mp_every == 0:
+            for sc in mp_scales_deg:
+                update_rotations_multiproposal(state, data, rng, n_proposals, sc)
         state.iteration += 1
         if state.iteration % thin == 0 or state.iteration == n_sweeps:
             state.log_posterior.append(log_posterior(state, data, priors))

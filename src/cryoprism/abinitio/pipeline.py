@@ -159,8 +159,8 @@ def _crop_ctf(ctf, L_from, L_to):
 
 def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs", K_initial: int = 100,
                  K_refine: int = 1000, restarts: int = 4, initial_box: int = 32,
-                 refine_box: int = 64, n_counts_initial: int = 1000, n_counts_refine: int = 4000,
-                 n_alternations: int = 10, n_rotations: int = 1000, refine_sweeps: int = 100,
+                 refine_box: int = 64, n_counts_initial: int = 1000, n_counts_refine: int = 20000,
+                 n_alternations: int | None = None, n_rotations: int = 1000, refine_sweeps: int = 100,
                  burn_in: int | None = None, thin: int = 10, seed: int = 0, workdir=None,
                  resume: bool = False, processes: bool = False, scheduler: str | None = None,
                  progress: bool = True) -> AbinitioResult:
@@ -170,6 +170,8 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
 
     images = np.asarray(images, dtype=np.float64)
     n, L, _ = images.shape
+    if n_alternations is None:   # the HMC initial stage needs about twice as many alternations
+        n_alternations = 12 if method == "gibbs" else 25
     if method not in ("gibbs", "hmc"):
         raise ValueError("method must be 'gibbs' or 'hmc'")
     Li = min(initial_box, L)

@@ -53,11 +53,12 @@ def abinitio_command(
                                                                      "(Fourier-cropped)."),
     refine_box: int = typer.Option(64, "--refine-box", min=8, help="Image box (pixels) of the refinement."),
     counts: int = typer.Option(1000, "--counts", min=10, help="Counts per image, initial stage (gibbs)."),
-    refine_counts: int = typer.Option(4000, "--refine-counts", min=10, help="Counts per image, refinement (gibbs)."),
+    refine_counts: int = typer.Option(20000, "--refine-counts", min=10, help="Counts per image, refinement (gibbs)."),
     n_rotations: int = typer.Option(1000, "--rotations", min=10,
                                     help="Uniform rotations N_R of each global rotation step."),
-    alternations: int = typer.Option(12, "--alternations", min=1,
-                                     help="Mixture/rotation alternations of the initial stage."),
+    alternations: int = typer.Option(None, "--alternations", min=1,
+                                     help="Mixture/rotation alternations of the initial stage "
+                                          "(default 12 for gibbs, 25 for hmc)."),
     sweeps: int = typer.Option(100, "--sweeps", min=2, help="Refinement sweeps (half are burn-in)."),
     max_images: int = typer.Option(200, "--max-images", min=1, help="Use at most this many images "
                                                                     "(the first ones)."),
