@@ -159,7 +159,7 @@ def main() -> None:
     import numpy as np
 
     from cryoprism.ctf.model import CTFParams, ctf_2d
-    from cryoprism.forward import (backproject, gaussian_blob_volume, project, simulate_particles)
+    from cryoprism.forward import backproject, gaussian_blob_volume, project, simulate_particles
     from cryoprism.fourier import downsample
     from cryoprism.geometry import uniform_rotations
     from cryoprism.io import read_mrc, read_particles
@@ -257,7 +257,8 @@ def main() -> None:
         project(vol64, Atp)
         ts.append(time.perf_counter() - t0)
     ours_proj = n_tp / min(ts)
-    res["projection_throughput"] = {"n": n_tp, "box": 64, "dtype": "float32", "cryoprism_images_per_s": ours_proj}
+    res["projection_throughput"] = {"n": n_tp, "box": 64, "dtype": "float32",
+                                    "cryoprism_images_per_s": ours_proj}
     if use_aspire:
         a = run_aspire({"kind": "project", "volume": str(work / "vol50s.npy"), "n": n_tp, "repeats": 3}, work)
         res["projection_throughput"]["aspire"] = a
@@ -290,7 +291,8 @@ def main() -> None:
     v32, px32 = downsample(vol50s.astype(np.float64), L_mean, ndim=3, pixel_size_A=px50s)
     v32 = v32.astype(np.float32)
     simulate_particles(v32, n_mean, px32, snr=0.1, shift_std_A=0.0, n_defocus_groups=20, rng=3,
-                       defocus_range_A=(1.0e4, 3.0e4), out_star=work / "mean.star", out_mrcs=work / "mean.mrcs",
+                       defocus_range_A=(1.0e4, 3.0e4), out_star=work / "mean.star",
+                       out_mrcs=work / "mean.mrcs",
                        progress=False)
     t0 = time.perf_counter()
     stack = read_particles(work / "mean.star")
@@ -304,7 +306,8 @@ def main() -> None:
                 "cryoprism_mask_radius_px": mask_r,
                 "fsc_vs_truth_cryoprism": f_ours[: L_mean // 2 + 1].tolist()}
     if use_aspire:
-        a = run_aspire({"kind": "mean", "star": str(work / "mean.star"), "out": str(work / "aspire_mean.npy")},
+        a = run_aspire({"kind": "mean", "star": str(work / "mean.star"),
+                        "out": str(work / "aspire_mean.npy")},
                        work)
         mean_res["aspire"] = a
         if "seconds" in a:

@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
         """Noiseless projections of VOLUME: reads VOLUME (and --star), writes OUT (MRCS) and a
         RELION 3.1 STAR with the poses used (OUT with suffix .star)."""
         from cryoprism.forward import simulate_particles
-        from cryoprism.io import read_particles, read_mrc, write_particles
+        from cryoprism.io import read_mrc, read_particles, write_particles
 
         vol, px = read_mrc(volume)
         t0 = time.perf_counter()
@@ -233,6 +233,7 @@ def register(app: typer.Typer) -> None:
             h2 = out.with_name(out.stem + "_half2" + out.suffix)
             write_mrc(h1, r.half_maps[0], px)
             write_mrc(h2, r.half_maps[1], px)
-            fig.update({"half_maps": [str(h1), str(h2)], "resolution_fsc_0.143_A": resolution_at(r.fsc, 0.143),
+            fig.update({"half_maps": [str(h1), str(h2)],
+                        "resolution_fsc_0.143_A": resolution_at(r.fsc, 0.143),
                         "fsc": r.fsc.to_dict()})
         emit(fig, as_json)

@@ -28,8 +28,8 @@ e^{iωr}]``), which is exact for any coefficients. Because the image is real, on
 
 from __future__ import annotations
 
-import numpy as np
 import finufft
+import numpy as np
 
 from cryoprism.fourier.core import WORKERS, fft2c, ifft2c
 
@@ -69,7 +69,8 @@ def half_start(L: int) -> int:
     return (m * m - 1) // 2
 
 
-def slice_points(rotations: np.ndarray, L: int, dtype=np.float64, half: bool = False) -> tuple[np.ndarray, ...]:
+def slice_points(rotations: np.ndarray, L: int, dtype=np.float64,
+                 half: bool = False) -> tuple[np.ndarray, ...]:
     """NUFFT points ``2π/L · Aᵀ(kx, ky, 0)`` in array-axis order ``(z, y, x)``, each ``(n·m²,)``.
 
     ``m = len(slice_indices(L))``; the image grid is ``[ky, kx]`` (row = y), flattened per particle.

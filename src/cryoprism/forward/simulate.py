@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -129,7 +128,10 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     rng = np.random.default_rng(rng)
     n = int(n)
 
-    rot = uniform_rotations(n, rng) if rotations is None else np.asarray(rotations, np.float64).reshape(n, 3, 3)
+    if rotations is None:
+        rot = uniform_rotations(n, rng)
+    else:
+        rot = np.asarray(rotations, np.float64).reshape(n, 3, 3)
     if origins_A is None:
         org = rng.normal(0.0, shift_std_A, (n, 2)) if shift_std_A > 0 else np.zeros((n, 2))
     else:

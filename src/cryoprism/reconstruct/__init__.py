@@ -1,6 +1,15 @@
 """Reconstruction from particles with known poses: least-squares mean (CG with a Toeplitz kernel),
 direct Fourier inversion, weighted back-projection, SIRT (derivations in docs/reconstruct.md)."""
 
+from cryoprism.reconstruct.classic import (  # noqa: E402  (imports mean)
+    METHODS,
+    fourier_inversion,
+    grid_slices,
+    reconstruct,
+    reconstruct_fourier,
+    reconstruct_wbp,
+    sirt,
+)
 from cryoprism.reconstruct.mean import (
     CGInfo,
     MeanKernel,
@@ -17,19 +26,11 @@ from cryoprism.reconstruct.mean import (
     solve_mean,
 )
 from cryoprism.reconstruct.sources import Source, as_source
-from cryoprism.reconstruct.classic import (  # noqa: E402  (imports mean)
-    METHODS,
-    fourier_inversion,
-    grid_slices,
-    reconstruct,
-    reconstruct_fourier,
-    reconstruct_wbp,
-    sirt,
-)
 
 __all__ = [
     "reconstruct_mean", "mean_kernel", "apply_kernel", "kernel_spatial", "kernel_from_spatial",
     "MeanKernel", "MeanResult", "CGInfo", "conjugate_gradient", "solve_mean",
     "accumulate_normal_equations", "half_set_labels", "solve_groups", "Source", "as_source",
-    "reconstruct", "reconstruct_wbp", "fourier_inversion", "grid_slices", "reconstruct_fourier", "sirt", "METHODS",
+    "reconstruct", "reconstruct_wbp", "fourier_inversion", "grid_slices", "reconstruct_fourier", "sirt",
+    "METHODS",
 ]

@@ -30,8 +30,14 @@ from cryoprism.forward.projection import backproject
 from cryoprism.fourier.core import fft2c, ifft2c, ifft3c
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import batch_ranges, default_workers
-from cryoprism.reconstruct.mean import (MeanKernel, MeanResult, apply_kernel, half_set_labels,
-                                        reconstruct_mean, solve_groups)
+from cryoprism.reconstruct.mean import (
+    MeanKernel,
+    MeanResult,
+    apply_kernel,
+    half_set_labels,
+    reconstruct_mean,
+    solve_groups,
+)
 from cryoprism.reconstruct.sources import as_source
 
 METHODS = ("cg", "fourier", "wbp", "sirt")

@@ -31,13 +31,18 @@ import finufft
 import numpy as np
 import scipy.fft as sfft
 
-from cryoprism.forward.projection import (backproject, even_part, half_start, nufft_eps, slice_indices,
-                                         slice_points)
+from cryoprism.forward.projection import (
+    backproject,
+    even_part,
+    half_start,
+    nufft_eps,
+    slice_indices,
+    slice_points,
+)
 from cryoprism.fourier.core import WORKERS
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import batch_ranges, default_workers
 from cryoprism.reconstruct.sources import as_source
-
 
 # ----------------------------------------------------------------------------------------------
 # kernel
