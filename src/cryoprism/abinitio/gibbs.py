@@ -504,7 +504,7 @@ def run_refinement(data: CountData, state: ChainState, priors: Priors, rng, n_sw
             state.log_posterior.append(log_posterior(state, data, priors))
         if state.iteration > burn_in and (state.iteration - burn_in) % thin == 0:
             samples.append(state.copy())
-        if checkpoint is not None and state.iteration % thin == 0:
+        if checkpoint is not None and (state.iteration % thin == 0 or state.iteration == n_sweeps):
             checkpoint(state, samples)
     return state, samples
 
