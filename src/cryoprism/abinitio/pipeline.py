@@ -148,6 +148,7 @@ class AbinitioResult:
     initial_traces: list
     refinement_trace: list
     timings_s: dict = field(default_factory=dict)
+    restart_rotations: list = field(default_factory=list)   # final initial-stage rotations per restart
 
 
 def _crop_ctf(ctf, L_from, L_to):
@@ -218,7 +219,8 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
             K0 = init.means_A.shape[0]
             means = gibbs.sample_mixture(init.mixture, K_refine, rng)
             state = hmc.HMCState(means, init.precision_invA2 * 4, init.scales * K0 / K_refine, init.beta,
-                                 init.rotations.copy(), init.shifts_A.copy())
+                                 init.rotations.copy(), init.shifts_A.copy(), eps_means=init.eps_means,
+                                 eps_rot=None if init.eps_rot is None else init.eps_rot.copy())
             hmc.sample_scales(state, data, rng)
             hmc.sample_beta(state, data, pri, rng)
         save = (lambda st, smp: save_checkpoint(ck, st, rng, "refine", smp)) if ck is not None else None
@@ -231,4 +233,5 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
                           -np.asarray(state.shifts_A), lps, best,
                           [list(o[0].log_posterior) for o in outs], list(state.log_posterior),
                           {"initial_stage_s": t_init, "initial_per_restart_s": [float(o[2]) for o in outs],
-                           "refinement_s": t_ref})
+                           "refinement_s": t_ref},
+                          [o[0].rotations for o in outs])
