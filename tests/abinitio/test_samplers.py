@@ -196,3 +196,13 @@ def test_rotation_set_alignment_handles_mirror(rng):
     assert mirrored and err.max() < 1e-6
     mu = rng.normal(size=(4, 3))
     assert np.allclose(T @ (G @ J @ mu.T), mu.T)
+
+
+def test_hmc_candidate_energy_matches_global(rng):
+    """Per-image candidate energies equal the shared-candidate (Fourier) global energies."""
+    data, st, pri = _hmc_setup(rng)
+    st.shifts_A = np.zeros_like(st.shifts_A)
+    cand = uniform_rotations(4, rng)
+    E = hmc.global_rotation_energy(st.means_A, st.precision_invA2, st.beta, cand, st.shifts_A, data)
+    Ec = hmc.candidate_energy(st, data, np.repeat(cand[None], data.n, 0))
+    assert np.allclose(E, Ec, rtol=1e-8)

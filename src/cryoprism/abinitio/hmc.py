@@ -314,6 +314,41 @@ def update_rotations_global(state: HMCState, data: GaussData, n_rotations: int, 
     state.rotations = cand[categorical(-E, rng)]
 
 
+def candidate_energy(state: HMCState, data: GaussData, candidates, budget: int = 8_000_000) -> np.ndarray:
+    """λ-marginal energy of per-image candidate rotations ``(n, M, 3, 3)`` → ``(n, M)``."""
+    n, M = candidates.shape[:2]
+    L = data.L
+    K = state.means_A.shape[0]
+    out = np.empty((n, M))
+    step = max(1, budget // max(1, M * K * L))
+    for i0 in range(0, n, step):
+        Rc = candidates[i0:i0 + step]
+        b = Rc.shape[0]
+        sh = np.repeat(state.shifts_A[i0:i0 + b], M, axis=0)
+        g = model_images(state.means_A, state.precision_invA2, Rc.reshape(-1, 3, 3), sh, L,
+                         data.pixel_size_A).reshape(b, M, L, L)
+        if data.ctf is not None:
+            g = apply_ctf(g, data.ctf[i0:i0 + b, None])
+        y = np.broadcast_to(data.images[i0:i0 + b, None], g.shape)
+        out[i0:i0 + b] = _marginal_energy(g.reshape(-1, L, L), y.reshape(-1, L, L),
+                                          state.beta).reshape(b, M)
+    return out
+
+
+def update_rotations_multiproposal(state: HMCState, data: GaussData, rng, n_proposals: int = 32,
+                                   scale_deg: float = 2.0) -> float:
+    """Multiple-proposal Metropolis move on every rotation (see ``gibbs.update_rotations_multiproposal``),
+    with λ integrated out."""
+    n = state.rotations.shape[0]
+    sig = np.deg2rad(scale_deg)
+    C = state.rotations @ expmap(sig * rng.standard_normal((n, 3)))
+    P = C[:, None] @ expmap(sig * rng.standard_normal((n, n_proposals, 3)))
+    cand = np.concatenate([state.rotations[:, None], P], axis=1)
+    pick = categorical(-candidate_energy(state, data, cand), rng)
+    state.rotations = cand[np.arange(n), pick]
+    return float(np.mean(pick != 0))
+
+
 def log_posterior(state: HMCState, data: GaussData, priors: HMCPriors) -> float:
     """Unnormalised log-posterior (λ at its current value; flat priors on λ and t, Haar on R)."""
     yt = model_images(state.means_A, state.precision_invA2, state.rotations, state.shifts_A, data.L,
@@ -365,6 +400,9 @@ class HMCSettings:
     n_leapfrog: int = 10
     #: step-size adaptation factor of the initial stage (faster than the thesis' 1.02: the stage is short)
     adapt_factor: float = 1.1
+    #: multiple-proposal local moves after each global step (beyond the thesis)
+    proposal_scales_deg: tuple = (5.0, 3.0, 2.0, 1.0)
+    n_proposals: int = 32
 
 
 def _mixture_block(state, data, priors, rng, settings):
@@ -385,6 +423,8 @@ def run_initial_stage(data: GaussData, K: int, priors: HMCPriors, rng, settings:
     while state.iteration < settings.n_alternations:
         _mixture_block(state, data, priors, rng, settings)
         update_rotations_global(state, data, settings.n_rotations, rng)
+        for sc in settings.proposal_scales_deg:
+            update_rotations_multiproposal(state, data, rng, settings.n_proposals, sc)
         sample_scales(state, data, rng)
         for _ in range(settings.rotation_moves):
             hmc_rotations(state, data, rng, settings.n_leapfrog, factor=settings.adapt_factor)
