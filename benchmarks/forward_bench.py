@@ -235,7 +235,7 @@ def main() -> None:
     pr = CTFParams(rng.uniform(1e4, 3e4, n_real), rng.uniform(1e4, 3e4, n_real), rng.uniform(0, 180, n_real))
     imgs = project(vol50s, Ar, orr, ctf_2d(Lr, px50s, pr))
     t0 = time.perf_counter()
-    rec = reconstruct_mean(imgs, Ar, orr, pr, px50s, tol=1e-6, maxiter=200, progress=False)
+    rec = reconstruct_mean(imgs, Ar, orr, pr, px50s, tol=1e-5, maxiter=100, progress=False)
     t_real = time.perf_counter() - t0
     f = fsc(rec.volume, vol50s, px50s)
     k09 = int(np.floor(0.9 * (Lr // 2)))

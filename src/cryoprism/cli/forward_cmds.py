@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Do not apply the CTF."),
         noise: str = typer.Option("white", "--noise", help="Noise colour: white, pink or brown."),
         seed: int = typer.Option(0, "--seed", help="Random seed."),
-        batch_size: int = typer.Option(1000, "--batch-size", help="Particles per batch."),
+        batch_size: int = typer.Option(256, "--batch-size", help="Particles per batch."),
         as_json: bool = JSON_OPTION,
     ):
         """Simulate particles: reads VOLUMES, writes a RELION 3.1 STAR (poses, origins in Å, CTF,

@@ -77,7 +77,7 @@ def noise_psd_grid(L: int, pixel_size_A: float, noise_color) -> np.ndarray | Non
 
 def make_noise(shape, sigma: float, psd: np.ndarray | None, rng, dtype=np.float32) -> np.ndarray:
     """Gaussian noise ``(b, L, L)`` with variance ``σ²`` per pixel and the given PSD shape (mean 1)."""
-    w = rng.standard_normal(shape)
+    w = rng.standard_normal(shape, dtype=np.float32 if np.dtype(dtype) == np.float32 else np.float64)
     if psd is not None:
         w = ifft2c(fft2c(w) * np.sqrt(psd)).real
     return (sigma * w).astype(dtype)
@@ -104,7 +104,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
                        defocus_range_A=(1.0e4, 3.0e4), n_defocus_groups: int = 10,
                        astigmatism_A: float = 500.0, voltage_kV: float = 300.0, cs_mm: float = 2.7,
                        amplitude_contrast: float = 0.1, bfactor_A2: float = 0.0, ctf: bool = True,
-                       noise_color="white", rng=None, out_star=None, out_mrcs=None, batch_size: int = 1000,
+                       noise_color="white", rng=None, out_star=None, out_mrcs=None, batch_size: int = 256,
                        n_workers: int | None = None, dtype=np.float32, progress: bool = True
                        ) -> SimulationResult:
     """Simulate ``n`` particles from one volume or a list of volumes (one per state).
@@ -146,7 +146,8 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     du, dv, da, grp = draw_defocus_groups(n, n_defocus_groups, defocus_range_A, astigmatism_A, rng)
     cp = CTFParams(du, dv, da, voltage_kV, cs_mm, amplitude_contrast, 0.0, bfactor_A2, 1.0)
     psd = noise_psd_grid(L, pixel_size_A, noise_color)
-    ranges = batch_ranges(n, batch_size)
+    workers = n_workers or default_workers()
+    ranges = batch_ranges(n, batch_size)  # fixed by batch_size only: the stack is worker-independent
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(len(ranges))
 
     def clean(a, b):
@@ -159,20 +160,20 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
                                    None if c is None else c[sel], nthreads=nt)
         return out
 
-    workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = 1 if (workers > 1 and len(ranges) > 1) else 0  # finufft threads only when batches can't
     sigma = 0.0
+    pilot = {}
     if snr is not None:
         if snr <= 0:
             raise ValueError("snr must be positive (or None for noiseless images)")
         a, b = ranges[0] if ranges else (0, 0)
-        pilot = clean(a, b)
-        p0 = float(np.mean(np.sum(pilot.astype(np.float64) ** 2, axis=(1, 2)))) / (L * L)
+        pilot[0] = clean(a, b)  # reused as batch 0
+        p0 = float(np.mean(np.sum(pilot[0].astype(np.float64) ** 2, axis=(1, 2)))) / (L * L)
         sigma = float(np.sqrt(p0 / snr))
 
     def job(i):
         a, b = ranges[i]
-        x = clean(a, b)
+        x = pilot.pop(i) if i in pilot else clean(a, b)
         power = float(np.sum(x.astype(np.float64) ** 2))
         if snr is not None:
             x = x + make_noise(x.shape, sigma, psd, np.random.default_rng(seeds[i]), dtype)

@@ -33,6 +33,7 @@ from cryoprism.parallel.core import batch_ranges, default_workers
 from cryoprism.reconstruct.mean import (
     MeanKernel,
     MeanResult,
+    _dot,
     apply_kernel,
     half_set_labels,
     reconstruct_mean,
@@ -149,11 +150,11 @@ def sirt(kernel: MeanKernel, rhs: np.ndarray, n_iter: int = 50, regularization: 
     a = relaxation / (float(np.max(kernel.kernel_hat)) + regularization)
     b = np.asarray(rhs, np.float64)
     x = np.zeros_like(b)
-    bn = np.linalg.norm(b) or 1.0
+    bn = np.sqrt(_dot(b, b)) or 1.0
     res = []
     for _ in range(int(n_iter)):
         r = b - apply_kernel(kernel, x, regularization)
-        res.append(float(np.linalg.norm(r) / bn))
+        res.append(float(np.sqrt(_dot(r, r)) / bn))
         x += a * r
     return x, res
 

@@ -195,6 +195,11 @@ class CGInfo:
     converged: bool = False
 
 
+def _dot(a, b) -> float:
+    """``Σ a·b`` without BLAS (a threaded BLAS dot on a busy machine costs ~1000× more here)."""
+    return float(np.einsum("i,i->", np.ravel(a), np.ravel(b)))
+
+
 def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 100, precond=None,
                        progress: bool = False) -> tuple[np.ndarray, CGInfo]:
     """Preconditioned CG for a symmetric positive (semi)definite operator; float64 accumulators."""
@@ -203,29 +208,29 @@ def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 10
     b = np.asarray(b, np.float64)
     x = np.zeros_like(b) if x0 is None else np.array(x0, np.float64)
     r = b - apply_A(x) if x0 is not None else b.copy()
-    bn = np.linalg.norm(b) or 1.0
+    bn = np.sqrt(_dot(b, b)) or 1.0
     z = precond(r) if precond else r
     p = z.copy()
-    rz = np.vdot(r, z)
-    info = CGInfo(0, [np.linalg.norm(r) / bn])
+    rz = _dot(r, z)
+    info = CGInfo(0, [np.sqrt(_dot(r, r)) / bn])
     bar = tqdm(total=maxiter, desc="CG", disable=not progress, leave=False)
     for it in range(1, maxiter + 1):
         if info.residuals[-1] <= tol:
             info.converged = True
             break
         Ap = np.asarray(apply_A(p), np.float64)
-        pAp = np.vdot(p, Ap)
+        pAp = _dot(p, Ap)
         if pAp <= 0:
             break
         alpha = rz / pAp
         x += alpha * p
         r -= alpha * Ap
         z = precond(r) if precond else r
-        rz_new = np.vdot(r, z)
+        rz_new = _dot(r, z)
         p = z + (rz_new / rz) * p
         rz = rz_new
         info.iterations = it
-        info.residuals.append(np.linalg.norm(r) / bn)
+        info.residuals.append(np.sqrt(_dot(r, r)) / bn)
         bar.update()
     else:
         info.converged = info.residuals[-1] <= tol
@@ -283,8 +288,9 @@ class MeanResult:
 
 
 def auto_batch_size(n: int, L: int, workers: int) -> int:
-    """Particles per batch: one share per worker, at most ~4M slice samples (2²² / L²) per batch."""
-    return int(max(16, min(-(-n // max(workers, 1)), 2**22 // (L * L))))
+    """Particles per batch: one share per worker, at most 2²³ / L² images (~4M half-plane slice
+    samples: fewer, larger NUFFTs amortise their fine-grid FFTs)."""
+    return int(max(16, min(-(-n // max(workers, 1)), 2**23 // (L * L))))
 
 
 def accumulate_normal_equations(src, groups=None, batch_size: int | None = None, n_workers: int | None = None,
@@ -443,7 +449,7 @@ def _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, *, tol, ma
     for q in range(2):
         x, _ = solve_mean(kernels[q], rhs[q], 0.0, tol, auto_iterations, support=sup)
         pilot.append(x)
-        rss += y2[q] - 2 * np.vdot(x, rhs[q]) + np.vdot(x, apply_kernel(kernels[q], x))
+        rss += y2[q] - 2 * _dot(x, rhs[q]) + _dot(x, apply_kernel(kernels[q], x))
     # residual per pixel (the dropped -L/2 frequencies of even L hold noise only: counted too)
     sigma2 = max(float(rss) / (src.n * L * L), 1e-30)
     lam = wiener_regularization(pilot[0], pilot[1], sigma2)
