@@ -90,16 +90,16 @@ def align_translation(images: np.ndarray, reference: np.ndarray, max_shift_px: f
                       upsample: int = 20) -> Alignment:
     """Shift ``t`` (x, y) with ``image ≈ fourier_shift(reference, t)``, per image, to ~1/upsample px.
 
-    The integer peak of the cross-correlation (within ``max_shift_px`` of 0 if given) is refined by
-    evaluating the correlation on a ±1 px grid of step ``1/upsample`` with a matrix-multiply DFT of
-    the cross-power spectrum, then a parabola through the best fine sample. The score is the
-    normalised correlation ``CC / (‖image − mean‖ ‖reference − mean‖)``.
+    ``reference`` is one image ``(L, L)`` for all, or one per image ``(n, L, L)``. The integer peak
+    of the cross-correlation (within ``max_shift_px`` of 0 if given) is refined by evaluating the
+    correlation with matrix-multiply DFTs of the cross-power spectrum (see ``_refine_peak``). The
+    score is the normalised correlation ``CC / (‖image − mean‖ ‖reference − mean‖)``.
     """
     x, single = _as_stack(images)
     ref = np.asarray(reference, dtype=np.float64)
     n, L, _ = x.shape
     x = x - x.mean(axis=(1, 2), keepdims=True)
-    ref = ref - ref.mean()
+    ref = ref - ref.mean(axis=(-2, -1), keepdims=True)
     Fi, Fr = fft2c(x), fft2c(ref)
     P = Fi * np.conj(Fr)
     cc = ifft2c(P).real
@@ -110,7 +110,7 @@ def align_translation(images: np.ndarray, reference: np.ndarray, max_shift_px: f
     iy, ix = np.unravel_index(j, (L, L))
     t0 = np.stack([ix - L // 2, iy - L // 2], axis=1).astype(np.float64)
     t, peak = _refine_peak(P, t0, int(upsample)) if upsample > 1 else (t0, cc.reshape(n, -1).max(axis=1))
-    norm = np.sqrt((x**2).sum(axis=(1, 2)) * (ref**2).sum())
+    norm = np.sqrt((x**2).sum(axis=(1, 2)) * (ref**2).sum(axis=(-2, -1)))
     score = peak / np.where(norm > 0, norm, 1.0)
     if single:
         return Alignment(t[0], np.zeros(()), score[0])
@@ -171,13 +171,11 @@ def align_rotation_translation(images: np.ndarray, reference: np.ndarray, n_angl
     best_a = np.zeros(n)
     for extra in (0.0, 180.0):
         ang = (theta + extra) % 360.0
-        rr = rotate(np.broadcast_to(ref, x.shape), ang)
-        res = [align_translation(x[i], rr[i], max_shift_px, upsample) for i in range(n)]
-        s = np.array([r.score for r in res])
-        better = s > best_s
-        best_s = np.where(better, s, best_s)
+        res = align_translation(x, rotate(np.broadcast_to(ref, x.shape), ang), max_shift_px, upsample)
+        better = res.score > best_s
+        best_s = np.where(better, res.score, best_s)
         best_a = np.where(better, ang, best_a)
-        best_t[better] = np.array([r.shifts_px for r in res])[better]
+        best_t[better] = res.shifts_px[better]
     if refine:
         from scipy.optimize import minimize_scalar
 
