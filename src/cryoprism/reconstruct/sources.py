@@ -60,8 +60,17 @@ def as_source(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None
     ``ctf=False`` means no CTF even for a ParticleStack whose table has one.
     """
     if hasattr(data, "batches") and hasattr(data, "n"):  # io.ParticleStack
+        from cryoprism.errors import InputError
+
+        if data.n == 0:
+            raise InputError("no particles: expected at least one row with an image", data.path)
         px = float(pixel_size_A or data.pixel_size_A)
-        rot = np.asarray(data.rotations() if rotations is None else rotations, dtype=np.float64)
+        if rotations is None:
+            rotations = data.rotations()
+            if rotations is None:
+                raise InputError("no poses: expected rlnAngleRot, rlnAngleTilt and rlnAnglePsi columns "
+                                 "(or cryoSPARC alignments3D/pose)", data.path)
+        rot = np.asarray(rotations, dtype=np.float64)
         if origins_px is None:
             o = data.origins_A()
             origins_px = None if o is None else np.asarray(o, np.float64) / px
