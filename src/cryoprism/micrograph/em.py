@@ -385,7 +385,7 @@ def run_em(micrographs: Sequence[MicrographPatches], L: int, stages: Sequence[St
         order = np.concatenate([order_rng.permutation(n_blocks) for _ in range(
             int(np.ceil(max(stage.n_iterations, 1) / n_blocks)) + 1)])
         while st.iteration < stage.n_iterations:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             blk = int(order[st.iteration])
             H = np.zeros((basis.n, basis.n))
             r = np.zeros(basis.n)
@@ -416,7 +416,7 @@ def run_em(micrographs: Sequence[MicrographPatches], L: int, stages: Sequence[St
                    "ell_max": basis.ell_max, "bandlimit_cpp": basis.bandlimit, "n_coefficients": basis.n,
                    "n_rotations": stage.n_rotations, "n_patches": npatch,
                    "loglik_per_patch": ll / max(npatch, 1), "rho_empty": st.rho_empty,
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
             st.history.append(rec)
             if callback is not None:
                 callback(st, basis, rec)

@@ -150,7 +150,8 @@ def load_checkpoint(path) -> tuple[EMState, dict]:
 
 def write_iterations_csv(path, history: list, pixel_size_A: float | None) -> None:
     cols = ["iteration", "stage", "stage_iteration", "ell_max", "bandlimit_cpp", "bandlimit_A", "n_coefficients",
-            "n_rotations", "n_patches", "loglik_per_patch", "rho_empty", "seconds", "fsc_mean", "fsc05_A"]
+            "n_rotations", "n_patches", "loglik_per_patch", "rho_empty", "seconds", "cpu_seconds", "fsc_mean",
+            "fsc05_A"]
     with atomic_path(Path(path)) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
