@@ -93,3 +93,13 @@ def test_mixture_csv_roundtrip(tmp_path, rng):
     assert np.allclose(back.means_A, mix.means_A, atol=1e-3)
     assert np.allclose(back.weights, mix.weights, rtol=1e-6)
     assert back.sigma_A == pytest.approx(4.0, abs=1e-3)
+
+
+def test_mixture_to_mrc(tmp_path, rng):
+    from cryoprism.io.mrc import read_mrc
+
+    mix = gmm.GaussianMixture(rng.normal(size=(4, 3)) * 5, 1 / 9.0, np.ones(4) / 4)
+    gmm.write_mixture_mrc(tmp_path / "m.mrc", mix, 20, 2.0)
+    vol, vs = read_mrc(tmp_path / "m.mrc")
+    assert vs == pytest.approx(2.0)
+    assert abs(float(vol.sum()) * 8.0 - 1.0) < 1e-3
