@@ -98,8 +98,8 @@ def test_mixture_csv_roundtrip(tmp_path, rng):
 def test_mixture_to_mrc(tmp_path, rng):
     from cryoprism.io.mrc import read_mrc
 
-    mix = gmm.GaussianMixture(rng.normal(size=(4, 3)) * 5, 1 / 9.0, np.ones(4) / 4)
-    gmm.write_mixture_mrc(tmp_path / "m.mrc", mix, 20, 2.0)
+    mix = gmm.GaussianMixture(rng.normal(size=(4, 3)) * 2, 1 / 9.0, np.ones(4) / 4)
+    gmm.write_mixture_mrc(tmp_path / "m.mrc", mix, 24, 2.0)
     vol, vs = read_mrc(tmp_path / "m.mrc")
     assert vs == pytest.approx(2.0)
     assert abs(float(vol.sum()) * 8.0 - 1.0) < 1e-3
