@@ -86,7 +86,7 @@ def _process(inp: Path, out: Path, fn: Callable, *, pixel_size_A: Optional[float
         from cryoprism.io import read_particles, write_particles
 
         stack = read_particles(inp, pixel_size_A=pixel_size_A)
-        px = float(pixel_size_A or stack.pixel_size_A)
+        px = float(stack.pixel_size_A)  # the table's, else the header's, else --pixel-size
         L = stack.box
         star_out = out if out.suffix.lower() == ".star" else out.with_suffix(".star")
         stack_out = star_out.with_suffix(".mrcs")
@@ -129,8 +129,8 @@ def _ndim(kind: str) -> int:
     return 3 if kind == "volume" else 2
 
 
-_IN_HELP = ("Input: MRC image (.mrc), volume (.mrc/.map, space group ≥ 1), stack (.mrcs, or space group 0), "
-            "or a RELION STAR / cryoSPARC .cs particle file.")
+_IN_HELP = ("Input: MRC image (one section), volume (space group ≥ 1 or a cubic box), stack (.mrcs or any "
+            "other multi-section file), or a RELION STAR / cryoSPARC .cs particle file.")
 _OUT_HELP = ("Output (written atomically): an MRC of the input's kind, or for a STAR input a RELION 3.1 STAR "
              "plus a .mrcs stack of the same name.")
 _PX_HELP = "Pixel size in Å (overrides the MRC header; for STAR input, used only if the file has none)."
