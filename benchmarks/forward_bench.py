@@ -345,6 +345,9 @@ def main() -> None:
                         "pass_rss_below_6GB": bool(sc.get("peak_rss_GB", 99) < 6)}
         for p in ("scale.mrcs", "scale.star"):
             (work / p).unlink(missing_ok=True)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(json.dumps(res) + "\n")
 
 
