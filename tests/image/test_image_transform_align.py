@@ -82,3 +82,21 @@ def test_align_rotation_translation(rng):
     d = (a.angles_deg - angles + 180) % 360 - 180
     assert np.abs(d).max() < 0.3, a.angles_deg
     assert np.abs(a.shifts_px - t).max() < 0.1
+
+
+def test_rotation_and_shift_conventions_match_relion_projection():
+    """An in-plane RELION psi rotates the projection by −psi; an origin o gives shift(projection, −o)."""
+    forward = pytest.importorskip("cryoprism.forward")
+    from cryoprism.geometry import euler_to_matrix
+
+    L = 48
+    v = forward.gaussian_blob_volume(L, centers_px=((8, 0, 0), (0, -5, 3)), sigmas_px=(2.5, 3.0))
+    p0 = forward.project(v, euler_to_matrix(0.0, 0.0, 0.0)[None])[0]
+    for psi in (30.0, -70.0):
+        p1 = forward.project(v, euler_to_matrix(0.0, 0.0, psi)[None])[0]
+        assert np.abs(p1 - rotate(p0, -psi)).max() < 2e-3 * np.abs(p1).max()
+        a = align_rotation_translation(p1, p0)
+        assert abs((a.angles_deg + psi + 180) % 360 - 180) < 0.1
+    o = np.array([3.0, -2.0])
+    p = forward.project(v, euler_to_matrix(0.0, 0.0, 0.0)[None], origins_px=o[None])[0]
+    assert np.abs(p - fourier_shift(p0, -o)).max() < 1e-5 * np.abs(p0).max()
