@@ -232,7 +232,7 @@ def exp_full_gibbs(truth, px, n, restarts, K_ref, alternations, sweeps, rng):
     t = time.perf_counter()
     res = pipeline.run_abinitio(imgs, px, method="gibbs", K_initial=100, K_refine=K_ref, restarts=restarts,
                                 n_alternations=alternations, refine_sweeps=sweeps, n_counts_refine=20000,
-                                seed=1, progress=False)
+                                thin=5, seed=1, progress=False)
     out = {"n_images": n, "restarts": restarts, "K_initial": 100, "K_refine": K_ref,
            "alternations": alternations, "refine_sweeps": sweeps,
            "restart_log_posteriors": res.restart_log_posteriors, "best_restart": res.best_restart,

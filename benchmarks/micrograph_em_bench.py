@@ -8,6 +8,8 @@ Accuracy cases (haemoglobin EMD-3488 downsampled to L = 11, ℓ_max = 5 unless s
                              whitening on;
   * ``voxel_map_ctf``      — micrographs made by ``cryoprism.forward.simulate_micrographs`` (NUFFT
                              projections of the voxel map, not of its basis expansion), 1–2.5 µm;
+  * ``coloured_noise_ctf_{whitened,not_whitened}`` — as voxel_map_ctf with noise whose power is 5×
+                             higher at low frequency, with and without whitening;
   * ``ribosome_other_state`` — 50S state vol_018 as truth, started from a *different* state
                              (vol_287, low-passed) as the paper starts from an AlphaFold model.
 For each: FSC with the band-limited truth (the truth's expansion in the final basis) at every
@@ -111,10 +113,11 @@ def accuracy(quick: bool):
     L, ell = 11, 5
     vol, px = load_map(HB, L)
     init = gaussian_filter(vol, 1.5)
-    size = 480 if quick else 768
-    npart = 250 if quick else 650
-    nrot = 200 if quick else 500
-    its = (2, 2, 3) if quick else (4, 4, 8)
+    size = 480 if quick else 640
+    npart = 250 if quick else 450
+    nrot = 200 if quick else 400
+    its = (2, 2, 3) if quick else (3, 3, 6)
+    small = 448 if not quick else 352  # each of the two-micrograph cases
     stages = default_stages(ell, nrot, its, 0.5)
     snr = 0.5
     out = {}
@@ -139,7 +142,7 @@ def accuracy(quick: bool):
     mics, ctfs = [], []
     for df in (12000.0, 23000.0):
         ctf = CTFParams(defocus_u_A=df + 150, defocus_v_A=df - 150, defocus_angle_deg=35.0, voltage_kV=300.0)
-        s = basis_sim(L, ell, vol, (size, size), npart, snr, True, rng, ctf=ctf, px=px)
+        s = basis_sim(L, ell, vol, (small, small), npart * small**2 // size**2, snr, True, rng, ctf=ctf, px=px)
         mics.append(s.micrograph)
         ctfs.append(ctf)
     out["ctf"] = run_case("ctf", mics, ctfs, px, L, vol, init, stages, whiten=True)
@@ -147,13 +150,32 @@ def accuracy(quick: bool):
     # voxel-map simulation (NUFFT projections, not the basis) with CTF 1–2.5 µm
     from cryoprism.forward import simulate_micrographs
 
-    r = simulate_micrographs(vol.astype(np.float32), 2, size, npart, px, separation="well-separated", snr=snr,
+    def ctf_list(r):
+        return [CTFParams(**{f: (float(np.asarray(getattr(r.ctf, f))[i]) if np.ndim(getattr(r.ctf, f))
+                             else getattr(r.ctf, f)) for f in r.ctf.__dataclass_fields__})
+                for i in range(len(r.micrographs))]
+
+    nsm = npart * small**2 // size**2
+    r = simulate_micrographs(vol.astype(np.float32), 2, small, nsm, px, separation="well-separated", snr=snr,
                              defocus_range_A=(1.0e4, 2.5e4), rng=11, progress=False)
-    cts = [CTFParams(**{f: (float(np.asarray(getattr(r.ctf, f))[i]) if np.ndim(getattr(r.ctf, f))
-                            else getattr(r.ctf, f)) for f in r.ctf.__dataclass_fields__}) for i in range(2)]
+    cts = ctf_list(r)
     out["voxel_map_ctf"] = run_case("voxel", [m - m.mean() for m in r.micrographs], cts, px, L, vol, init, stages,
                                     whiten=True)
     out["voxel_map_ctf"]["defocus_um"] = [float(c.defocus_u_A) / 1e4 for c in cts]
+    # coloured noise (5x excess power at low frequency), CTF: with and without whitening
+    knee = 0.25 / px
+
+    def colour(s_invA):
+        return 1.0 + 4.0 * np.exp(-(s_invA / knee) ** 2)
+
+    r = simulate_micrographs(vol.astype(np.float32), 2, small, nsm, px, separation="well-separated", snr=snr,
+                             defocus_range_A=(1.0e4, 2.5e4), rng=12, noise_color=colour, progress=False)
+    cts = ctf_list(r)
+    mics = [m - m.mean() for m in r.micrographs]
+    for w in (True, False):
+        key = "coloured_noise_ctf_" + ("whitened" if w else "not_whitened")
+        out[key] = run_case(key, mics, cts, px, L, vol, init, stages, whiten=w)
+        out[key]["defocus_um"] = [float(c.defocus_u_A) / 1e4 for c in cts]
     # ribosome, started from another state
     v18, px50 = load_map(S50 / "vol_018.mrc", L)
     v287, _ = load_map(S50 / "vol_287.mrc", L)
