@@ -2,14 +2,21 @@
 
 Prints ONE JSON object. ``--quick`` runs small versions of everything (a few minutes).
 
-Unit level: analytic projection vs numerically integrated line projection; log-posterior invariance
-under a global rotation and the handedness flip (Gibbs and HMC); HMC gradients vs central finite
-differences; matrix-Fisher moments vs quadrature over SO(3).
+Unit level: analytic projection vs numerically integrated line projection
+log-posterior invariance
+under a global rotation and the handedness flip (Gibbs and HMC)
+HMC gradients vs central finite
+differences
+matrix-Fisher moments vs quadrature over SO(3).
 
 Experiments on the simulated 50S ribosome (tests/data/maps/50S_states/vol_018.mrc, 64³ at 6.55 Å):
-mixture fit to the map; rotations of 25 projections with the mixture known; the full Gibbs protocol
-from 25 projections (FSC vs the 25 Å-filtered truth, modulo rotation and hand); HMC with the CTF at
-SNR 10 (restarts correct, FSC vs the 20 Å-filtered truth); fraction of correct rotations vs N_R and K.
+mixture fit to the map
+rotations of 25 projections with the mixture known
+the full Gibbs protocol
+from 25 projections (FSC vs the 25 Å-filtered truth, modulo rotation and hand)
+HMC with the CTF at
+SNR 10 (restarts correct, FSC vs the 20 Å-filtered truth)
+fraction of correct rotations vs N_R and K.
 """
 
 from __future__ import annotations
@@ -89,8 +96,12 @@ def unit_invariance(rng):
     hp = hmc.HMCPriors(pri.mean_precision_invA2)
     hs = hmc.HMCState(mix.means_A, mix.precision_invA2, np.ones(n), 1.0, R, t0)
     h0 = hmc.log_posterior(hs, gd, hp)
-    a = hs.copy(); a.means_A = mix.means_A @ G.T; a.rotations = R @ G.T
-    b = hs.copy(); b.means_A = mix.means_A @ J; b.rotations = J @ R @ J
+    a = hs.copy()
+    a.means_A = mix.means_A @ G.T
+    a.rotations = R @ G.T
+    b = hs.copy()
+    b.means_A = mix.means_A @ J
+    b.rotations = J @ R @ J
     return {"gibbs_logpost_rel_change_rotation": abs(lr - lp) / abs(lp),
             "gibbs_logpost_rel_change_handedness": abs(lm - lp) / abs(lp),
             "hmc_logpost_rel_change_rotation": abs(hmc.log_posterior(a, gd, hp) - h0) / abs(h0),
@@ -112,7 +123,8 @@ def unit_gradients(rng):
         num = np.zeros_like(g)
         for k in range(K):
             for j in range(3):
-                m = st.means_A.copy(); m[k, j] += h
+                m = st.means_A.copy()
+                m[k, j] += h
                 ep = hmc.energy_means(m, st, data, pri)[0]
                 m[k, j] -= 2 * h
                 num[k, j] = (ep - hmc.energy_means(m, st, data, pri)[0]) / (2 * h)
@@ -120,7 +132,8 @@ def unit_gradients(rng):
         E, g = hmc.energy_rotations(st.rotations, st, data)
         num = np.zeros_like(g)
         for a in range(3):
-            v = np.zeros((n, 3)); v[:, a] = h
+            v = np.zeros((n, 3))
+            v[:, a] = h
             num[:, a] = (hmc.energy_rotations(so3.expmap(v) @ st.rotations, st, data)[0]
                          - hmc.energy_rotations(so3.expmap(-v) @ st.rotations, st, data)[0]) / (2 * h)
         out[f"rotations_{name}_max_rel_err"] = float(np.abs(num - g).max() / np.abs(g).max())
@@ -199,7 +212,8 @@ def exp_fit(truth, px, K, n_iter):
     dt = time.perf_counter() - t
     r = gmm.render_volume(mix, truth.shape[0], px)
     cc = float(np.corrcoef(r.ravel(), truth.ravel())[0, 1])
-    return mix, {"K": K, "em_iterations": n_iter, "sigma_A": mix.sigma_A, "cc_with_map": cc, "seconds": dt}
+    return mix, {"K": K, "em_iterations": n_iter, "sigma_A": mix.sigma_A, "cc_with_map": cc,
+                 "seconds": dt}
 
 
 def exp_rotations_known(mix, px, n, n_counts, rng):
@@ -213,7 +227,8 @@ def exp_rotations_known(mix, px, n, n_counts, rng):
     pri = gibbs.default_priors(data)
     # counts at 13.1 Å pixel centres carry px²/12 extra variance per axis: the known mixture's σ
     s = 1.0 / (mix.sigma_A ** 2 + (2 * px) ** 2 / 12)
-    st = gibbs.ChainState(mix.means_A.copy(), s, mix.weights.copy(), uniform_rotations(n, rng), np.zeros((n, 2)))
+    st = gibbs.ChainState(mix.means_A.copy(), s, mix.weights.copy(), uniform_rotations(n, rng),
+                          np.zeros((n, 2)))
     t = time.perf_counter()
     st = gibbs.run_initial_stage(data, mix.K, pri, rng, gibbs.StageSettings(
         n_alternations=1, proposal_scales_deg=(5, 3, 2, 1, 1, 0.5, 0.5, 0.25), local_rotation_sweeps=5),
@@ -272,7 +287,8 @@ def exp_hmc_ctf(truth, px, n, restarts, K_ref, alternations, sweeps, rng):
 
 def restart_correctness(method, imgs, px, ctf, R_true, restarts, alternations, K=100, n_rotations=1000,
                         n_counts=1000, seed=0):
-    """Run the initial stage ``restarts`` times (through cryoprism.parallel); per restart: log-posterior,
+    """Run the initial stage ``restarts`` times (through cryoprism.parallel)
+    per restart: log-posterior,
     median rotation error modulo the invariances, fraction of correct rotations, seconds."""
     from cryoprism.parallel.core import map_batches
 

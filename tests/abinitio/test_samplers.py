@@ -82,8 +82,12 @@ def test_hmc_log_posterior_invariances(rng):
     data, st, pri = _hmc_setup(rng)
     lp = hmc.log_posterior(st, data, pri)
     G = uniform_rotations(1, rng)[0]
-    a = st.copy(); a.means_A = st.means_A @ G.T; a.rotations = st.rotations @ G.T
-    b = st.copy(); b.means_A = st.means_A @ J; b.rotations = J @ st.rotations @ J
+    a = st.copy()
+    a.means_A = st.means_A @ G.T
+    a.rotations = st.rotations @ G.T
+    b = st.copy()
+    b.means_A = st.means_A @ J
+    b.rotations = J @ st.rotations @ J
     assert hmc.log_posterior(a, data, pri) == pytest.approx(lp, rel=1e-10)
     assert hmc.log_posterior(b, data, pri) == pytest.approx(lp, rel=1e-10)
 
@@ -96,7 +100,8 @@ def test_hmc_gradients_finite_differences(rng, ctf):
     num = np.zeros_like(g)
     for k in range(g.shape[0]):
         for j in range(3):
-            m = st.means_A.copy(); m[k, j] += h
+            m = st.means_A.copy()
+            m[k, j] += h
             ep = hmc.energy_means(m, st, data, pri)[0]
             m[k, j] -= 2 * h
             num[k, j] = (ep - hmc.energy_means(m, st, data, pri)[0]) / (2 * h)
@@ -104,7 +109,8 @@ def test_hmc_gradients_finite_differences(rng, ctf):
     E, g = hmc.energy_rotations(st.rotations, st, data)
     num = np.zeros_like(g)
     for a in range(3):
-        v = np.zeros((len(E), 3)); v[:, a] = h
+        v = np.zeros((len(E), 3))
+        v[:, a] = h
         ep = hmc.energy_rotations(so3.expmap(v) @ st.rotations, st, data)[0]
         em = hmc.energy_rotations(so3.expmap(-v) @ st.rotations, st, data)[0]
         num[:, a] = (ep - em) / (2 * h)
@@ -183,7 +189,8 @@ def test_checkpoint_resume_is_exact(tmp_path, rng):
                                                         **job))[0]
     ck = str(tmp_path / "c.npz")
     pipeline.run_restart(pipeline.RestartJob(n_alternations=1, checkpoint=ck, resume=False, **job))
-    resumed = pipeline.run_restart(pipeline.RestartJob(n_alternations=2, checkpoint=ck, resume=True, **job))[0]
+    resumed = pipeline.run_restart(pipeline.RestartJob(n_alternations=2, checkpoint=ck, resume=True,
+                                                       **job))[0]
     assert resumed.iteration == 2
     assert np.allclose(resumed.means_A, straight.means_A)
     assert np.allclose(resumed.rotations, straight.rotations)

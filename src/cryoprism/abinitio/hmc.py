@@ -143,7 +143,8 @@ def energy_rotations(rotations, state: HMCState, data: GaussData):
     E, dc = centre_gradients(state.means_A, state.precision_invA2, state.scales, state.beta,
                              rotations, state.shifts_A, data)
     P = np.einsum("nab,kb->nka", rotations, state.means_A)        # A_i μ_k
-    # (e_a × p)_xy for a = x, y, z: e_x × p = (0, −p_z, p_y); e_y × p = (p_z, 0, −p_x); e_z × p = (−p_y, p_x, 0)
+    # (e_a × p)_xy for a = x, y, z:
+    # e_x × p = (0, −p_z, p_y); e_y × p = (p_z, 0, −p_x); e_z × p = (−p_y, p_x, 0)
     gx = -dc[..., 1] * P[..., 2]
     gy = dc[..., 0] * P[..., 2]
     gz = -dc[..., 0] * P[..., 1] + dc[..., 1] * P[..., 0]

@@ -150,8 +150,7 @@ def align_rotation_sets(R_true, R_est, mirror: bool = False):
         sel = e < max(20.0, np.median(e))
         Gt = project_to_rotation(np.sum(cands[sel], axis=0))
     err = angular_distance_deg(B @ Gt, Rh)
-    G = Gt.T
-    # μ̂ = G μ (or G J μ when mirrored): μ = Gᵀ μ̂ (or J Gᵀ μ̂)
+    # with G = Gtᵀ: μ̂ = G μ (or G J μ when mirrored): μ = Gᵀ μ̂ (or J Gᵀ μ̂)
     T = (MIRROR @ Gt) if mirror else Gt
     return T, err
 

@@ -47,13 +47,15 @@ def abinitio_command(
                                    help="Mixture components in the refinement stage."),
     initial_components: int = typer.Option(100, "--initial-components", min=2,
                                            help="Mixture components in the initial stage."),
-    restarts: int = typer.Option(4, "--restarts", min=1, help="Independent initial-stage runs; the "
-                                                               "one with the highest log-posterior is refined."),
-    initial_box: int = typer.Option(32, "--initial-box", min=8, help="Image box (pixels) of the initial stage "
-                                                                     "(Fourier-cropped)."),
+    restarts: int = typer.Option(4, "--restarts", min=1,
+                                 help="Independent initial-stage runs; the one with the highest "
+                                      "log-posterior is refined."),
+    initial_box: int = typer.Option(32, "--initial-box", min=8,
+                                    help="Image box (pixels) of the initial stage (Fourier-cropped)."),
     refine_box: int = typer.Option(64, "--refine-box", min=8, help="Image box (pixels) of the refinement."),
     counts: int = typer.Option(1000, "--counts", min=10, help="Counts per image, initial stage (gibbs)."),
-    refine_counts: int = typer.Option(20000, "--refine-counts", min=10, help="Counts per image, refinement (gibbs)."),
+    refine_counts: int = typer.Option(20000, "--refine-counts", min=10,
+                                      help="Counts per image, refinement (gibbs)."),
     n_rotations: int = typer.Option(1000, "--rotations", min=10,
                                     help="Uniform rotations N_R of each global rotation step."),
     alternations: int = typer.Option(None, "--alternations", min=1,
