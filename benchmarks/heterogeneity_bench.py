@@ -105,7 +105,7 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
         "eigenvalues": [float(x) for x in lam[:6]],
         "accuracy": acc, "accuracy_gmm_only": matched_accuracy(lab, res.labels_gmm), "oracle_accuracy": orc, "accuracy_minus_oracle": acc - orc,
         "noise_var_true": sigma2, "noise_var_est": res.data.info.get("noise_var_L"),
-        "seconds": round(wall, 2), "timings": {k: round(v, 2) for k, v in res.timings.items()},
+        "seconds": round(wall, 2), "cpu_seconds": round(res.timings.get("cpu_s", float("nan")), 1), "timings": {k: round(v, 2) for k, v in res.timings.items()},
     }
 
 
@@ -123,7 +123,7 @@ def main(argv=None):
         out["cases"]["two_states_nres17"] = run_case(vols3[:2], px, 10000, 0.005, 17, "lowrank")
         out["cases"]["two_states_nres32"] = run_case(vols3[:2], px, 10000, 0.005, 32, "lowrank",
                                                      reconstruct=False)
-        for snr in (0.005, 0.01, 0.02):
+        for snr in (0.005, 0.02):
             out["cases"][f"three_states_snr{snr}"] = run_case(vols3, px, 10000, snr, 17, "lowrank",
                                                               reconstruct=False)
     out["total_seconds"] = round(time.perf_counter() - t0, 1)

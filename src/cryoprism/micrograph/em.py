@@ -163,31 +163,33 @@ def log_likelihood_maps(Xhat: np.ndarray, images: np.ndarray, grid: ShiftGrid, s
     return ((cross - 0.5 * norm2[None]) / sigma2).astype(np.float32)
 
 
-def _estep_batch(Xhat, xnorm2, Ihat_c, norm2, valid, grid: ShiftGrid, sigma2, log_prior_shift, log_prior_empty,
-                 L2):
-    """E-step for one batch of patches against all rotations; returns EStats."""
+def _estep_batch(Xhat, xnorm2, Ihat_s, offset, valid, grid: ShiftGrid, sigma2, log_prior_empty, L2):
+    """E-step for one batch of patches against all rotations; returns EStats.
+
+    ``Ihat_s = conj(Î)/σ²`` and ``offset = ‖I(·−t)‖²/(2σ²) − log prior(ω, t)`` are precomputed per
+    rotation, so the log-posterior map is one inverse FFT and one subtraction. The per-patch
+    normalisation ``1/Σ`` is folded into the reductions instead of rescaling the whole map.
+    """
     B = Xhat.shape[0]
-    nrot = Ihat_c.shape[0]
+    nrot = Ihat_s.shape[0]
     Nf = grid.Nf
-    ll = sfft.irfft2(Xhat[:, None] * Ihat_c[None], s=(Nf, Nf), workers=1)  # (B, nrot, Nf, Nf)
-    ll -= norm2[None]
-    ll *= np.float32(1.0 / sigma2)
-    ll += np.float32(log_prior_shift)
+    ll = sfft.irfft2(Xhat[:, None] * Ihat_s[None], s=(Nf, Nf), workers=1)  # (B, nrot, Nf, Nf)
+    ll -= offset[None]
     if valid is not None:
         ll[:, :, ~valid] = -np.inf
     flat = ll.reshape(B, -1)
     mx = np.maximum(flat.max(1), log_prior_empty)
     np.subtract(flat, mx[:, None].astype(np.float32), out=flat)
-    np.exp(flat, out=flat)
+    np.exp(flat, out=flat)  # unnormalised posteriors e = γ · Σ
     ssum = flat.sum(1).astype(np.float64) + np.exp(log_prior_empty - mx)
     logz = mx + np.log(ssum)
-    flat *= (1.0 / ssum)[:, None].astype(np.float32)  # now posteriors γ
+    w = (1.0 / ssum).astype(np.float32)
     g_empty = np.exp(log_prior_empty - logz)
-    gam = flat.reshape(B, nrot, Nf, Nf)
-    G = gam.sum(0).astype(np.float64)
-    ghat = sfft.rfft2(gam, workers=1)  # (B, nrot, Nf, Nfr)
-    bhat = np.einsum("brk,bk->rk", np.conj(ghat).reshape(B, nrot, -1), Xhat.reshape(B, -1)).reshape(
-        nrot, Nf, -1)
+    G = (w @ flat).astype(np.float64).reshape(nrot, Nf, Nf)  # Σ_p γ_p
+    ehat = sfft.rfft2(flat.reshape(B, nrot, Nf, Nf), workers=1)  # (B, nrot, Nf, Nfr)
+    # Σ_p conj(γ̂_p) X̂_p = conj(Σ_p ê_p · conj(w_p X̂_p))
+    xw = np.conj(Xhat.reshape(B, -1) * w[:, None])
+    bhat = np.conj(np.einsum("brk,bk->rk", ehat.reshape(B, nrot, -1), xw)).reshape(nrot, Nf, -1)
     loglik = float(np.sum(logz - xnorm2 / (2 * sigma2) - 0.5 * L2 * np.log(2 * np.pi * sigma2)))
     return EStats(G, bhat.astype(np.complex128), float(g_empty.sum()), loglik, B)
 
@@ -200,22 +202,21 @@ def e_step(Xhat: np.ndarray, xnorm2: np.ndarray, images: np.ndarray, grid: Shift
     Nf, L = grid.Nf, grid.L
     I = np.asarray(images, dtype=np.float32)
     nrot = I.shape[0]
-    Ihat_c = np.conj(sfft.rfft2(I, s=(Nf, Nf), workers=1)).astype(np.complex64)
+    Ihat_s = (np.conj(sfft.rfft2(I, s=(Nf, Nf), workers=1)) / sigma2).astype(np.complex64)
     ind = np.zeros((Nf, Nf), dtype=np.float32)
     ind[:L, :L] = 1
-    norm2 = (0.5 * sfft.irfft2(sfft.rfft2(ind)[None] * np.conj(sfft.rfft2(I * I, s=(Nf, Nf))),
-                               s=(Nf, Nf))).astype(np.float32)
+    norm2 = sfft.irfft2(sfft.rfft2(ind)[None] * np.conj(sfft.rfft2(I * I, s=(Nf, Nf))), s=(Nf, Nf))
+    lp_shift = np.log((1 - rho_empty) / (grid.n_shifts * nrot))
+    offset = (norm2 / (2 * sigma2) - lp_shift).astype(np.float32)
     valid = grid.valid()
     valid = None if valid.all() else valid
-    lp_shift = np.log((1 - rho_empty) / (grid.n_shifts * nrot))
     lp_empty = np.log(rho_empty)
     bs = max(1, _ELEM_BUDGET // (nrot * Nf * Nf))
     ranges = batch_ranges(Xhat.shape[0], bs)
 
     def one(r):
         a, b = r
-        return _estep_batch(Xhat[a:b], xnorm2[a:b], Ihat_c, norm2, valid, grid, sigma2, lp_shift, lp_empty,
-                            L * L)
+        return _estep_batch(Xhat[a:b], xnorm2[a:b], Ihat_s, offset, valid, grid, sigma2, lp_empty, L * L)
 
     return map_reduce(one, ranges, desc="E-step", progress=progress)
 
