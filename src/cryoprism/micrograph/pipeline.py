@@ -321,8 +321,10 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
         res = EMResult(state.coef, final_basis, state.rho_empty, state.history,
                        evaluate_volume(final_basis, state.coef, L).astype(np.float32))
     else:
+        import sys
+
         res = run_em(data, L, stages, init_volume=init_vol, sigma2=sigma2, margin=margin, seed=cfg.seed,
-                     state=state, callback=callback)
+                     state=state, callback=callback, progress=sys.stderr.isatty())
         save_checkpoint(ck, EMState(stage=len(stages) - 1, iteration=stages[-1].n_iterations, coef=res.coef,
                                     rho_empty=res.rho_empty, history=res.history, done=True), config)
     write_mrc(out_dir / "volume.mrc", res.volume, px)
