@@ -129,7 +129,7 @@ def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True):
         r["time_s"] = dt
         if with_denoise and meth == "mfvdm":
             t0 = time.perf_counter()
-            den = mfvdm_denoise(prep, nb, m=m)
+            den = mfvdm_denoise(prep, nb, m=None)
             r["time_denoise_s"] = time.perf_counter() - t0
             r["denoise"] = denoise_metrics(den, sim["clean"])
             r["time_full_pipeline_s"] = t_prep + out.get("rir", {}).get("time_s", 0.0) + dt + r["time_denoise_s"]

@@ -1,1 +1,15 @@
-"""cryoprism.classify2d"""
+"""cryoprism.classify2d: rotation-invariant neighbours, VDM / MFVDM, graph-filter denoising, class averages."""
+
+from cryoprism.classify2d.mfvdm import build_graph, graph_filter, mfvdm_neighbors
+from cryoprism.classify2d.pipeline import (
+    class_averages,
+    choose_class_centres,
+    mfvdm_denoise,
+    neighbors,
+    prepare,
+    spca_denoise,
+)
+from cryoprism.classify2d.rid import Neighbors, align_pairs, rid_neighbors
+
+__all__ = ["Neighbors", "rid_neighbors", "align_pairs", "mfvdm_neighbors", "build_graph", "graph_filter",
+           "prepare", "neighbors", "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres"]

@@ -1,0 +1,213 @@
+"""Rotation-invariant neighbour search and optimal in-plane alignment (docs/classify2d.md).
+
+Works on the sPCA coefficients ``c_{i,k,l}`` (list over angular frequency k of ``(n, r_k)`` arrays)
+of whitened, phase-flipped images. Rotating image i by α multiplies ``c_{i,k,·}`` by ``e^{-ikα}``;
+reflecting it (``I(x, -y)``) conjugates them.
+
+1. Candidates: cosine similarity of rotation- and reflection-invariant features: the k = 0 block
+   (invariant itself) and the power spectrum ``c_{k} c_{k}^H`` of every k ≥ 1 (upper triangle, the
+   relative phases between radial components of the same k), plus bispectrum terms
+   ``c_{k1,l1} c_{k2,l2} conj(c_{k1+k2,l3})`` of the leading components (relative phases between
+   angular frequencies).
+2. Exact rotationally invariant distance (seed eq. 1) on the candidates:
+   ``corr_ij(α) = Re Σ_k m_k e^{ikα} Σ_l c_{i,k,l} conj(c_{j,k,l})`` (m_0 = 1, m_k = 2) is the inner
+   product of image i with image j rotated by α; its maximum over α comes from one FFT over k
+   (zero-padded to ``n_angles``, refined by a parabola through the peak). The reflected pair uses
+   ``conj(c_j)``. The score is the normalized correlation ``max corr / (‖c_i‖ ‖c_j‖)``.
+
+``angle`` returned for a pair (i, j) is the rotation taking image j (reflected first when
+``reflected``) onto image i: ``I_i ≈ R_angle J^reflected I_j``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+from cryoprism.fourier.core import WORKERS
+from cryoprism.parallel import batch_ranges, map_batches
+
+__all__ = ["Neighbors", "invariant_features", "candidate_neighbors", "align_pairs", "rid_neighbors"]
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """Neighbour lists: ``j[i, :]`` the neighbours of image i, angle (radians), reflection, score."""
+
+    j: np.ndarray            # (n, s) int
+    angle: np.ndarray        # (n, s) radians: I_i ≈ R_angle J^refl I_j
+    reflected: np.ndarray    # (n, s) bool
+    score: np.ndarray        # (n, s) float, larger = more similar
+
+    @property
+    def n(self) -> int:
+        return self.j.shape[0]
+
+    @property
+    def s(self) -> int:
+        return self.j.shape[1]
+
+    def pairs(self):
+        """Flat arrays ``(i, j, angle, reflected, score)``."""
+        n, s = self.j.shape
+        return (np.repeat(np.arange(n), s), self.j.ravel(), self.angle.ravel(), self.reflected.ravel(),
+                self.score.ravel())
+
+
+def _weights(n_k):
+    return np.where(np.arange(n_k) == 0, 1.0, 2.0)
+
+
+def invariant_features(feats: list, bispectrum_components: int = 2, bispectrum_kmax: int | None = None,
+                       bispectrum_weight: float = 1.0) -> np.ndarray:
+    """Rotation/reflection-invariant real features ``(n, d)`` from per-k sPCA coefficients."""
+    n = feats[0].shape[0]
+    parts = []
+    if feats[0].shape[1]:
+        parts.append(feats[0].real)
+    ps = []
+    for k in range(1, len(feats)):
+        c = feats[k]
+        r = c.shape[1]
+        if r == 0:
+            continue
+        iu = np.triu_indices(r)
+        P = (c[:, :, None] * np.conj(c[:, None, :]))[:, iu[0], iu[1]]
+        off = iu[0] != iu[1]
+        P[:, off] *= np.sqrt(2.0)
+        ps.append(np.sqrt(2.0) * P.real)
+        ps.append(np.sqrt(2.0) * P.imag[:, off])
+    bis = []
+    K = len(feats) - 1 if bispectrum_kmax is None else min(bispectrum_kmax, len(feats) - 1)
+    m = bispectrum_components
+    if m > 0:
+        for k1 in range(1, K + 1):
+            for k2 in range(k1, K + 1 - k1):
+                k3 = k1 + k2
+                a, b, c = feats[k1][:, :m], feats[k2][:, :m], feats[k3][:, :m]
+                if a.shape[1] == 0 or b.shape[1] == 0 or c.shape[1] == 0:
+                    continue
+                B = a[:, :, None, None] * b[:, None, :, None] * np.conj(c[:, None, None, :])
+                B = B.reshape(n, -1)
+                bis.append(B.real)
+                bis.append(B.imag)
+    out = []
+    # each group as a block of comparable scale: degree-1 (k=0), degree-2 (power), degree-3 (bispectrum)
+    if parts:
+        out.append(np.concatenate(parts, axis=1))
+    if ps:
+        out.append(np.concatenate(ps, axis=1))
+    if bis:
+        out.append(bispectrum_weight * np.concatenate(bis, axis=1))
+    normed = []
+    for blk in out:
+        nr = np.linalg.norm(blk, axis=1, keepdims=True)
+        normed.append(blk / np.maximum(nr, 1e-30))
+    return np.concatenate(normed, axis=1).astype(np.float32)
+
+
+def candidate_neighbors(features: np.ndarray, n_candidates: int, batch_size: int = 1024,
+                        progress: bool = False) -> np.ndarray:
+    """Top ``n_candidates`` by cosine similarity of the invariant features (self excluded): ``(n, M)``."""
+    f = np.asarray(features, dtype=np.float32)
+    f = f - f.mean(axis=0, keepdims=True)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-30)
+    n = f.shape[0]
+    M = min(int(n_candidates), n - 1)
+
+    def one(rng):
+        a, b = rng
+        S = f[a:b] @ f.T
+        S[np.arange(b - a), np.arange(a, b)] = -np.inf
+        idx = np.argpartition(-S, M - 1, axis=1)[:, :M]
+        order = np.argsort(-np.take_along_axis(S, idx, axis=1), axis=1)
+        return np.take_along_axis(idx, order, axis=1)
+
+    return np.concatenate(map_batches(one, batch_ranges(n, batch_size), progress=progress,
+                                      desc="invariant search"), axis=0)
+
+
+def _peak(corr, n_angles):
+    """Peak index refined by a parabola; returns (value, angle radians)."""
+    i0 = np.argmax(corr, axis=-1)
+    ym = np.take_along_axis(corr, ((i0 - 1) % n_angles)[..., None], -1)[..., 0]
+    y0 = np.take_along_axis(corr, i0[..., None], -1)[..., 0]
+    yp = np.take_along_axis(corr, ((i0 + 1) % n_angles)[..., None], -1)[..., 0]
+    den = ym - 2 * y0 + yp
+    d = np.where(den < 0, 0.5 * (ym - yp) / np.where(den < 0, den, -1.0), 0.0)
+    d = np.clip(d, -0.5, 0.5)
+    val = y0 - 0.25 * (ym - yp) * d
+    return val, 2 * np.pi * (i0 + d) / n_angles
+
+
+def align_pairs(feats: list, i: np.ndarray, j: np.ndarray, n_angles: int = 256,
+                reflections: bool = True, batch_size: int = 65536, metric: str = "cosine"):
+    """Optimal rotation (and reflection) of image j onto image i for each pair.
+
+    Returns ``(angle_rad, reflected, score)``: with ``metric="cosine"`` the normalized correlation
+    in [-1, 1]; with ``"euclidean"`` minus the squared rotationally invariant distance (eq. 1)
+    ``−(‖c_i‖² + ‖c_j‖² − 2 max corr)``, relative to the mean ``‖c‖²``.
+    """
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    K = len(feats)
+    n_angles = max(int(n_angles), 2 * K + 2)
+    w = _weights(K)
+    norms2 = sum(w[k] * (np.abs(feats[k]) ** 2).sum(axis=1) for k in range(K))
+    norms = np.sqrt(np.maximum(norms2, 1e-300))
+    mean2 = max(float(np.mean(norms2)), 1e-300)
+
+    def one(rng):
+        a, b = rng
+        ii, jj = i[a:b], j[a:b]
+        Z = np.zeros((b - a, n_angles), dtype=np.complex128)
+        Zr = np.zeros_like(Z) if reflections else None
+        for k in range(K):
+            if feats[k].shape[1] == 0:
+                continue
+            ci, cj = feats[k][ii], feats[k][jj]
+            Z[:, k] = w[k] * (ci * np.conj(cj)).sum(axis=1)
+            if reflections:
+                Zr[:, k] = w[k] * (ci * cj).sum(axis=1)
+        # corr(α_m) = Re Σ_k Z_k e^{ikα_m}  -> inverse FFT (times n_angles)
+        corr = sfft.ifft(Z, axis=1, workers=WORKERS).real * n_angles
+        val, ang = _peak(corr, n_angles)
+        refl = np.zeros(b - a, dtype=bool)
+        if reflections:
+            corr_r = sfft.ifft(Zr, axis=1, workers=WORKERS).real * n_angles
+            val_r, ang_r = _peak(corr_r, n_angles)
+            refl = val_r > val
+            val = np.where(refl, val_r, val)
+            ang = np.where(refl, ang_r, ang)
+        if metric == "euclidean":
+            score = -(norms2[ii] + norms2[jj] - 2 * val) / mean2
+        else:
+            score = val / (norms[ii] * norms[jj])
+        return ang, refl, score
+
+    res = map_batches(one, batch_ranges(len(i), batch_size), progress=False)
+    if not res:
+        return np.zeros(0), np.zeros(0, bool), np.zeros(0)
+    ang = np.concatenate([r[0] for r in res])
+    refl = np.concatenate([r[1] for r in res])
+    score = np.concatenate([r[2] for r in res])
+    return np.mod(ang + np.pi, 2 * np.pi) - np.pi, refl, score
+
+
+def rid_neighbors(feats: list, n_neighbors: int, n_candidates: int | None = None,
+                  bispectrum_components: int = 2, n_angles: int = 256, progress: bool = False,
+                  metric: str = "cosine") -> Neighbors:
+    """Initial neighbour list: invariant candidates re-ranked by the exact rotationally invariant distance."""
+    n = feats[0].shape[0]
+    s = min(int(n_neighbors), n - 1)
+    M = min(n - 1, int(n_candidates) if n_candidates else max(6 * s, 100))
+    inv = invariant_features(feats, bispectrum_components=bispectrum_components)
+    cand = candidate_neighbors(inv, M, progress=progress)
+    ii = np.repeat(np.arange(n), cand.shape[1])
+    ang, refl, score = align_pairs(feats, ii, cand.ravel(), n_angles=n_angles, metric=metric)
+    score = score.reshape(n, -1)
+    top = np.argsort(-score, axis=1)[:, :s]
+    take = lambda a: np.take_along_axis(a.reshape(n, -1), top, axis=1)  # noqa: E731
+    return Neighbors(j=take(cand), angle=take(ang), reflected=take(refl), score=take(score))
