@@ -200,6 +200,8 @@ def project(volume, rotations, origins_px=None, ctf=None, eps: float | None = No
     ``[x, y]`` origins in pixels (RELION meaning: the particle appears at ``L//2 − origin``).
     ``ctf``: centred CTF grid ``(n, L, L)`` (or one ``(L, L)``) multiplying the transform; None = no CTF.
     ``eps``: NUFFT tolerance (default 1e-6 for float32, 1e-12 for float64).
+    ``nthreads``: finufft threads; None splits the rotations over ``cryoprism.parallel`` worker
+    threads running single-threaded NUFFTs (faster than OpenMP threads on a shared machine).
     """
     vol = np.asarray(volume)
     if vol.dtype not in (np.float32, np.float64):
@@ -210,6 +212,24 @@ def project(volume, rotations, origins_px=None, ctf=None, eps: float | None = No
     _check_stack_args(n, L, origins_px, ctf)
     out = np.empty((n, L, L), dtype=vol.dtype)
     s = _sl(L)
+    if nthreads is None:
+        from cryoprism.parallel.core import default_workers, map_batches
+
+        workers = default_workers()
+        if workers > 1 and n >= 128:
+            part = min(chunk, -(-n // workers))
+            ranges = _chunks(n, part)
+            org = None if origins_px is None else np.asarray(origins_px).reshape(-1, 2)
+            c = None if ctf is None else np.asarray(ctf)
+
+            def job(r):
+                a, b = r
+                out[a:b] = project(vol, rot[a:b], None if org is None else org[a:b],
+                                   None if c is None else (c[a:b] if c.ndim == 3 else c), eps=eps,
+                                   chunk=chunk, nthreads=1)
+
+            map_batches(job, ranges, n_workers=workers, progress=False)
+            return out
     for a, b in _chunks(n, chunk):
         F = project_slices(vol, rot[a:b], eps=eps, chunk=chunk, nthreads=nthreads)
         if origins_px is not None:
