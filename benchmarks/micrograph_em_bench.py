@@ -221,6 +221,8 @@ def speed(quick: bool):
         x = np.log([r[xs] for r in out[k]])
         y = np.log([r["iteration_seconds"] for r in out[k]])
         out[k + "_loglog_slope"] = float(np.polyfit(x, y, 1)[0])
+        y = np.log([r["iteration_cpu_seconds"] for r in out[k]])
+        out[k + "_loglog_slope_cpu"] = float(np.polyfit(x, y, 1)[0])
     out["load_average_before_after"] = [list(load0), list(os.getloadavg())]
     out["workers"] = default_workers()
     return out
