@@ -7,8 +7,8 @@ freedom, i.e. ``E|noise_{k,q}|² = σ²`` for every k), per k:
 
     C_k = (1/n) Σ_i (a_i,k − μ_k)(a_i,k − μ_k)^H,     μ_k = 0 for k ≠ 0,
     C_k = U diag(λ) U^H;  a population eigenvalue ℓ survives if λ > σ²(1 + √γ_k)²
-    (Marchenko–Pastur edge, γ_k = p_k / n for k = 0, p_k / (2n) for k > 0 — a complex sample counts
-    twice), and is de-biased by inverting the spiked-model map λ = (ℓ + σ²)(1 + γσ²/ℓ):
+    (Marchenko–Pastur edge, γ_k = p_k / n; the law is the same for circular complex samples; plus three
+    Tracy–Widom widths σ²(1+√γ)(1+1/√γ)^{1/3} n^{-2/3} so pure-noise blocks are rejected), and is de-biased by inverting the spiked-model map λ = (ℓ + σ²)(1 + γσ²/ℓ):
         ℓ = ((λ − σ² − γσ²) + sqrt((λ − σ² − γσ²)² − 4γσ⁴)) / 2.
     Wiener filter of a coefficient vector: â = μ + U diag(ℓ / (ℓ + σ²)) U^H (a − μ).
 
@@ -118,12 +118,15 @@ def fit_spca(coefs: np.ndarray, k_slices, noise_var: float = 1.0, max_rank: int 
         else:
             C = (x.conj().T @ x) / n
             C = 0.5 * (C + C.conj().T)
-            gamma = p / (2 * n)
+            gamma = p / n
         lam, U = np.linalg.eigh(C)
         lam, U = lam[::-1], U[:, ::-1]
         # x^H x / n is the conjugate of E[a a^H]; with its eigenvectors U, the component of a row a
         # along the covariance eigenvector conj(u) is a @ u.  Store V = conj(U): project = a @ conj(V).
-        edge = sigma2 * (1 + np.sqrt(gamma)) ** 2 * threshold_scale
+        # Marchenko–Pastur edge plus 3 Tracy–Widom widths (finite-n fluctuation of the top noise eigenvalue)
+        sg = np.sqrt(gamma)
+        tw = (1 + sg) * (1 + 1 / sg) ** (1 / 3) * n ** (-2 / 3)
+        edge = sigma2 * ((1 + sg) ** 2 + 3 * tw) * threshold_scale
         keep = lam > edge
         if max_rank is not None:
             keep[max_rank:] = False

@@ -1,0 +1,124 @@
+"""RID / VDM / MFVDM neighbours and alignment on analytic projections of a Gaussian-blob volume."""
+
+import numpy as np
+import pytest
+
+from cryoprism.basis import fb_basis_2d
+from cryoprism.classify2d import align_pairs, mfvdm_neighbors, neighbors, prepare, rid_neighbors
+
+L = 32
+CENTRES = np.array([[0, 0, 0], [7, 2, -3], [-5, 6, 2], [2, -8, 4], [-3, -2, -7], [9, -4, 5.0]])
+SIGMAS = np.array([4.0, 2.5, 3.0, 2.0, 2.5, 1.8])
+AMPS = np.array([1.0, 0.9, 0.7, 1.2, 0.8, 1.0])
+
+
+def uniform_rotations(n, rng):
+    q = rng.standard_normal((n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
+
+
+def project_blobs(rots):
+    """Analytic projections: blob centre c appears at (A c)_xy with amplitude a √(2π) σ."""
+    y, x = np.mgrid[:L, :L] - L // 2
+    out = np.zeros((len(rots), L, L))
+    for c, s, a in zip(CENTRES, SIGMAS, AMPS):
+        p = rots @ c                                    # (n, 3)
+        out += a * np.sqrt(2 * np.pi) * s * np.exp(
+            -((x[None] - p[:, 0, None, None]) ** 2 + (y[None] - p[:, 1, None, None]) ** 2) / (2 * s * s))
+    return out
+
+
+def truth(rots, i, j, refl):
+    """Viewing angle (antipodal allowed) and in-plane angle of the claimed (possibly mirrored) pair."""
+    vi, vj = rots[i, 2], rots[j, 2]
+    view = np.rad2deg(np.arccos(np.clip(np.abs(np.sum(vi * vj, -1)), 0, 1)))
+    F = np.diag([1.0, -1.0, -1.0])                     # the mirror image J I_j is the projection by F A_j
+    Bj = np.where(refl[:, None, None], F @ rots[j], rots[j])
+    M = rots[i] @ np.swapaxes(Bj, 1, 2)
+    inpl = np.arctan2(M[:, 1, 0] - M[:, 0, 1], M[:, 0, 0] + M[:, 1, 1])
+    same_side = np.sum(rots[i, 2] * Bj[:, 2], -1) > 0
+    return view, inpl, same_side
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    rng = np.random.default_rng(7)
+    n = 400
+    rots = uniform_rotations(n, rng)
+    clean = project_blobs(rots)
+    sigma = np.sqrt(clean.var(axis=(1, 2)).mean() / 3.0)         # SNR 3
+    noisy = (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
+    return rots, noisy
+
+
+@pytest.fixture(scope="module")
+def prepared(dataset):
+    return prepare(dataset[1], mask_radius_px=14)
+
+
+def test_align_pairs_recovers_rotation_and_reflection():
+    b = fb_basis_2d(L)
+    rng = np.random.default_rng(3)
+    rots = uniform_rotations(6, rng)
+    imgs = project_blobs(rots)
+    alphas = np.array([0.4, -2.0, 1.1, 3.0, -0.7, 2.2])
+    # image j rotated (after reflection for odd j) by alpha, done analytically through the rotation
+    F = np.diag([1.0, -1.0, -1.0])
+    Rz = np.array([[[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]] for a in alphas])
+    refl = np.arange(6) % 2 == 1
+    rots_i = np.where(refl[:, None, None], Rz @ F @ rots, Rz @ rots)
+    a_i = b.expand(project_blobs(rots_i))
+    a_j = b.expand(imgs)
+    allc = np.concatenate([a_i, a_j])
+    feats = [allc[:, sl] for sl in b.k_slices]
+    ang, got_refl, score = align_pairs(feats, np.arange(6), np.arange(6, 12), n_angles=512)
+    err = np.angle(np.exp(1j * (ang - alphas)))
+    assert np.all(got_refl == refl)
+    assert np.abs(err).max() < np.deg2rad(0.3)
+    assert np.all(score > 0.999)
+
+
+def _check(nb, rots, max_median_view, max_inplane_deg):
+    i, j, ang, refl, _ = nb.pairs()
+    view, inpl, same_side = truth(rots, i, j, refl)
+    assert np.median(view) < max_median_view
+    close = view < 10
+    assert close.mean() > 0.25          # 8 nearest of 400 uniform views: median ≈ 8°
+    assert same_side[close].mean() > 0.95                # reflection flags right
+    err = np.rad2deg(np.abs(np.angle(np.exp(1j * (ang - inpl)))))[close & same_side]
+    assert np.median(err) < max_inplane_deg
+    return view
+
+
+def test_rid_neighbours_and_angles(prepared, dataset):
+    rots = dataset[0]
+    nb = neighbors(prepared, "rir", 8)
+    _check(nb, rots, 16.0, 3.0)
+
+
+def test_mfvdm_neighbours_and_angles(prepared, dataset):
+    rots = dataset[0]
+    nb0 = neighbors(prepared, "rir", 8)
+    nb = neighbors(prepared, "mfvdm", 8, k_max=6, m=20, initial=nb0)
+    _check(nb, rots, 16.0, 3.0)
+    vdm = neighbors(prepared, "vdm", 8, m=20, initial=nb0)
+    _check(vdm, rots, 16.0, 3.0)
+
+
+def test_scale_invariance(dataset):
+    noisy = dataset[1][:200]
+    ref = None
+    for fac in (1.0, 1e-4, 1e4):
+        p = prepare(noisy * np.float32(fac), mask_radius_px=14)
+        nb = neighbors(p, "mfvdm", 6, k_max=4, m=10)
+        assert np.isfinite(nb.score).all()
+        if ref is None:
+            ref = nb
+            continue
+        assert np.mean(np.sort(nb.j, 1) == np.sort(ref.j, 1)) > 0.99
+        assert np.abs(np.angle(np.exp(1j * (nb.angle - ref.angle)))).max() < 1e-3
