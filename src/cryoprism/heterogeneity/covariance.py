@@ -24,9 +24,16 @@ import numpy as np
 import scipy.fft as sfft
 from tqdm.auto import tqdm
 
-from cryoprism.forward.projection import slice_indices, slice_points
-from cryoprism.fourier.core import WORKERS, fft2c
-from cryoprism.heterogeneity.data import HetData, _nthreads, adjoint_of, fourier_batch, slices_of
+from cryoprism.fourier.core import WORKERS
+from cryoprism.heterogeneity.data import (
+    HetData,
+    _nthreads,
+    adjoint_of,
+    band_ctf2_and_spectra,
+    band_points,
+    fourier_batch,
+    slices_of,
+)
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import default_workers
 from cryoprism.reconstruct import (
@@ -86,7 +93,7 @@ def _dots(a, b):
     return np.sum(a.reshape(a.shape[0], -1) * b.reshape(b.shape[0], -1), axis=1)
 
 
-def estimate_mean(d: HetData, *, regularization: float = 1e-3, maxiter: int = 60, tol: float = 1e-5,
+def estimate_mean(d: HetData, *, regularization: float = 1e-3, maxiter: int = 40, tol: float = 1e-5,
                   n_workers: int | None = None, progress: bool = True) -> MeanOperator:
     """Least-squares mean ``(Ā + λ I) μ = (1/n) Σ M_sᵀ y_s`` (seed eq. 13) on the ``N³`` grid.
 
@@ -94,7 +101,6 @@ def estimate_mean(d: HetData, *, regularization: float = 1e-3, maxiter: int = 60
     right-hand side and kernel come from :func:`cryoprism.reconstruct.accumulate_normal_equations`.
     """
     src = as_source(d.images, d.rotations, d.origins_px, d.ctf, d.pixel_size_A)
-    src.dtype = np.float64
     rhs, K = accumulate_normal_equations(src, None, n_workers=n_workers, progress=progress)
     kh = kernel_from_spatial(K[0]).kernel_hat / d.n
     lam = regularization * float(np.max(np.abs(kh)))
@@ -253,29 +259,22 @@ def covariance_lowrank(d: HetData, A: MeanOperator, *, block: int = 8, steps: in
 # the dense estimator with the 6-D Toeplitz kernel
 # ------------------------------------------------------------------------------------------------
 
-def _exp_factors(rot: np.ndarray, N: int, coords: np.ndarray):
-    """``exp(+i ω_k·r)`` factors along z, y, x: three ``(b, q, len(coords))`` arrays."""
-    b = rot.shape[0]
-    pts = slice_points(rot, N)  # (z, y, x), each (b·q,), already × 2π/N
-    return [np.exp(1j * p.reshape(b, -1)[:, :, None] * coords[None, None, :]) for p in pts]
-
-
-def _kept(N: int) -> slice:
-    return slice(1, None) if N % 2 == 0 else slice(0, None)
+def _exp_factors(d: HetData, a: int, b: int, coords: np.ndarray):
+    """``exp(+i ω_k·r)`` factors along z, y, x: three ``(b, q, len(coords))`` arrays (band points)."""
+    pts = band_points(d, a, b)
+    return [np.exp(1j * p.reshape(b - a, -1)[:, :, None] * coords[None, None, :]) for p in pts]
 
 
 def per_image_kernels(d: HetData, a: int, b: int) -> np.ndarray:
     """Toeplitz kernels ``k_s(Δ)`` of ``A_s = M_sᵀM_s`` on ``Δ ∈ [−N, N−1]³``: ``(b − a, (2N)³)``.
 
-    ``k_s(Δ) = N⁻² Σ_k |C_s(k)|² exp(+2πi ω_sk·Δ / N)`` over the kept image frequencies.
+    ``k_s(Δ) = N⁻² Σ_k |C_s(k)|² exp(+2πi ω_sk·Δ / N)`` over the band frequencies.
     """
     N = d.N
-    s = _kept(N)
-    ctf = d.ctf_grid(a, b)
-    q = len(slice_indices(N)) ** 2
-    w = np.ones((b - a, q)) if ctf is None else (np.asarray(ctf, np.float64)[:, s, s] ** 2).reshape(b - a, q)
+    w, _ = band_ctf2_and_spectra(d, a, b, images=np.zeros((b - a, N, N)))
+    q = w.shape[1]
     w = w / N ** 2
-    Ez, Ey, Ex = _exp_factors(d.rotations[a:b], N, np.arange(-N, N, dtype=np.float64))
+    Ez, Ey, Ex = _exp_factors(d, a, b, np.arange(-N, N, dtype=np.float64))
     M = 2 * N
     YX = (Ey[:, :, :, None] * Ex[:, :, None, :]).reshape(b - a, q, M * M)
     out = np.matmul((w[:, :, None] * Ez).transpose(0, 2, 1), YX).real
@@ -285,21 +284,10 @@ def per_image_kernels(d: HetData, a: int, b: int) -> np.ndarray:
 def per_image_backprojections(d: HetData, a: int, b: int) -> np.ndarray:
     """``g_s = M_sᵀ z_s`` for each particle ``a:b`` separately: ``(b − a, N³)``."""
     N = d.N
-    s = _kept(N)
-    F = fft2c(d.residuals[a:b].astype(np.float64)) / (N * N)
-    ctf = d.ctf_grid(a, b)
-    if ctf is not None:
-        F = F * ctf
-    k = slice_indices(N).astype(np.float64)
-    F = F[:, s, s]
-    org = d.origins(a, b)
-    if org is not None:
-        px = np.exp(-2j * np.pi * org[:, 0, None] * k[None] / N)
-        py = np.exp(-2j * np.pi * org[:, 1, None] * k[None] / N)
-        F = F * py[:, :, None] * px[:, None, :]
-    q = F.shape[1] * F.shape[2]
-    F = F.reshape(b - a, q)
-    Ez, Ey, Ex = _exp_factors(d.rotations[a:b], N, np.arange(N, dtype=np.float64) - N // 2)
+    _, F = band_ctf2_and_spectra(d, a, b)
+    F = F / (N * N)
+    q = F.shape[1]
+    Ez, Ey, Ex = _exp_factors(d, a, b, np.arange(N, dtype=np.float64) - N // 2)
     YX = (Ey[:, :, :, None] * Ex[:, :, None, :]).reshape(b - a, q, N * N)
     out = np.matmul((F[:, :, None] * Ez).transpose(0, 2, 1), YX).real
     return out.reshape(b - a, N ** 3)

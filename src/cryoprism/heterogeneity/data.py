@@ -46,6 +46,11 @@ class HetData:
     noise_var: float  # white noise variance per pixel of the N-grid images
     residuals: np.ndarray | None = None  # images − M_s μ, once the mean is known
     info: dict = field(default_factory=dict)
+    band: int | None = None  # image frequencies used by the covariance: those of a band×band box
+
+    @property
+    def band_size(self) -> int:
+        return int(self.band or self.N)
 
     @property
     def n(self) -> int:
@@ -81,7 +86,8 @@ class HetData:
         return HetData(self.images[idx], self.rotations[idx],
                        None if self.origins_px is None else self.origins_px[idx], ctf,
                        self.pixel_size_A, self.L, self.noise_var,
-                       None if self.residuals is None else self.residuals[idx], dict(self.info))
+                       None if self.residuals is None else self.residuals[idx], dict(self.info),
+                       self.band)
 
 
 def noise_variance(images: np.ndarray, radius_px: float) -> float:
@@ -90,18 +96,25 @@ def noise_variance(images: np.ndarray, radius_px: float) -> float:
     return float(np.mean(np.asarray(sd, np.float64) ** 2))
 
 
-def prepare(source, n_res: int, *, background_radius: float = 0.45, batch_size: int = BATCH,
+def prepare(source, n_res: int, *, oversample: float = 1.0, background_radius: float = 0.45,
+            batch_size: int = BATCH,
             n_workers: int | None = None, progress: bool = True) -> HetData:
     """Read particles once (in batches), estimate the noise, Fourier-crop to ``n_res``.
 
     ``source``: a :class:`cryoprism.reconstruct.Source` (``as_source(...)``) over images, poses,
     origins and CTF. ``background_radius``: the background starts at this fraction of the box
-    (``0.45·L`` pixels from the centre). Returns :class:`HetData`.
+    (``0.45·L`` pixels from the centre). ``oversample``: volumes and images live on a grid of
+    ``ceil(oversample·n_res)`` (same field of view) while the covariance uses only the image
+    frequencies of the ``n_res`` band; the finer volume grid removes the truncation error of a
+    band-limited volume in the box (docs/heterogeneity.md). Returns :class:`HetData`.
     """
     src_n, src_L = int(source.n), int(source.L)
     n, L = src_n, src_L
-    N = int(n_res)
-    if not 2 <= N <= src_L:
+    band = int(n_res)
+    N = int(min(src_L, int(np.ceil(oversample * band))))
+    if N % 2 != band % 2 and N < src_L:  # same parity keeps the band centred on the grid's kept set
+        N += 1
+    if not 2 <= band <= src_L:
         raise ValueError(f"n_res must be between 2 and the box {src_L}, got {N}")
     if source.pixel_size_A is None:
         raise ValueError("the pixel size is needed (STAR optics, MRC header or pixel_size_A)")
@@ -133,7 +146,7 @@ def prepare(source, n_res: int, *, background_radius: float = 0.45, batch_size: 
             c = c[..., lo:lo + N, lo:lo + N]
         ctf = c
     return HetData(images, np.asarray(source.rotations, np.float64), org, ctf, px, L,
-                   sigma2_L * (N / L) ** 2, info={"noise_var_L": sigma2_L})
+                   sigma2_L * (N / L) ** 2, info={"noise_var_L": sigma2_L}, band=band)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,37 +185,57 @@ def compute_residuals(d: HetData, mean: np.ndarray, n_workers: int | None = None
     return res
 
 
-def _kept(N: int) -> slice:
-    return slice(1, None) if N % 2 == 0 else slice(0, None)
-
-
 #: NUFFT tolerance of the covariance passes (classification needs far less than 1e-5)
 EPS = 1e-5
 
 
-def fourier_batch(d: HetData, a: int, b: int):
-    """Per-batch Fourier data: slice points ``(z, y, x)`` (each ``(b·q,)``), ``|C_s(k)|²`` ``(b, q)``
-    and the CTF-weighted, shift-compensated residual spectra ``Y_s = C_s S̄_s F[z_s]`` ``(b, q)``.
+def band_indices(d: HetData) -> np.ndarray:
+    """Integer image frequencies (per axis) that the covariance uses: those kept at box ``band``."""
+    from cryoprism.forward.projection import slice_indices
 
-    With these, ``⟨M_s v, M_s w⟩ = N⁻² Re Σ_k |C_s|² conj(v̂) ŵ`` and ``⟨M_s v, z_s⟩ = N⁻² Re Σ_k
-    conj(v̂) Y_s`` where ``v̂`` is the type-2 NUFFT of ``v`` on the slice of particle ``s``.
-    """
-    from cryoprism.forward.projection import slice_indices, slice_points
+    return slice_indices(d.band_size)
 
+
+def band_points(d: HetData, a: int, b: int) -> tuple[np.ndarray, ...]:
+    """NUFFT points ``2π/N · Aᵀ(kx, ky, 0)`` (order z, y, x) of the band frequencies, each ``(b·q,)``."""
+    k = band_indices(d).astype(np.float64)
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    kx, ky = kx.ravel(), ky.ravel()
+    rot = d.rotations[a:b]
+    sc = 2 * np.pi / d.N
+    return tuple(np.ascontiguousarray(((rot[:, 0, i, None] * kx[None] + rot[:, 1, i, None] * ky[None]) * sc)
+                                      .ravel()) for i in (2, 1, 0))
+
+
+def band_ctf2_and_spectra(d: HetData, a: int, b: int, images: np.ndarray | None = None):
+    """``|C_s(k)|²`` ``(b, q)`` and ``Y_s = C_s S̄_s F[z_s]`` ``(b, q)`` on the band frequencies."""
     N = d.N
-    s = _kept(N)
-    pts = slice_points(d.rotations[a:b], N)
-    F = fft2c(d.residuals[a:b].astype(np.float64))[:, s, s]
+    k = band_indices(d)
+    sl = slice(N // 2 + k[0], N // 2 + k[-1] + 1)
+    z = d.residuals[a:b] if images is None else images
+    F = fft2c(np.asarray(z, np.float64))[:, sl, sl]
     ctf = d.ctf_grid(a, b)
-    C = np.ones(F.shape) if ctf is None else np.asarray(ctf, np.float64)[:, s, s]
+    C = np.ones(F.shape) if ctf is None else np.asarray(ctf, np.float64)[:, sl, sl]
     F = F * C
     org = d.origins(a, b)
     if org is not None:
-        k = slice_indices(N).astype(np.float64)
-        px = np.exp(-2j * np.pi * org[:, 0, None] * k[None] / N)
-        py = np.exp(-2j * np.pi * org[:, 1, None] * k[None] / N)
+        kk = k.astype(np.float64)
+        px = np.exp(-2j * np.pi * org[:, 0, None] * kk[None] / N)
+        py = np.exp(-2j * np.pi * org[:, 1, None] * kk[None] / N)
         F = F * py[:, :, None] * px[:, None, :]
-    return pts, (C * C).reshape(b - a, -1), F.reshape(b - a, -1)
+    return (C * C).reshape(b - a, -1), F.reshape(b - a, -1)
+
+
+def fourier_batch(d: HetData, a: int, b: int):
+    """Per-batch Fourier data: band points ``(z, y, x)`` (each ``(b·q,)``), ``|C_s(k)|²`` ``(b, q)``
+    and the CTF-weighted, shift-compensated residual spectra ``Y_s = C_s S̄_s F[z_s]`` ``(b, q)``.
+
+    With these, ``⟨M_s v, M_s w⟩ = N⁻² Re Σ_k |C_s|² conj(v̂) ŵ`` and ``⟨M_s v, z_s⟩ = N⁻² Re Σ_k
+    conj(v̂) Y_s`` where ``v̂`` is the type-2 NUFFT of ``v`` on the slice of particle ``s`` and ``k``
+    runs over the band (all kept frequencies when ``band = N``).
+    """
+    C2, Y = band_ctf2_and_spectra(d, a, b)
+    return band_points(d, a, b), C2, Y
 
 
 def _plan(kind: int, N: int, m: int, nthreads: int):

@@ -33,6 +33,7 @@ class HeterogeneityResult:
     labels: np.ndarray  # (n,) 0..C−1
     class_volumes: list = field(default_factory=list)  # full resolution (L³), one per class
     timings: dict = field(default_factory=dict)
+    labels_gmm: np.ndarray | None = None  # Gaussian-mixture labels before the per-particle EM
 
     @property
     def n_states(self) -> int:
@@ -51,25 +52,30 @@ def resolve_nres(L: int, pixel_size_A: float, n_res: int | None, max_res_A: floa
 def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "auto", cg_iterations: int = 10,
             max_states: int = 8, block: int = 8, steps: int = 3, n_boot: int = 20, wiener: bool = True,
             reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
-            progress: bool = True, max_full_bytes: float = 2e9) -> HeterogeneityResult:
+            progress: bool = True, max_full_bytes: float = 2e9,
+            oversample: float | None = None) -> HeterogeneityResult:
     """Run the heterogeneity analysis on a :class:`cryoprism.reconstruct.Source`.
 
     ``method``: ``cg`` (dense covariance, 6-D Toeplitz kernel), ``lowrank`` (matrix-free subspace
     estimator) or ``auto`` (``cg`` when its kernel fits in ``max_full_bytes``). ``classes``: ``auto``
     (from the spectral gap) or a number of states. ``reconstruct``: per-class volumes at full
-    resolution (CG mean with the class's particles).
+    resolution (CG mean with the class's particles). ``oversample``: volume grid / band ratio
+    (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows as the sixth power of the grid).
     """
     t = {}
     t0 = time.perf_counter()
-    d = prepare(source, n_res, n_workers=n_workers, progress=progress)
+    c0 = time.process_time()
+    if method == "auto":
+        method = "cg" if full_memory_bytes(n_res) <= max_full_bytes else "lowrank"
+    if oversample is None:
+        oversample = 1.5 if method == "lowrank" else 1.0
+    d = prepare(source, n_res, oversample=oversample, n_workers=n_workers, progress=progress)
     t["read_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     A = estimate_mean(d, n_workers=n_workers, progress=progress)
     compute_residuals(d, A.mean, n_workers=n_workers, progress=progress)
     t["mean_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    if method == "auto":
-        method = "cg" if full_memory_bytes(d.N) <= max_full_bytes else "lowrank"
     if method == "cg":
         cov = covariance_full(d, maxiter=cg_iterations, max_bytes=max_full_bytes, n_workers=n_workers,
                               progress=progress)
@@ -98,18 +104,20 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
     r = max(C - 1, 1)
     alpha = coordinates(system.G, system.c, Q[:, :r], lam[:r], d.noise_var, wiener=wiener)
     labels, _ = gmm_classes(alpha, C, seed)
+    labels_gmm = labels
     if C > 1 and refine:
         Qr = Q[:, :r]
         H = np.einsum("ai,sab,bj->sij", Qr, system.G, Qr)
         labels, _, _ = subspace_em(H, system.c @ Qr, d.noise_var, labels, C)
     t["classify_s"] = time.perf_counter() - t1
-    res = HeterogeneityResult(d, A.mean, cov, states, alpha, labels, [], t)
+    res = HeterogeneityResult(d, A.mean, cov, states, alpha, labels, [], t, labels_gmm)
     if reconstruct:
         t1 = time.perf_counter()
         res.class_volumes = class_reconstructions(source, labels, C, n_workers=n_workers,
                                                   progress=progress)
         t["reconstruct_s"] = time.perf_counter() - t1
     t["total_s"] = time.perf_counter() - t0
+    t["cpu_s"] = time.process_time() - c0
     return res
 
 
@@ -161,13 +169,16 @@ def class_reconstructions(source, labels: np.ndarray, n_classes: int, *, regular
 
 def eigenvolumes_full_box(res: HeterogeneityResult, r: int) -> np.ndarray:
     """The leading ``r`` eigenvolumes Fourier-padded from ``N_res`` to the full box (unit norm)."""
-    from cryoprism.fourier.resample import upsample
+    from cryoprism.fourier.resample import downsample, upsample
 
     U = res.covariance.eigenvolumes[:r]
     L = res.data.L
     out = []
+    band = res.data.band_size
     for u in U:
-        v = u if res.data.N == L else upsample(u, L, ndim=3)[0]
+        if band < res.data.N:  # keep the measured band only
+            u = downsample(u, band, ndim=3)[0]
+        v = u if u.shape[-1] == L else upsample(u, L, ndim=3)[0]
         out.append((v / (np.linalg.norm(v) or 1.0)).astype(np.float32))
     return np.stack(out) if out else np.zeros((0, L, L, L), np.float32)
 
