@@ -88,7 +88,8 @@ def run_case(name, mics, ctfs, px, L, truth_vol, init_vol, stages, whiten, seed=
     fr = [crossing_fraction(c, L) for c in curves]
     final = np.array(curves[-1])
     return {
-        "n_micrographs": len(mics), "micrograph_px": list(mics[0].shape), "n_patches": int(sum(len(d.patches) for d in data)),
+        "n_micrographs": len(mics), "micrograph_px": list(mics[0].shape),
+        "n_patches": int(sum(len(d.patches) for d in data)),
         "filter_margin_px": margin, "noise_variance": sigma2, "rho_empty": res.rho_empty,
         "stages": [[s.ell_max, s.bandlimit, s.n_rotations, s.n_iterations, s.batch_fraction] for s in stages],
         "fsc_per_iteration": [[round(x, 4) for x in c] for c in curves],
@@ -97,7 +98,8 @@ def run_case(name, mics, ctfs, px, L, truth_vol, init_vol, stages, whiten, seed=
         "fsc_final": [round(x, 4) for x in final],
         "fsc05_fraction_final": fr[-1], "fsc05_fraction_initial": fr[0],
         "fsc_mean_initial": float(np.mean(curves[0][1:])), "fsc_mean_final": float(np.mean(final[1:])),
-        "meets_target_80pct": bool(fr[-1] >= 0.8), "rises_from_initial": bool(np.mean(final[1:]) > np.mean(curves[0][1:])),
+        "meets_target_80pct": bool(fr[-1] >= 0.8),
+        "rises_from_initial": bool(np.mean(final[1:]) > np.mean(curves[0][1:])),
         "seconds": secs,
     }
 
@@ -126,7 +128,8 @@ def accuracy(quick: bool):
     out["separated"] = run_case("separated", [sim.micrograph], None, px, L, vol, init, stages, whiten=False)
     out["separated"]["n_particles"] = len(sim.corners)
     sim = basis_sim(L, ell, vol, (size, size), int(npart * 2.2), snr, False, rng)
-    out["arbitrary_spacing"] = run_case("arbitrary", [sim.micrograph], None, px, L, vol, init, stages, whiten=False)
+    out["arbitrary_spacing"] = run_case("arbitrary", [sim.micrograph], None, px, L, vol, init, stages,
+                                        whiten=False)
     out["arbitrary_spacing"]["n_particles"] = len(sim.corners)
     # patches meeting more than one particle box
     hit = np.zeros(((size // L), (size // L)), dtype=np.int32)
@@ -137,12 +140,14 @@ def accuracy(quick: bool):
             for b in cols:
                 if a < hit.shape[0] and b < hit.shape[1]:
                     hit[a, b] += 1
-    out["arbitrary_spacing"]["fraction_nonempty_patches_with_2plus"] = float((hit >= 2).sum() / max((hit >= 1).sum(), 1))
+    out["arbitrary_spacing"]["fraction_nonempty_patches_with_2plus"] = float(
+        (hit >= 2).sum() / max((hit >= 1).sum(), 1))
     # CTF: two micrographs, 1.2 and 2.3 µm
     mics, ctfs = [], []
     for df in (12000.0, 23000.0):
         ctf = CTFParams(defocus_u_A=df + 150, defocus_v_A=df - 150, defocus_angle_deg=35.0, voltage_kV=300.0)
-        s = basis_sim(L, ell, vol, (small, small), npart * small**2 // size**2, snr, True, rng, ctf=ctf, px=px)
+        s = basis_sim(L, ell, vol, (small, small), npart * small**2 // size**2, snr, True, rng, ctf=ctf,
+                      px=px)
         mics.append(s.micrograph)
         ctfs.append(ctf)
     out["ctf"] = run_case("ctf", mics, ctfs, px, L, vol, init, stages, whiten=True)
@@ -159,8 +164,8 @@ def accuracy(quick: bool):
     r = simulate_micrographs(vol.astype(np.float32), 2, small, nsm, px, separation="well-separated", snr=snr,
                              defocus_range_A=(1.0e4, 2.5e4), rng=11, progress=False)
     cts = ctf_list(r)
-    out["voxel_map_ctf"] = run_case("voxel", [m - m.mean() for m in r.micrographs], cts, px, L, vol, init, stages,
-                                    whiten=True)
+    out["voxel_map_ctf"] = run_case("voxel", [m - m.mean() for m in r.micrographs], cts, px, L, vol, init,
+                                    stages, whiten=True)
     out["voxel_map_ctf"]["defocus_um"] = [float(c.defocus_u_A) / 1e4 for c in cts]
     # coloured noise (5x excess power at low frequency), CTF: with and without whitening
     knee = 0.25 / px
@@ -180,8 +185,8 @@ def accuracy(quick: bool):
     v18, px50 = load_map(S50 / "vol_018.mrc", L)
     v287, _ = load_map(S50 / "vol_287.mrc", L)
     sim = basis_sim(L, ell, v18, (size, size), npart, snr, True, rng)
-    out["ribosome_other_state"] = run_case("ribo", [sim.micrograph], None, px50, L, v18, gaussian_filter(v287, 1.0),
-                                           stages, whiten=False)
+    out["ribosome_other_state"] = run_case("ribo", [sim.micrograph], None, px50, L, v18,
+                                           gaussian_filter(v287, 1.0), stages, whiten=False)
     return out, {"L": L, "ell_max": ell, "pixel_size_A_hb": px, "snr_per_particle_box": snr}
 
 

@@ -21,7 +21,7 @@ from cryoprism.micrograph.patches import (
     estimate_noise_variance,
     filter_images,
 )
-from cryoprism.micrograph.sbasis import evaluate_volume, fit_volume, make_basis, projection_operator
+from cryoprism.micrograph.sbasis import evaluate_volume, fit_volume, make_basis
 from cryoprism.micrograph.simulate import place_boxes, simulate_micrograph
 
 
@@ -137,7 +137,8 @@ def _fsc_shells(a, b):
     r = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)).astype(int)
     n = a.shape[0] // 2 + 1
     num = np.bincount(r.ravel(), (A * B.conj()).real.ravel())[:n]
-    den = np.sqrt(np.bincount(r.ravel(), (abs(A) ** 2).ravel())[:n] * np.bincount(r.ravel(), (abs(B) ** 2).ravel())[:n])
+    pa = np.bincount(r.ravel(), (abs(A) ** 2).ravel())[:n]
+    den = np.sqrt(pa * np.bincount(r.ravel(), (abs(B) ** 2).ravel())[:n])
     return num / den
 
 

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
                                             "stage. Default: random."),
         ctf_star: Optional[Path] = typer.Option(None, "--ctf-star", help="RELION micrographs_ctf.star "
                                                 "(rlnMicrographName, rlnDefocusU/V Å, rlnDefocusAngle °, "
-                                                "voltage kV, Cs mm): a CTF per micrograph in the likelihood."),
+                                                "voltage kV, Cs mm): a CTF per micrograph in the "
+                                                "likelihood."),
         truth: Optional[Path] = typer.Option(None, "--truth", help="Ground-truth map (MRC): FSC with its "
                                              "band-limited expansion after every iteration, "
                                              "OUT/fsc_per_iteration.{csv,png}."),

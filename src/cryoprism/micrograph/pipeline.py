@@ -58,7 +58,8 @@ def read_ctf_star(path, micrograph_paths: Sequence) -> tuple[list[CTFParams], fl
     for col in ("rlnDefocusU", "rlnDefocusV"):
         if col not in tab.columns:
             raise InputError(f"no {col} column; expected CTF parameters per micrograph", path)
-    if star.optics is not None and "rlnOpticsGroup" in tab.columns and "rlnOpticsGroup" in star.optics.columns:
+    opt = star.optics
+    if opt is not None and "rlnOpticsGroup" in tab.columns and "rlnOpticsGroup" in opt.columns:
         extra = [c for c in star.optics.columns if c not in tab.columns or c == "rlnOpticsGroup"]
         tab = tab.merge(star.optics[extra], on="rlnOpticsGroup", how="left")
     names = {Path(str(n)).name: i for i, n in enumerate(tab["rlnMicrographName"])}
@@ -88,7 +89,8 @@ def read_ctf_star(path, micrograph_paths: Sequence) -> tuple[list[CTFParams], fl
     return out, px
 
 
-def map_to_box(volume: np.ndarray, voxel_size_A: float | None, L: int, pixel_size_A: float | None) -> np.ndarray:
+def map_to_box(volume: np.ndarray, voxel_size_A: float | None, L: int,
+               pixel_size_A: float | None) -> np.ndarray:
     """Resample a cubic map to the micrograph pixel size (Fourier crop/pad) and centre-crop/pad to
     ``L``; with an unknown pixel size on either side the whole box is resized to ``L``."""
     from cryoprism.fourier import crop_or_pad, fourier_resize
@@ -149,7 +151,8 @@ def load_checkpoint(path) -> tuple[EMState, dict]:
 
 
 def write_iterations_csv(path, history: list, pixel_size_A: float | None) -> None:
-    cols = ["iteration", "stage", "stage_iteration", "ell_max", "bandlimit_cpp", "bandlimit_A", "n_coefficients",
+    cols = ["iteration", "stage", "stage_iteration", "ell_max", "bandlimit_cpp", "bandlimit_A",
+            "n_coefficients",
             "n_rotations", "n_patches", "loglik_per_patch", "rho_empty", "seconds", "cpu_seconds", "fsc_mean",
             "fsc05_A"]
     with atomic_path(Path(path)) as tmp:
@@ -210,7 +213,8 @@ def stages_for(cfg: RunConfig) -> list[Stage]:
 
 
 def prepare_micrographs(mics: Sequence[np.ndarray], L: int, ctfs: Sequence[CTFParams] | None,
-                        pixel_size_A: float | None, whiten: bool) -> tuple[list[MicrographPatches], int, float]:
+                        pixel_size_A: float | None,
+                        whiten: bool) -> tuple[list[MicrographPatches], int, float]:
     """Whitening, model filters, patches, the common margin and the noise variance."""
     out, margins = [], []
     for i, m in enumerate(mics):
@@ -278,7 +282,8 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
     fsc_path = out_dir / "fsc_per_iteration.csv"
     if resume and fsc_path.exists():
         with open(fsc_path) as f:
-            fsc_rows = [(int(r[0]), list(map(float, r[1:]))) for r in csv.reader(f) if r and r[0] != "iteration"]
+            fsc_rows = [(int(r[0]), list(map(float, r[1:]))) for r in csv.reader(f)
+                        if r and r[0] != "iteration"]
     pxo = px or 1.0
 
     def fsc_of(vol):
@@ -307,7 +312,8 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
         save_checkpoint(ck, st, config)
         write_iterations_csv(out_dir / "iterations.csv", st.history, px)
         write_mrc(out_dir / "volume.mrc", vol, px)
-        msg = (f"iteration {rec['iteration']}: stage {rec['stage'] + 1}/{len(stages)} ell_max {rec['ell_max']} "
+        msg = (f"iteration {rec['iteration']}: stage {rec['stage'] + 1}/{len(stages)} "
+               f"ell_max {rec['ell_max']} "
                f"band {rec['bandlimit_cpp']:.2f} c/px, {rec['n_patches']} patches, "
                f"loglik/patch {rec['loglik_per_patch']:.3f}, rho_empty {rec['rho_empty']:.3f}, "
                f"{rec['seconds']:.1f} s")

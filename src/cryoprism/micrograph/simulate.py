@@ -79,4 +79,5 @@ def simulate_micrograph(basis: SphericalBesselBasis, coef: np.ndarray, shape, n_
             raise ValueError("give snr or noise_sigma")
         noise_sigma = float(np.sqrt((clean**2).sum() / (max(len(corners), 1) * L * L * snr)))
     mic = clean + noise_sigma * rng.standard_normal(shape)
-    return SimulatedMicrograph(mic.astype(np.float32), clean.astype(np.float32), corners, R, float(noise_sigma))
+    return SimulatedMicrograph(mic.astype(np.float32), clean.astype(np.float32), corners, R,
+                               float(noise_sigma))
