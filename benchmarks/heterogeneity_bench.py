@@ -103,9 +103,11 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
         "states_found": C, "state_count_confidence": res.states.confidence,
         "gap_ratios": [round(float(g), 3) for g in res.states.gaps[:4]],
         "eigenvalues": [float(x) for x in lam[:6]],
-        "accuracy": acc, "accuracy_gmm_only": matched_accuracy(lab, res.labels_gmm), "oracle_accuracy": orc, "accuracy_minus_oracle": acc - orc,
+        "accuracy": acc, "accuracy_gmm_only": matched_accuracy(lab, res.labels_gmm),
+        "oracle_accuracy": orc, "accuracy_minus_oracle": acc - orc,
         "noise_var_true": sigma2, "noise_var_est": res.data.info.get("noise_var_L"),
-        "seconds": round(wall, 2), "cpu_seconds": round(res.timings.get("cpu_s", float("nan")), 1), "timings": {k: round(v, 2) for k, v in res.timings.items()},
+        "seconds": round(wall, 2), "cpu_seconds": round(res.timings.get("cpu_s", float("nan")), 1),
+        "timings": {k: round(v, 2) for k, v in res.timings.items()},
     }
 
 

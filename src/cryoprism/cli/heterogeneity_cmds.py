@@ -108,7 +108,8 @@ def register(app: typer.Typer) -> None:
         figures = {
             "particles": stack.n, "box": stack.box, "pixel_size_A": px, "n_res": N,
             "method": res.covariance.method, "cg_iterations": res.covariance.iterations,
-            "states": res.n_states, "state_confidence": res.states.confidence,
+            "states": res.n_states, "states_from_gap": res.states.n_states,
+            "state_confidence": res.states.confidence,
             "gap_ratios": [float(g) for g in res.states.gaps[:5]],
             "eigenvalues": [float(x) for x in res.covariance.eigenvalues[:8]],
             "class_sizes": [int((res.labels == k).sum()) for k in range(res.n_states)],
@@ -116,8 +117,9 @@ def register(app: typer.Typer) -> None:
             "seconds": round(res.timings.get("total_s", 0.0), 2),
             "out": str(out), **files,
         }
-        human = (f"{stack.n} particles, N_res {N} ({res.covariance.method}): {res.n_states} state(s) "
-                 f"(gap λ_k/λ_k+1 = {max(figures['gap_ratios'] or [0]):.2f}, bootstrap agreement "
+        human = (f"{stack.n} particles, N_res {N} ({res.covariance.method}): {res.n_states} class(es); "
+                 f"{res.states.n_states} state(s) from the gap (λ_k/λ_k+1 = "
+                 f"{max(figures['gap_ratios'] or [0]):.2f}, bootstrap agreement "
                  f"{figures['state_confidence']:.2f}); class sizes {figures['class_sizes']}; "
                  f"outputs in {out}")
         emit(figures, as_json, human)

@@ -43,7 +43,6 @@ from cryoprism.reconstruct import (
     kernel_from_spatial,
 )
 
-
 # ------------------------------------------------------------------------------------------------
 # mean and the mean normal operator Ā
 # ------------------------------------------------------------------------------------------------
@@ -237,7 +236,8 @@ class CovarianceResult:
 
 
 def covariance_lowrank(d: HetData, A: MeanOperator, *, block: int = 8, steps: int = 3,
-                       maxiter: int = 10, range_regularization: float = 0.05, seed: int = 0, n_workers: int | None = None,
+                       maxiter: int = 10, range_regularization: float = 0.05, seed: int = 0,
+                       n_workers: int | None = None,
                        progress: bool = True) -> CovarianceResult:
     """Matrix-free covariance: Krylov subspace of ``Ā⁻¹ B_n Ā⁻¹`` + Galerkin normal equations + PCG."""
     Ar = MeanOperator(A.N, A.kernel_hat, A.mean, range_regularization * float(np.abs(A.kernel_hat).max()))

@@ -34,10 +34,11 @@ class HeterogeneityResult:
     class_volumes: list = field(default_factory=list)  # full resolution (L³), one per class
     timings: dict = field(default_factory=dict)
     labels_gmm: np.ndarray | None = None  # Gaussian-mixture labels before the per-particle EM
+    n_classes: int | None = None  # classes used (the gap's choice, or the number asked for)
 
     @property
     def n_states(self) -> int:
-        return self.states.n_states
+        return int(self.n_classes or self.states.n_states)
 
 
 def resolve_nres(L: int, pixel_size_A: float, n_res: int | None, max_res_A: float | None) -> int:
@@ -110,7 +111,7 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
         H = np.einsum("ai,sab,bj->sij", Qr, system.G, Qr)
         labels, _, _ = subspace_em(H, system.c @ Qr, d.noise_var, labels, C)
     t["classify_s"] = time.perf_counter() - t1
-    res = HeterogeneityResult(d, A.mean, cov, states, alpha, labels, [], t, labels_gmm)
+    res = HeterogeneityResult(d, A.mean, cov, states, alpha, labels, [], t, labels_gmm, C)
     if reconstruct:
         t1 = time.perf_counter()
         res.class_volumes = class_reconstructions(source, labels, C, n_workers=n_workers,
@@ -256,7 +257,8 @@ def report_png(res: HeterogeneityResult, path) -> None:
     fig, ax = plt.subplots(1, ncol, figsize=(3.2 * ncol, 3.2))
     lam = res.covariance.eigenvalues[:min(30, len(res.covariance.eigenvalues))]
     ax[0].bar(np.arange(1, len(lam) + 1), lam, color=["C3" if i < C - 1 else "C0" for i in range(len(lam))])
-    ax[0].set_title(f"eigenvalues: {C} state(s), gap {res.states.gaps.max() if res.states.gaps.size else 0:.2f}")
+    gap = res.states.gaps.max() if res.states.gaps.size else 0.0
+    ax[0].set_title(f"eigenvalues: {C} state(s), gap {gap:.2f}")
     ax[0].set_xlabel("index")
     a = res.coords
     if a.shape[1] >= 2:

@@ -1,0 +1,40 @@
+"""Synthetic two-state particles from Gaussian-blob volumes (labels known to the tests)."""
+
+import numpy as np
+import pytest
+
+from cryoprism.ctf.model import CTFParams, ctf_2d
+from cryoprism.forward import gaussian_blob_volume, project
+from cryoprism.geometry import uniform_rotations
+
+
+def blob_states(L: int) -> np.ndarray:
+    base = gaussian_blob_volume(L, [(0, 0, 0), (3, 1, -2), (-3, -2, 1)], [2.0, 1.5, 1.5], dtype=np.float64)
+    extra = gaussian_blob_volume(L, [(2, -3, 2)], [1.5], dtype=np.float64)
+    return np.stack([base, base + extra])
+
+
+def simulate(vols, n, snr_het, seed=0, px=4.0, origins_std_px=0.0):
+    """Images, rotations, origins (px), CTFParams, labels, noise variance; SNR_het as in the seed."""
+    rng = np.random.default_rng(seed)
+    C, L = vols.shape[0], vols.shape[-1]
+    lab = rng.integers(0, C, n)
+    rot = uniform_rotations(n, rng)
+    dfs = np.linspace(1.5e4, 2.5e4, 7)[rng.integers(0, 7, n)]
+    p = CTFParams(dfs, dfs, 0.0, 300.0, 2.7, 0.1)
+    c = ctf_2d(L, px, p)
+    org = rng.normal(0, origins_std_px, (n, 2)) if origins_std_px else None
+    clean = np.empty((n, L, L))
+    for k in range(C):
+        idx = np.flatnonzero(lab == k)
+        clean[idx] = project(vols[k], rot[idx], None if org is None else org[idx], c[idx])
+    mu = project(vols.mean(0), rot, org, c)
+    sigma2 = np.mean(np.sum((clean - mu) ** 2, axis=(1, 2))) / (snr_het * L * L)
+    imgs = clean + rng.standard_normal(clean.shape) * np.sqrt(sigma2)
+    return imgs.astype(np.float32), rot, org, p, lab, sigma2, px
+
+
+@pytest.fixture(scope="session")
+def two_state_16():
+    vols = blob_states(16)
+    return (vols,) + simulate(vols, 2000, 0.05, seed=3)
