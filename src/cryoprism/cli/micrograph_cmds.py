@@ -15,8 +15,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("micrograph-em")
     def micrograph_em(
-        micrographs: List[Path] = typer.Argument(..., help="Micrographs (2-D MRC). Pixel size from the "
-                                                 "header, else --pixel-size, else the CTF STAR."),
+        micrographs: List[Path] = typer.Argument(..., help="Micrographs (2-D MRC). Pixel size: --pixel-size, "
+                                                 "else the CTF STAR's optics, else the MRC header."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
         particle_box: int = typer.Option(..., "--particle-box", min=5,
                                          help="Particle box L in pixels of the (binned) micrograph; "

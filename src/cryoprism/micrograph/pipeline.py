@@ -249,7 +249,8 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
         mics.append(m)
         pxs.append(px)
     ctfs, star_px = (read_ctf_star(ctf_star, mic_paths) if ctf_star else (None, None))
-    px = pixel_size_A or (pxs[0] if pxs[0] else None) or (star_px * cfg.bin_factor if star_px else None)
+    # precedence (docs/conventions.md): --pixel-size, the CTF STAR's optics, the MRC header
+    px = pixel_size_A or (star_px * cfg.bin_factor if star_px else None) or (pxs[0] if pxs[0] else None)
     if ctfs and not px:
         raise InputError("pixel size unknown (header 0, no rlnMicrographPixelSize): pass --pixel-size",
                          mic_paths[0])
