@@ -111,23 +111,31 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
     }
 
 
+def _case(out, name, *args, **kw):
+    out["cases"][name] = run_case(*args, **kw)
+    print(name, json.dumps(out["cases"][name]), file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small run (n = 2000, two states, N_res 17)")
-    ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--only", default=None, help="run only the case with this name")
     args = ap.parse_args(argv)
     out = {"benchmark": "heterogeneity", "cores": len(os.sched_getaffinity(0)), "cases": {}}
     vols3, px = load_states(3)
     t0 = time.perf_counter()
     if args.quick:
-        out["cases"]["two_states_nres17"] = run_case(vols3[:2], px, 2000, 0.02, 17, "lowrank")
+        cases = {"two_states_nres17_quick": ((vols3[:2], px, 2000, 0.02, 17, "lowrank"), {})}
     else:
-        out["cases"]["two_states_nres17"] = run_case(vols3[:2], px, 10000, 0.005, 17, "lowrank")
-        out["cases"]["two_states_nres32"] = run_case(vols3[:2], px, 10000, 0.005, 32, "lowrank",
-                                                     reconstruct=False)
-        for snr in (0.005, 0.02):
-            out["cases"][f"three_states_snr{snr}"] = run_case(vols3, px, 10000, snr, 17, "lowrank",
-                                                              reconstruct=False)
+        cases = {
+            "two_states_nres17": ((vols3[:2], px, 10000, 0.005, 17, "lowrank"), {}),
+            "two_states_nres32": ((vols3[:2], px, 10000, 0.005, 32, "lowrank"), {"reconstruct": False}),
+            "three_states_snr0.005": ((vols3, px, 10000, 0.005, 17, "lowrank"), {"reconstruct": False}),
+            "three_states_snr0.02": ((vols3, px, 10000, 0.02, 17, "lowrank"), {"reconstruct": False}),
+        }
+    for name, (a, kw) in cases.items():
+        if args.only is None or args.only == name:
+            _case(out, name, *a, **kw)
     out["total_seconds"] = round(time.perf_counter() - t0, 1)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
