@@ -267,3 +267,24 @@ def test_output_table_keeps_rows_and_columns(good, tmp_path, capsys):
     cols = [c for c in a.columns if c != "rlnImageName"]
     pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True),
                                   check_dtype=False)
+
+
+def test_interrupt_exits_130_without_output(tmp_path, capsys, monkeypatch):
+    """Ctrl-C inside a command: exit code 130, one line, and no output file written."""
+    import cryoprism.fourier as fourier
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fourier, "fourier_resize", interrupted)
+    import cryoprism.fourier.resample as rs
+
+    monkeypatch.setattr(rs, "fourier_resize", interrupted)
+    src = tmp_path / "m.mrc"
+    with mrcfile.new(src) as m:
+        m.set_data(np.ones((16, 16, 16), np.float32))
+        m.voxel_size = 1.0
+    out = tmp_path / "o.mrc"
+    rc, _, err = _run(["downsample", src, out, "--box", "8"], capsys)
+    assert rc == 130 and "interrupted" in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".part" in p.name]

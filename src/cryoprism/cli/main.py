@@ -56,7 +56,11 @@ def main(argv=None) -> int:
     from cryoprism.errors import InputError
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and not isinstance(rc, bool):  # typer returns Exit codes (130 on Ctrl-C)
+            if rc == 130:
+                typer.echo("cryoprism: interrupted", err=True)
+            return rc
     except SystemExit as e:  # typer.Exit inside standalone_mode=False
         return int(e.code or 0)
     except typer.Exit as e:
@@ -74,8 +78,9 @@ def main(argv=None) -> int:
         if isinstance(e, click.exceptions.ClickException):
             e.show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
-            return 1
+        if isinstance(e, click.exceptions.Abort):  # click turns Ctrl-C into Abort
+            typer.echo("cryoprism: interrupted", err=True)
+            return 130
         raise
     return 0
 

@@ -152,8 +152,9 @@ def run_demo(out_dir, settings: DemoSettings | None = None, stages: list[str] | 
     def abinitio():
         sub = out / "abinitio" / "input.star"
         _subset_star(parts, sub, s.abinitio_n, state=1)
-        return _cli(["abinitio", sub, "-o", out / "abinitio", "--method", "hmc", "--components", 40,
-                     "--restarts", 2])
+        return _cli(["abinitio", sub, "-o", out / "abinitio", "--method", "hmc", "--components", 60,
+                     "--initial-components", 20, "--restarts", 2, "--initial-box", 16, "--refine-box", 32,
+                     "--rotations", 300, "--alternations", 10, "--sweeps", 20, "--seed", s.seed])
 
     mic = out / "micrograph"
 
@@ -167,7 +168,8 @@ def run_demo(out_dir, settings: DemoSettings | None = None, stages: list[str] | 
                     "--size", s.mic_size, "--snr", s.mic_snr, "--no-ctf", "--seed", s.seed])
         mics = sorted((mic / "data").glob("micrograph_*.mrc"))
         em = _cli(["micrograph-em", *mics, "-o", mic / "em", "--particle-box", s.mic_box,
-                   "--truth", mic / "truth_small.mrc"])
+                   "--truth", mic / "truth_small.mrc", "--rotations", 150, "--ell-max", 4,
+                   "--iterations", "2,2,3", "--seed", s.seed])
         return {"simulate": sim, "em": em}
 
     run("maps", make_maps)
