@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo_out"), "--out", "-o",
                                  help="Output folder: maps/, particles/, reconstruct/, heterogeneity/, "
                                       "classify2d/, abinitio/, micrograph/ and report/index.html."),
-        particles: int = typer.Option(3000, "-n", help="Number of simulated particles."),
+        particles: int = typer.Option(4000, "-n", help="Number of simulated particles."),
         stages: str = typer.Option(None, "--stages",
                                    help="Comma-separated subset of stages to run: maps, simulate, "
                                         "reconstruct, heterogeneity, classify2d, abinitio, micrograph."),

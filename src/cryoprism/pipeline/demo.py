@@ -36,17 +36,18 @@ class DemoSettings:
     box: int = 32
     pixel_size_A: float = 2.5
     model_resolution_A: float = 10.0
-    n_particles: int = 3000
+    n_particles: int = 4000
     snr: float = 0.1
     seed: int = 0
     heterogeneity_nres: int = 16
-    classify_n: int = 1000
+    classify_n: int = 2000
     abinitio_n: int = 50
     abinitio_box: int = 24
     mic_box: int = 11
     mic_size: int = 512
-    mic_count: int = 2
+    mic_count: int = 3
     mic_snr: float = 1.0
+    mic_particles: int = 400
 
 
 @dataclass
@@ -154,22 +155,28 @@ def run_demo(out_dir, settings: DemoSettings | None = None, stages: list[str] | 
         _subset_star(parts, sub, s.abinitio_n, state=1)
         return _cli(["abinitio", sub, "-o", out / "abinitio", "--method", "hmc", "--components", 60,
                      "--initial-components", 20, "--restarts", 2, "--initial-box", 16, "--refine-box", 32,
-                     "--rotations", 300, "--alternations", 10, "--sweeps", 20, "--seed", s.seed])
+                     "--rotations", 500, "--alternations", 20, "--sweeps", 30, "--seed", s.seed])
 
     mic = out / "micrograph"
 
     def micrograph():
-        v, ps = read_mrc(truth[0])
         from cryoprism.fourier import downsample
 
-        small, ps_small = downsample(v, s.mic_box, ndim=3, pixel_size_A=ps)
-        write_mrc(mic / "truth_small.mrc", small, ps_small)
-        sim = _cli(["simulate-micrographs", mic / "truth_small.mrc", "-o", mic / "data", "-m", s.mic_count,
-                    "--size", s.mic_size, "--snr", s.mic_snr, "--no-ctf", "--seed", s.seed])
+        smalls = []
+        for src, name in zip(truth, ["truth_small.mrc", "init_closed_small.mrc"]):
+            v, ps = read_mrc(src)
+            small, ps_small = downsample(v, s.mic_box, ndim=3, pixel_size_A=ps)
+            write_mrc(mic / name, small, ps_small)
+            smalls.append(mic / name)
+        sim = _cli(["simulate-micrographs", smalls[0], "-o", mic / "data", "-m", s.mic_count,
+                    "--size", s.mic_size, "--particles", s.mic_particles, "--snr", s.mic_snr, "--no-ctf",
+                    "--seed", s.seed])
         mics = sorted((mic / "data").glob("micrograph_*.mrc"))
+        # start from the other conformation (low-passed by the command), as a user would start from a
+        # related known structure; the FSC is measured against the state the micrographs hold
         em = _cli(["micrograph-em", *mics, "-o", mic / "em", "--particle-box", s.mic_box,
-                   "--truth", mic / "truth_small.mrc", "--rotations", 150, "--ell-max", 4,
-                   "--iterations", "2,2,3", "--seed", s.seed])
+                   "--init", smalls[1], "--truth", smalls[0], "--rotations", 300, "--ell-max", 5,
+                   "--iterations", "3,3,4", "--seed", s.seed])
         return {"simulate": sim, "em": em}
 
     run("maps", make_maps)

@@ -169,7 +169,8 @@ def build_report(out: Path, s, stages: dict, truth_paths, total_seconds: float) 
     em = out / "micrograph" / "em"
     if em.exists():
         rep.section("Reconstruction from micrographs", "Approximate expectation-maximization over patches, "
-                                                      "no particle picking.")
+                                                      "no particle picking; started from the other "
+                                                      "conformation, low-passed.")
         mics = sorted((out / "micrograph" / "data").glob("micrograph_*.mrc"))
         if mics:
             m, _ = read_mrc(mics[0])
