@@ -23,7 +23,8 @@ def test_basis_nearly_orthonormal_and_expands_smooth_volume():
     assert np.abs(off).max() < 0.1
     # the ℓ = 0, s = 1 function is N sin(πr/R)/(πr/R) · Y_0^0 (analytic)
     k = np.flatnonzero((b.labels[:, 0] == 0) & (b.labels[:, 2] == 0))[0]
-    c = np.zeros(b.n_basis); c[k] = 1.0
+    c = np.zeros(b.n_basis)
+    c[k] = 1.0
     v = b.evaluate(c)
     g = np.arange(24) - 12
     r = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cryoprism.basis import fb_basis_2d
-from cryoprism.classify2d import align_pairs, mfvdm_neighbors, neighbors, prepare, rid_neighbors
+from cryoprism.classify2d import align_pairs, neighbors, prepare
 
 L = 32
 CENTRES = np.array([[0, 0, 0], [7, 2, -3], [-5, 6, 2], [2, -8, 4], [-3, -2, -7], [9, -4, 5.0]])

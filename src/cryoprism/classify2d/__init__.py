@@ -2,8 +2,8 @@
 
 from cryoprism.classify2d.mfvdm import build_graph, graph_filter, mfvdm_neighbors
 from cryoprism.classify2d.pipeline import (
-    class_averages,
     choose_class_centres,
+    class_averages,
     mfvdm_denoise,
     neighbors,
     prepare,

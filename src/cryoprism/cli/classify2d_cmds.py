@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         """
         import pandas as pd
 
-        from cryoprism.classify2d.pipeline import class_averages, choose_class_centres, neighbors, prepare
+        from cryoprism.classify2d.pipeline import choose_class_centres, class_averages, neighbors, prepare
         from cryoprism.errors import InputError
         from cryoprism.io import write_mrc
         from cryoprism.io.atomic import atomic_path

@@ -8,7 +8,8 @@ freedom, i.e. ``E|noise_{k,q}|² = σ²`` for every k), per k:
     C_k = (1/n) Σ_i (a_i,k − μ_k)(a_i,k − μ_k)^H,     μ_k = 0 for k ≠ 0,
     C_k = U diag(λ) U^H;  a population eigenvalue ℓ survives if λ > σ²(1 + √γ_k)²
     (Marchenko–Pastur edge, γ_k = p_k / n; the law is the same for circular complex samples; plus three
-    Tracy–Widom widths σ²(1+√γ)(1+1/√γ)^{1/3} n^{-2/3} so pure-noise blocks are rejected), and is de-biased by inverting the spiked-model map λ = (ℓ + σ²)(1 + γσ²/ℓ):
+    Tracy–Widom widths σ²(1+√γ)(1+1/√γ)^{1/3} n^{-2/3} so pure-noise blocks are rejected), and is
+    de-biased by inverting the spiked-model map λ = (ℓ + σ²)(1 + γσ²/ℓ):
         ℓ = ((λ − σ² − γσ²) + sqrt((λ − σ² − γσ²)² − 4γσ⁴)) / 2.
     Wiener filter of a coefficient vector: â = μ + U diag(ℓ / (ℓ + σ²)) U^H (a − μ).
 
