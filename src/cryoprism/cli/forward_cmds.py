@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         astig_A: float = typer.Option(500.0, "--astigmatism", help="Max defocus U − V (Å)."),
         voltage_kV: float = typer.Option(300.0, "--voltage", help="Voltage (kV)."),
         cs_mm: float = typer.Option(2.7, "--cs", help="Spherical aberration (mm)."),
-        amp: float = typer.Option(0.1, "--amp-contrast", help="Amplitude contrast (fraction)."),
+        amp: float = typer.Option(0.1, "--amp", "--amp-contrast", help="Amplitude contrast (fraction)."),
         bfactor: float = typer.Option(0.0, "--bfactor", help="CTF B-factor (Å²)."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Do not apply the CTF."),
         noise: str = typer.Option("white", "--noise", help="Noise colour: white, pink or brown."),

@@ -93,6 +93,13 @@ def fourier_inversion(data_grid, weight_grid, regularization: float = 0.0, floor
     return vol[lo:lo + L, lo:lo + L, lo:lo + L]
 
 
+def _group_labels(src, data, halfmaps: bool, seed: int):
+    """Per-particle group labels (0/1 half sets with ``halfmaps``, else all 0) and the group count."""
+    groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else \
+        np.zeros(src.n, np.int64)
+    return groups, (int(groups.max()) + 1 if src.n else 1)
+
+
 def reconstruct_fourier(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *,
                         regularization: float = 0.0, halfmaps: bool = False, batch_size: int = 512,
                         n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
@@ -101,9 +108,7 @@ def reconstruct_fourier(data, rotations=None, origins_px=None, ctf=None, pixel_s
     t0 = time.perf_counter()
     src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
     L = src.L
-    groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else \
-        np.zeros(src.n, np.int64)
-    G = int(groups.max()) + 1 if src.n else 1
+    groups, G = _group_labels(src, data, halfmaps, seed)
     workers = n_workers or default_workers()
 
     def job(r):
@@ -176,9 +181,7 @@ def reconstruct_wbp(data, rotations=None, origins_px=None, ctf=None, pixel_size_
     t0 = time.perf_counter()
     src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
     L = src.L
-    groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else \
-        np.zeros(src.n, np.int64)
-    G = int(groups.max()) + 1 if src.n else 1
+    groups, G = _group_labels(src, data, halfmaps, seed)
     counts = np.bincount(groups, minlength=G)
     workers = n_workers or default_workers()
     nt = 1 if workers > 1 else 0
