@@ -103,7 +103,9 @@ def build_report(out: Path, s, stages: dict, truth_paths, total_seconds: float) 
             rep.figure(histogram_figure(pred, "Particles per estimated class"), "het_classes",
                        "Estimated classes")
             if labels is not None and len(pred) == len(labels):
-                acc = _accuracy(labels, pred)
+                from cryoprism.heterogeneity.classify import matched_accuracy
+
+                acc = matched_accuracy(labels, pred)
                 rep.table({"classification accuracy vs true state": f"{100 * acc:.1f} %"})
         vols = {p.stem: read_mrc(p)[0] for p in sorted(het.glob("class_*.mrc"))}
         if vols:
@@ -194,18 +196,6 @@ def build_report(out: Path, s, stages: dict, truth_paths, total_seconds: float) 
             for png in sorted(em.glob("*.png")):
                 rep.figure(png, png.stem, png.stem.replace("_", " "))
     return rep.write()
-
-
-def _accuracy(truth, pred) -> float:
-    """Fraction correct under the best one-to-one matching of predicted to true labels."""
-    from scipy.optimize import linear_sum_assignment
-
-    t_vals, t_idx = np.unique(truth, return_inverse=True)
-    p_vals, p_idx = np.unique(pred, return_inverse=True)
-    C = np.zeros((len(p_vals), len(t_vals)))
-    np.add.at(C, (p_idx, t_idx), 1)
-    r, c = linear_sum_assignment(-C)
-    return float(C[r, c].sum() / len(truth))
 
 
 def _neighbour_accuracy(nb_csv: Path, star: Path) -> dict:
