@@ -200,16 +200,27 @@ def register(app: typer.Typer) -> None:
         tol: float = typer.Option(1e-5, "--tol", help="CG relative residual to stop at."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore the CTF."),
         batch_size: int = typer.Option(0, "--batch-size", help="Particles per batch (0: automatic)."),
+        checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="cg: keep checkpoints "
+                                                      "here (normal equations after the pass over the "
+                                                      "particles, CG states while solving)."),
+        resume: bool = typer.Option(False, "--resume", help="cg: continue from the checkpoints in "
+                                    "--checkpoint-dir (same particles and settings)."),
         as_json: bool = JSON_OPTION,
     ):
         """Reconstruct a volume from particles with known poses: reads PARTICLES (STAR/.cs + stacks),
-        writes OUT (MRC) and with --halfmaps two half-maps; prints time, iterations, FSC resolution (Å)."""
+        writes OUT (MRC) and with --halfmaps two half-maps; prints time, iterations, FSC resolution (Å).
+        With --checkpoint-dir DIR (cg) an interrupted run continues with --resume; outputs are
+        written only at the end, atomically."""
         from cryoprism.errors import InputError
         from cryoprism.io import read_particles, write_mrc
         from cryoprism.reconstruct import METHODS, reconstruct
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        if (checkpoint_dir is not None or resume) and method != "cg":
+            raise InputError(f"--checkpoint-dir/--resume are for --method cg, not {method}")
+        if resume and checkpoint_dir is None:
+            raise InputError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
         if regularization == "auto":
             reg = "auto" if method == "cg" else 0.0
         else:
@@ -220,7 +231,7 @@ def register(app: typer.Typer) -> None:
         stack = read_particles(particles)
         r = reconstruct(stack, ctf=False if no_ctf else None, method=method, regularization=reg,
                         maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
-                        mask_radius_px=mask_radius)
+                        mask_radius_px=mask_radius, checkpoint_dir=checkpoint_dir, resume=resume)
         px = stack.pixel_size_A
         write_mrc(out, r.volume, px)
         fig = {"volume": str(out), "method": method, "particles": stack.n, "box": stack.box,

@@ -11,7 +11,9 @@ from cryoprism.reconstruct.classic import (  # noqa: E402  (imports mean)
     sirt,
 )
 from cryoprism.reconstruct.mean import (
+    CGCheckpoint,
     CGInfo,
+    CGState,
     MeanKernel,
     MeanResult,
     accumulate_normal_equations,
@@ -29,7 +31,7 @@ from cryoprism.reconstruct.sources import Source, as_source
 
 __all__ = [
     "reconstruct_mean", "mean_kernel", "apply_kernel", "kernel_spatial", "kernel_from_spatial",
-    "MeanKernel", "MeanResult", "CGInfo", "conjugate_gradient", "solve_mean",
+    "MeanKernel", "MeanResult", "CGInfo", "CGState", "CGCheckpoint", "conjugate_gradient", "solve_mean",
     "accumulate_normal_equations", "half_set_labels", "solve_groups", "Source", "as_source",
     "reconstruct", "reconstruct_wbp", "fourier_inversion", "grid_slices", "reconstruct_fourier", "sirt",
     "METHODS",

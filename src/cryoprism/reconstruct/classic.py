@@ -219,19 +219,24 @@ def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=No
                 regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
                 scheduler: str | None = None, seed: int = 0, mask_radius_px: float | None = None,
-                eps: float | None = None, progress: bool = True) -> MeanResult:
+                eps: float | None = None, progress: bool = True, checkpoint_dir=None,
+                resume: bool = False) -> MeanResult:
     """Reconstruct by ``method``: ``"cg"`` (least squares, default), ``"fourier"`` (direct Fourier
     inversion), ``"wbp"`` (weighted back-projection), ``"sirt"`` (``maxiter`` Landweber steps).
 
     Arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
-    ``mask_radius_px`` and ``eps`` apply to ``"cg"`` only; ``batch_size`` None = automatic).
+    ``mask_radius_px``, ``eps``, ``checkpoint_dir`` and ``resume`` apply to ``"cg"`` only;
+    ``batch_size`` None = automatic).
     """
     common = dict(rotations=rotations, origins_px=origins_px, ctf=ctf, pixel_size_A=pixel_size_A,
                   halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers, scheduler=scheduler,
                   seed=seed, progress=progress)
     if method == "cg":
         return reconstruct_mean(data, regularization=regularization, tol=tol, maxiter=maxiter,
-                                mask_radius_px=mask_radius_px, eps=eps, **common)
+                                mask_radius_px=mask_radius_px, eps=eps, checkpoint_dir=checkpoint_dir,
+                                resume=resume, **common)
+    if checkpoint_dir is not None or resume:
+        raise ValueError(f"checkpoints are for method 'cg' only, not {method!r}")
     if isinstance(regularization, str):
         raise ValueError(f"regularization='auto' is for method 'cg' only, not {method!r}")
     common["batch_size"] = batch_size or 512
@@ -240,7 +245,7 @@ def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=No
     if method == "fourier":
         return reconstruct_fourier(data, regularization=regularization, **common)
     if method == "sirt":
-        def solver(kernel, rhs, frac):
+        def solver(kernel, rhs, frac, name=None):
             x, res = sirt(kernel, rhs, maxiter, regularization * frac)
             return x, len(res), res[-1] if res else float("nan")
     else:

@@ -195,26 +195,51 @@ class CGInfo:
     converged: bool = False
 
 
+@dataclass
+class CGState:
+    """Everything CG needs to continue after ``iteration``: iterate, residual, search direction,
+    ``ρ = ⟨r, z⟩`` and the residual history (what :class:`CGCheckpoint` saves)."""
+
+    x: np.ndarray
+    r: np.ndarray
+    p: np.ndarray
+    rz: float
+    iteration: int
+    residuals: list
+
+
 def _dot(a, b) -> float:
     """``Σ a·b`` without BLAS (a threaded BLAS dot on a busy machine costs ~1000× more here)."""
     return float(np.einsum("i,i->", np.ravel(a), np.ravel(b)))
 
 
 def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 100, precond=None,
-                       progress: bool = False) -> tuple[np.ndarray, CGInfo]:
-    """Preconditioned CG for a symmetric positive (semi)definite operator; float64 accumulators."""
+                       progress: bool = False, checkpoint=None) -> tuple[np.ndarray, CGInfo]:
+    """Preconditioned CG for a symmetric positive (semi)definite operator; float64 accumulators.
+
+    ``checkpoint``: a :class:`CGCheckpoint` (or any object with ``.state`` — a :class:`CGState` to
+    continue from, or None — and ``__call__(state, final)``, called after every iteration and once at
+    the end). Continuing from a saved state repeats the uninterrupted run's arithmetic exactly.
+    """
     from tqdm.auto import tqdm
 
     b = np.asarray(b, np.float64)
-    x = np.zeros_like(b) if x0 is None else np.array(x0, np.float64)
-    r = b - apply_A(x) if x0 is not None else b.copy()
     bn = np.sqrt(_dot(b, b)) or 1.0
-    z = precond(r) if precond else r
-    p = z.copy()
-    rz = _dot(r, z)
-    info = CGInfo(0, [np.sqrt(_dot(r, r)) / bn])
-    bar = tqdm(total=maxiter, desc="CG", disable=not progress, leave=False)
-    for it in range(1, maxiter + 1):
+    st = None if checkpoint is None else checkpoint.state
+    if st is not None:
+        x, r, p = (np.array(a, np.float64) for a in (st.x, st.r, st.p))
+        rz = float(st.rz)
+        info = CGInfo(int(st.iteration), [float(v) for v in st.residuals])
+    else:
+        x = np.zeros_like(b) if x0 is None else np.array(x0, np.float64)
+        r = b - apply_A(x) if x0 is not None else b.copy()
+        z = precond(r) if precond else r
+        p = z.copy()
+        rz = _dot(r, z)
+        info = CGInfo(0, [np.sqrt(_dot(r, r)) / bn])
+    start = info.iterations + 1
+    bar = tqdm(total=maxiter, initial=info.iterations, desc="CG", disable=not progress, leave=False)
+    for it in range(start, maxiter + 1):
         if info.residuals[-1] <= tol:
             info.converged = True
             break
@@ -232,10 +257,43 @@ def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 10
         info.iterations = it
         info.residuals.append(np.sqrt(_dot(r, r)) / bn)
         bar.update()
+        if checkpoint is not None:
+            checkpoint(CGState(x, r, p, rz, it, info.residuals), False)
     else:
         info.converged = info.residuals[-1] <= tol
     bar.close()
+    if checkpoint is not None:
+        checkpoint(CGState(x, r, p, rz, info.iterations, info.residuals), True)
     return x, info
+
+
+class CGCheckpoint:
+    """Saves the state of one named CG solve in a :class:`cryoprism.io.checkpoint.Checkpoints`
+    folder (throttled by its ``due``; always at the end) and, when resuming, starts from it."""
+
+    def __init__(self, checkpoints, name: str):
+        self.ck, self.name = checkpoints, name
+        self.state = None
+        self._saved_at = -1
+        got = checkpoints.load(name) if checkpoints is not None else None
+        if got is not None:
+            a, meta = got
+            self.state = CGState(a["x"], a["r"], a["p"], float(meta["rz"]), int(meta["iteration"]),
+                                 list(meta["residuals"]))
+            self._saved_at = self.state.iteration
+
+    def __call__(self, st: CGState, final: bool = False) -> None:
+        if self.ck is None or st.iteration == self._saved_at:
+            return
+        if final or self.ck.due(self.name):
+            self.ck.save(self.name, {"x": st.x, "r": st.r, "p": st.p}, rz=float(st.rz),
+                         iteration=int(st.iteration), residuals=[float(v) for v in st.residuals])
+            self._saved_at = st.iteration
+
+
+def cg_checkpoint(checkpoints, name: str) -> CGCheckpoint | None:
+    """A :class:`CGCheckpoint` for ``name``, or None without a checkpoint folder."""
+    return None if checkpoints is None else CGCheckpoint(checkpoints, name)
 
 
 
@@ -251,22 +309,24 @@ def sphere_mask(L: int, radius_px: float, edge_px: float = 0.0) -> np.ndarray:
 
 
 def solve_mean(kernel: MeanKernel, rhs: np.ndarray, regularization=0.0, tol: float = 1e-5,
-               maxiter: int = 100, x0=None, progress: bool = False, support: np.ndarray | None = None):
+               maxiter: int = 100, x0=None, progress: bool = False, support: np.ndarray | None = None,
+               checkpoint: CGCheckpoint | None = None):
     """Solve ``(K + Λ) x = rhs`` by CG. Returns ``(x, CGInfo)``.
 
     ``regularization``: scalar λ or Fourier multipliers (see :func:`apply_kernel`). ``support``: a
     mask ``M`` (values in [0, 1]); the solution is ``x = M u`` with ``u`` solving ``M (K + Λ) M u = M b``
-    by CG — a support prior (hard for a 0/1 mask, tapered for a soft edge).
+    by CG — a support prior (hard for a 0/1 mask, tapered for a soft edge). ``checkpoint``: save /
+    resume the CG state (:class:`CGCheckpoint`).
     """
     if support is None:
         return conjugate_gradient(lambda v: apply_kernel(kernel, v, regularization), rhs, x0=x0, tol=tol,
-                                  maxiter=maxiter, progress=progress)
+                                  maxiter=maxiter, progress=progress, checkpoint=checkpoint)
     m = np.asarray(support, np.float64)
     u0 = None
     if x0 is not None:  # a starting x inside the support: u = x / M where M > 0
         u0 = np.where(m > 1e-3, x0 / np.maximum(m, 1e-3), 0.0)
     u, info = conjugate_gradient(lambda v: apply_kernel(kernel, v * m, regularization) * m, rhs * m,
-                                 x0=u0, tol=tol, maxiter=maxiter, progress=progress)
+                                 x0=u0, tol=tol, maxiter=maxiter, progress=progress, checkpoint=checkpoint)
     return u * m, info
 
 
@@ -340,6 +400,58 @@ def accumulate_normal_equations(src, groups=None, batch_size: int | None = None,
     return out if with_norms else out[:2]
 
 
+def normal_equations(src, groups=None, batch_size: int | None = None, n_workers: int | None = None,
+                     progress: bool = True, scheduler: str | None = None, eps: float | None = None,
+                     with_norms: bool = False, checkpoints=None):
+    """:func:`accumulate_normal_equations` with the kernels transformed: ``(rhs, [MeanKernel per
+    group], Σ‖y‖² per group or None)``. With ``checkpoints`` (``io.checkpoint.Checkpoints``) the
+    result is saved as ``normal_equations`` after the pass, and restored from there when resuming."""
+    got = checkpoints.load("normal_equations") if checkpoints is not None else None
+    if got is not None:
+        a, _ = got
+        G = a["rhs"].shape[0]
+        return a["rhs"], [MeanKernel(src.L, a[f"kernel_hat_{q}"]) for q in range(G)], a.get("y2")
+    out = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
+                                      with_norms=with_norms)
+    rhs, K = out[0], out[1]
+    y2 = out[2] if with_norms else None
+    kernels = [kernel_from_spatial(K[q]) for q in range(K.shape[0])]
+    del K, out
+    if checkpoints is not None:
+        arrays = {"rhs": rhs, **{f"kernel_hat_{q}": k.kernel_hat for q, k in enumerate(kernels)}}
+        if y2 is not None:
+            arrays["y2"] = y2
+        checkpoints.save("normal_equations", arrays)
+    return rhs, kernels, y2
+
+
+def source_fingerprint(src) -> dict:
+    """Identity of a :class:`Source` for checkpoints: counts, box, pixel size, a digest of the
+    pose/origin/CTF table and of three sample images (first, middle, last)."""
+    from cryoprism.io.checkpoint import digest
+
+    idx = np.unique(np.array([0, src.n // 2, src.n - 1]))
+    im = src.get(0, len(idx), idx)[0]
+    return {"n_images": int(src.n), "box": int(src.L), "pixel_size_A": src.pixel_size_A,
+            "dtype": np.dtype(src.dtype).name,
+            "poses_ctf_digest": digest(src.rotations, src.origins_px, src.ctf),
+            "image_sample_digest": digest(np.asarray(im, np.float32))}
+
+
+def open_checkpoints(checkpoint_dir, resume: bool, src, every_s: float | None = None, **settings):
+    """A :class:`cryoprism.io.checkpoint.Checkpoints` folder stamped with ``src``'s fingerprint and
+    ``settings`` (None without ``checkpoint_dir``)."""
+    if checkpoint_dir is None:
+        if resume:
+            from cryoprism.errors import InputError
+
+            raise InputError("--resume needs a checkpoint folder (--checkpoint-dir)")
+        return None
+    from cryoprism.io.checkpoint import Checkpoints
+
+    return Checkpoints(checkpoint_dir, {**source_fingerprint(src), **settings}, resume, every_s=every_s)
+
+
 def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
     """Half-set labels 0/1: ``rlnRandomSubset`` (1/2) when the table has it, else a seeded split."""
     if table is not None and "rlnRandomSubset" in getattr(table, "columns", ()):
@@ -354,26 +466,27 @@ def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
 def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pixel_size_A=None,
                  halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
                  scheduler: str | None = None, seed: int = 0, eps: float | None = None,
-                 progress: bool = True) -> MeanResult:
-    """One pass for the normal equations (per half-set if asked), then ``solver(kernel, rhs, scale)``
-    → ``(volume, iterations, residual)`` for each half and for the full set; FSC of the halves.
+                 progress: bool = True, checkpoints=None) -> MeanResult:
+    """One pass for the normal equations (per half-set if asked), then ``solver(kernel, rhs, scale,
+    name)`` → ``(volume, iterations, residual)`` for each half (``name`` ``half1``, ``half2``) and for
+    the full set (``full``); FSC of the halves.
 
     ``scale`` is the fraction of the particles in the system (1 for the full set, ~½ for a half), so
-    a regularisation given for the full set can be scaled to a half.
+    a regularisation given for the full set can be scaled to a half. ``checkpoints``: keep the
+    normal equations there (see :func:`normal_equations`).
     """
     t0 = time.perf_counter()
     src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
     groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else None
-    rhs, K = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps)
-    kernels = [kernel_from_spatial(K[q]) for q in range(K.shape[0])]
-    del K
+    rhs, kernels, _ = normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
+                                       checkpoints=checkpoints)
     out: dict = {}
     halves = fsc = None
     if halfmaps:
         h = []
         for q in range(2):
             frac = float(np.mean(groups == q))
-            xq, it, _ = solver(kernels[q], rhs[q], frac)
+            xq, it, _ = solver(kernels[q], rhs[q], frac, f"half{q + 1}")
             h.append(np.asarray(xq).astype(src.dtype))
             out[f"half{q + 1}_iterations"] = it
         halves = tuple(h)
@@ -383,7 +496,7 @@ def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pix
         fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
     else:
         full_kernel, full_rhs = kernels[0], rhs[0]
-    x, it, res = solver(full_kernel, full_rhs, 1.0)
+    x, it, res = solver(full_kernel, full_rhs, 1.0, "full")
     return MeanResult(np.asarray(x).astype(src.dtype), halves, fsc, it, res, time.perf_counter() - t0, out)
 
 
@@ -393,7 +506,8 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
                      n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
                      eps: float | None = None, auto_iterations: int = 15,
                      mask_radius_px: float | None = None, mask_edge_px: float = 0.0,
-                     progress: bool = True) -> MeanResult:
+                     progress: bool = True, checkpoint_dir=None, resume: bool = False,
+                     checkpoint_every_s: float | None = None) -> MeanResult:
     """Least-squares mean volume from particles with poses (and CTF), by CG on the normal equations.
 
     ``data``: an ``(n, L, L)`` image array (then ``rotations`` ``(n, 3, 3)``, optional ``origins_px``
@@ -412,42 +526,69 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
     ``mask_radius_px``: restrict the solution to a sphere of this radius (pixels) around the box
     centre — a support prior (e.g. ``L/2 - 1``, the inscribed sphere), with a raised-cosine edge of
     ``mask_edge_px`` beyond it; None: the whole box.
+
+    ``checkpoint_dir``: keep the normal equations (after the pass over the particles) and the state
+    of every CG solve there (atomic ``.ckpt.npz`` files, see :mod:`cryoprism.io.checkpoint`; CG states
+    every ``checkpoint_every_s`` seconds, default: as often as costs ≤ 5 % of the time, and at the end
+    of each solve). ``resume``: continue from them — the result equals an uninterrupted run's; a
+    checkpoint written from other particles, poses, CTF or settings is refused (``InputError``).
+    ``maxiter`` is not part of the fingerprint: resuming with a larger one continues the solves.
     """
+    if isinstance(regularization, str) and regularization != "auto":
+        raise ValueError("regularization must be a number or 'auto'")
+    ck = None
+    if checkpoint_dir is not None or resume:
+        src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
+        groups = (half_set_labels(src.n, getattr(data, "table", None), seed)
+                  if halfmaps or regularization == "auto" else None)
+        ck = open_checkpoints(checkpoint_dir, resume, src, checkpoint_every_s, method="cg",
+                              regularization=regularization if isinstance(regularization, str)
+                              else float(regularization), tol=float(tol), halfmaps=bool(halfmaps),
+                              groups_digest=None if groups is None else _digest(groups),
+                              eps=eps, auto_iterations=int(auto_iterations) if regularization == "auto" else None,
+                              mask_radius_px=mask_radius_px, mask_edge_px=float(mask_edge_px))
     if isinstance(regularization, str):
-        if regularization != "auto":
-            raise ValueError("regularization must be a number or 'auto'")
         return _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, tol=tol, maxiter=maxiter,
                                  halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers,
                                  scheduler=scheduler, seed=seed, eps=eps, auto_iterations=auto_iterations,
-                                 mask_radius_px=mask_radius_px, mask_edge_px=mask_edge_px, progress=progress)
+                                 mask_radius_px=mask_radius_px, mask_edge_px=mask_edge_px, progress=progress,
+                                 checkpoints=ck)
 
-    def solver(kernel, rhs, frac):
+    def solver(kernel, rhs, frac, name="full"):
         sup = None if mask_radius_px is None else sphere_mask(kernel.L, mask_radius_px, mask_edge_px)
-        x, info = solve_mean(kernel, rhs, regularization * frac, tol, maxiter, progress=progress, support=sup)
+        x, info = solve_mean(kernel, rhs, regularization * frac, tol, maxiter, progress=progress, support=sup,
+                             checkpoint=cg_checkpoint(ck, name))
         return x, info.iterations, info.residuals[-1]
 
     return solve_groups(data, solver, rotations=rotations, origins_px=origins_px, ctf=ctf,
                         pixel_size_A=pixel_size_A, halfmaps=halfmaps, batch_size=batch_size,
-                        n_workers=n_workers, scheduler=scheduler, seed=seed, eps=eps, progress=progress)
+                        n_workers=n_workers, scheduler=scheduler, seed=seed, eps=eps, progress=progress,
+                        checkpoints=ck)
+
+
+def _digest(*a) -> str:
+    from cryoprism.io.checkpoint import digest
+
+    return digest(*a)
 
 
 def _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, *, tol, maxiter, halfmaps, batch_size,
                       n_workers, scheduler, seed, eps, auto_iterations, mask_radius_px,
-                      mask_edge_px, progress) -> MeanResult:
+                      mask_edge_px, progress, checkpoints=None) -> MeanResult:
     t0 = time.perf_counter()
+    ck = checkpoints
     src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
     L = src.L
     groups = half_set_labels(src.n, getattr(data, "table", None), seed)
-    rhs, K, y2 = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
-                                             with_norms=True)
-    kernels = [kernel_from_spatial(K[q]) for q in range(2)]
-    del K
+    rhs, kernels, y2 = normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
+                                        with_norms=True, checkpoints=ck)
     sup = None if mask_radius_px is None else sphere_mask(L, mask_radius_px, mask_edge_px)
     # 1. unregularised, early-stopped half solutions
     pilot = []
     rss = 0.0
     for q in range(2):
-        x, _ = solve_mean(kernels[q], rhs[q], 0.0, tol, auto_iterations, support=sup)
+        x, _ = solve_mean(kernels[q], rhs[q], 0.0, tol, auto_iterations, support=sup,
+                          checkpoint=cg_checkpoint(ck, f"pilot{q + 1}"))
         pilot.append(x)
         rss += y2[q] - 2 * _dot(x, rhs[q]) + _dot(x, apply_kernel(kernels[q], x))
     # residual per pixel (the dropped -L/2 frequencies of even L hold noise only: counted too)
@@ -459,7 +600,7 @@ def _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, *, tol, ma
         h = []
         for q in range(2):
             xq, iq = solve_mean(kernels[q], rhs[q], lam, tol, maxiter, x0=pilot[q], progress=progress,
-                                support=sup)
+                                support=sup, checkpoint=cg_checkpoint(ck, f"half{q + 1}"))
             h.append(xq.astype(src.dtype))
             out[f"half{q + 1}_iterations"] = iq.iterations
         halves = tuple(h)
@@ -467,7 +608,8 @@ def _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, *, tol, ma
 
         fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
     x, info = solve_mean(kernels[0] + kernels[1], rhs[0] + rhs[1], lam, tol, maxiter,
-                         x0=0.5 * (pilot[0] + pilot[1]), progress=progress, support=sup)
+                         x0=0.5 * (pilot[0] + pilot[1]), progress=progress, support=sup,
+                         checkpoint=cg_checkpoint(ck, "full"))
     out["residuals"] = info.residuals
     return MeanResult(x.astype(src.dtype), halves, fsc, info.iterations, info.residuals[-1],
                       time.perf_counter() - t0, out)
