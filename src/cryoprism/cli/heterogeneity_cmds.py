@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
                                                      help="Pixel size (Å) if neither the STAR file nor "
                                                           "the MRC header gives one."),
         seed: int = typer.Option(0, "--seed", help="Random seed (range finder, bootstrap, mixture)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in "
+                                    "OUT/checkpoints (same particles and settings)."),
         as_json: bool = JSON_OPTION,
     ):
         """Find how many conformational states a particle set holds and which particle is which.
@@ -73,7 +75,10 @@ def register(app: typer.Typer) -> None:
         resolution. Writes into OUT: eigenvalues.csv (eigenvalue, gap ratio λ_k/λ_{k+1}), coords.csv
         (α per particle, class), classes.star (the input rows and columns with rlnClassNumber set),
         class_NN.star (each class, ready for refinement), class_NN.mrc (class volumes, Å/px of the
-        input), eigvol_NN.mrc (unit-norm eigenvolumes on the full box), report.png.
+        input), eigvol_NN.mrc (unit-norm eigenvolumes on the full box), report.png. Checkpoints
+        (mean, covariance kernel and CG state, range finder, class volumes) go to OUT/checkpoints;
+        after an interrupt, the same command with --resume continues. Outputs are written only at
+        the end, each atomically.
         """
         from cryoprism.errors import InputError
         from cryoprism.heterogeneity.pipeline import analyze, resolve_nres, write_outputs
@@ -99,10 +104,11 @@ def register(app: typer.Typer) -> None:
         px = float(stack.pixel_size_A)
         N = resolve_nres(stack.box, px, nres, max_res_A)
         src = as_source(stack)
-        res = analyze(src, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
-                      reconstruct=not no_reconstruct, seed=seed)
-        star = stack.star
         out.mkdir(parents=True, exist_ok=True)
+        res = analyze(src, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
+                      reconstruct=not no_reconstruct, seed=seed, checkpoint_dir=out / "checkpoints",
+                      resume=resume)
+        star = stack.star
         star_out = _relocated(star, out)
         files = write_outputs(res, out, star=star_out, pixel_size_A=px)
         figures = {

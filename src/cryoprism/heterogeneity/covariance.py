@@ -14,6 +14,12 @@ Two estimators of the covariance ``Σ`` solving the seed's normal equations ``L_
   particles it costs ``m`` projections and back-projections per image; nothing ``p × p`` is formed.
 
 Derivation and cost: docs/heterogeneity.md.
+
+Every estimator takes an optional ``checkpoints`` folder (:class:`cryoprism.io.checkpoint.Checkpoints`):
+the mean's normal equations and CG state, the dense 6-D kernel (when it is at most
+:data:`CACHE_MAX_BYTES`), the range finder's blocks, the Galerkin statistics (same limit) and the
+covariance CG state are saved there and, when resuming, taken from there — the result equals an
+uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -37,11 +43,13 @@ from cryoprism.heterogeneity.data import (
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import default_workers
 from cryoprism.reconstruct import (
-    accumulate_normal_equations,
     as_source,
     conjugate_gradient,
-    kernel_from_spatial,
 )
+from cryoprism.reconstruct.mean import cg_checkpoint, normal_equations
+
+#: largest precomputed array set (6-D kernel, Galerkin statistics) kept in a checkpoint folder
+CACHE_MAX_BYTES = 1e9
 
 # ------------------------------------------------------------------------------------------------
 # mean and the mean normal operator Ā
@@ -93,19 +101,20 @@ def _dots(a, b):
 
 
 def estimate_mean(d: HetData, *, regularization: float = 1e-3, maxiter: int = 40, tol: float = 1e-5,
-                  n_workers: int | None = None, progress: bool = True) -> MeanOperator:
+                  n_workers: int | None = None, progress: bool = True, checkpoints=None) -> MeanOperator:
     """Least-squares mean ``(Ā + λ I) μ = (1/n) Σ M_sᵀ y_s`` (seed eq. 13) on the ``N³`` grid.
 
     ``regularization``: λ relative to the largest eigenvalue of ``Ā`` (the kernel's peak). The
     right-hand side and kernel come from :func:`cryoprism.reconstruct.accumulate_normal_equations`.
     """
     src = as_source(d.images, d.rotations, d.origins_px, d.ctf, d.pixel_size_A)
-    rhs, K = accumulate_normal_equations(src, None, n_workers=n_workers, progress=progress)
-    kh = kernel_from_spatial(K[0]).kernel_hat / d.n
+    rhs, kernels, _ = normal_equations(src, None, n_workers=n_workers, progress=progress,
+                                       checkpoints=checkpoints, name="mean_normal_equations")
+    kh = kernels[0].kernel_hat / d.n
     lam = regularization * float(np.max(np.abs(kh)))
     op = MeanOperator(d.N, kh, np.zeros((d.N,) * 3), lam)
     x, info = conjugate_gradient(lambda v: op.apply(v, lam), rhs[0] / d.n, tol=tol, maxiter=maxiter,
-                                 progress=progress)
+                                 progress=progress, checkpoint=cg_checkpoint(checkpoints, "mean_cg"))
     op.mean = x
     op.info = {"mean_cg_iterations": info.iterations, "mean_cg_residual": info.residuals[-1]}
     return op
@@ -148,17 +157,22 @@ def _orth(X: np.ndarray) -> np.ndarray:
 
 
 def range_basis(d: HetData, A: MeanOperator, block: int = 8, steps: int = 3, seed: int = 0,
-                n_workers: int | None = None, progress: bool = True) -> np.ndarray:
+                n_workers: int | None = None, progress: bool = True, checkpoints=None) -> np.ndarray:
     """Block-Krylov basis of ``T = (Ā+λ)⁻¹ D_n (Ā+λ)⁻¹``: ``[TΩ, T²Ω, …]`` orthonormalised.
 
     ``D_n = (1/n) Σ_s M_sᵀ z_s z_sᵀ M_s`` is the data part of ``B_n``; ``λ`` = ``A.regularization``.
+    ``checkpoints``: the blocks found so far are saved after every step (``range_basis``).
 
     Returns ``(block·steps, N, N, N)`` orthonormal volumes (fewer if dependent).
     """
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((block,) + (d.N,) * 3)
     blocks = []
-    for _ in tqdm(range(steps), desc="range finder", disable=not progress, leave=False):
+    got = checkpoints.load("range_basis") if checkpoints is not None else None
+    if got is not None:
+        blocks = [got[0][f"block_{i}"] for i in range(int(got[1]["steps_done"]))]
+        X = blocks[-1].reshape((-1,) + (d.N,) * 3)
+    for _ in tqdm(range(len(blocks), steps), desc="range finder", disable=not progress, leave=False):
         # the noise term −σ²Ā⁻¹ of B_n is left out here: it only shifts the spectrum, and with a
         # regularised inverse it would favour poorly measured directions (docs/heterogeneity.md)
         Y = A.solve(apply_data_term(d, A.solve(X), n_workers))
@@ -169,6 +183,9 @@ def range_basis(d: HetData, A: MeanOperator, block: int = 8, steps: int = 3, see
         Qb = _orth(Y.reshape((-1,) + (d.N,) * 3)).reshape(-1, d.N ** 3)
         blocks.append(Qb)
         X = Qb.reshape((-1,) + (d.N,) * 3)
+        if checkpoints is not None:
+            checkpoints.save("range_basis", {f"block_{i}": q for i, q in enumerate(blocks)},
+                             steps_done=len(blocks))
     V = np.concatenate(blocks)
     return _orth(V.reshape((-1,) + (d.N,) * 3))
 
@@ -205,8 +222,9 @@ class SubspaceSystem:
         return C - self.noise_var * np.tensordot(w, self.G, axes=1)
 
     def solve(self, maxiter: int = 10, tol: float = 1e-8, w=None, precondition: bool = True,
-              progress: bool = False):
-        """``S`` from PCG (preconditioner ``Ḡ⁻¹ · Ḡ⁻¹``); returns ``(S, CGInfo)``."""
+              progress: bool = False, checkpoint=None):
+        """``S`` from PCG (preconditioner ``Ḡ⁻¹ · Ḡ⁻¹``); returns ``(S, CGInfo)``. ``checkpoint``: a
+        :class:`cryoprism.reconstruct.CGCheckpoint` (save / resume the PCG state)."""
         n = self.G.shape[0]
         ww = np.full(n, 1.0 / n) if w is None else np.asarray(w, np.float64) / np.sum(w)
         Gbar = np.tensordot(ww, self.G, axes=1)
@@ -215,7 +233,7 @@ class SubspaceSystem:
         Ginv = (Q / ev) @ Q.T
         pre = (lambda R: Ginv @ R @ Ginv) if precondition else None
         S, info = conjugate_gradient(self.operator(ww), self.rhs(ww), tol=tol, maxiter=maxiter,
-                                     precond=pre, progress=progress)
+                                     precond=pre, progress=progress, checkpoint=checkpoint)
         return 0.5 * (S + S.T), info
 
 
@@ -235,18 +253,36 @@ class CovarianceResult:
     info: dict = field(default_factory=dict)
 
 
+def cached_subspace_statistics(d: HetData, basis: np.ndarray, n_workers=None, progress: bool = True,
+                               desc: str = "projections", checkpoints=None, name: str = "subspace_statistics"):
+    """:func:`cryoprism.heterogeneity.data.subspace_statistics`, kept in ``checkpoints`` as ``name``
+    when ``G`` and ``c`` together are at most :data:`CACHE_MAX_BYTES`."""
+    from cryoprism.heterogeneity.data import subspace_statistics
+
+    got = checkpoints.load(name) if checkpoints is not None else None
+    if got is not None:
+        return got[0]["G"], got[0]["c"]
+    G, c = subspace_statistics(d, basis, n_workers, progress, desc=desc)
+    if checkpoints is not None and G.nbytes + c.nbytes <= CACHE_MAX_BYTES:
+        checkpoints.save(name, {"G": G, "c": c})
+    return G, c
+
+
 def covariance_lowrank(d: HetData, A: MeanOperator, *, block: int = 8, steps: int = 3,
                        maxiter: int = 10, range_regularization: float = 0.05, seed: int = 0,
                        n_workers: int | None = None,
-                       progress: bool = True) -> CovarianceResult:
-    """Matrix-free covariance: Krylov subspace of ``Ā⁻¹ B_n Ā⁻¹`` + Galerkin normal equations + PCG."""
-    Ar = MeanOperator(A.N, A.kernel_hat, A.mean, range_regularization * float(np.abs(A.kernel_hat).max()))
-    V = range_basis(d, Ar, block, steps, seed, n_workers, progress)
-    from cryoprism.heterogeneity.data import subspace_statistics
+                       progress: bool = True, checkpoints=None) -> CovarianceResult:
+    """Matrix-free covariance: Krylov subspace of ``Ā⁻¹ B_n Ā⁻¹`` + Galerkin normal equations + PCG.
 
-    G, c = subspace_statistics(d, V, n_workers, progress, desc="Galerkin projections")
+    ``checkpoints``: range-finder blocks, Galerkin statistics and the PCG state (see the module
+    docstring)."""
+    Ar = MeanOperator(A.N, A.kernel_hat, A.mean, range_regularization * float(np.abs(A.kernel_hat).max()))
+    V = range_basis(d, Ar, block, steps, seed, n_workers, progress, checkpoints=checkpoints)
+    G, c = cached_subspace_statistics(d, V, n_workers, progress, desc="Galerkin projections",
+                                      checkpoints=checkpoints)
     sysm = SubspaceSystem(G, c, d.noise_var)
-    S, info = sysm.solve(maxiter=maxiter, progress=progress)
+    S, info = sysm.solve(maxiter=maxiter, progress=progress,
+                         checkpoint=cg_checkpoint(checkpoints, "covariance_pcg"))
     lam, Q = np.linalg.eigh(S)
     order = np.argsort(lam)[::-1]
     lam, Q = lam[order], Q[:, order]
@@ -360,15 +396,37 @@ def build_kernel6(d: HetData, *, max_bytes: float = 2e9, n_workers: int | None =
     return CovarianceKernel6(N, kh, Abar, 0.5 * (B + B.T))
 
 
+def kernel6_bytes(N: int) -> int:
+    """Bytes of a :class:`CovarianceKernel6` as saved (float32 transform, float64 ``Ā`` and ``B``)."""
+    return int((2 * N) ** 5 * (N + 1) * 4 + 2 * N ** 6 * 8)
+
+
+def cached_kernel6(d: HetData, *, max_bytes: float = 2e9, n_workers: int | None = None,
+                   progress: bool = True, checkpoints=None) -> CovarianceKernel6:
+    """:func:`build_kernel6`, kept in ``checkpoints`` (``kernel6``) when at most
+    :data:`CACHE_MAX_BYTES` (``N_res ≤ 13``; 3.3 GB at ``N_res = 17``)."""
+    got = checkpoints.load("kernel6") if checkpoints is not None else None
+    if got is not None:
+        a = got[0]
+        return CovarianceKernel6(d.N, a["kernel_hat"], a["Abar"], a["B"])
+    K6 = build_kernel6(d, max_bytes=max_bytes, n_workers=n_workers, progress=progress)
+    if checkpoints is not None and kernel6_bytes(d.N) <= CACHE_MAX_BYTES:
+        checkpoints.save("kernel6", {"kernel_hat": K6.kernel_hat, "Abar": K6.Abar, "B": K6.B})
+    return K6
+
+
 def covariance_full(d: HetData, *, maxiter: int = 10, precondition: bool = False, tol: float = 1e-6,
                     max_bytes: float = 2e9, n_workers: int | None = None, progress: bool = True,
-                    kernel: CovarianceKernel6 | None = None) -> CovarianceResult:
-    """Dense ``Σ_n`` by (P)CG on ``L_n(Σ) = B_n`` from zero, stopped after ``maxiter`` iterations."""
-    K6 = kernel or build_kernel6(d, max_bytes=max_bytes, n_workers=n_workers, progress=progress)
+                    kernel: CovarianceKernel6 | None = None, checkpoints=None) -> CovarianceResult:
+    """Dense ``Σ_n`` by (P)CG on ``L_n(Σ) = B_n`` from zero, stopped after ``maxiter`` iterations.
+
+    ``checkpoints``: the 6-D kernel (see :func:`cached_kernel6`) and the CG state."""
+    K6 = kernel or cached_kernel6(d, max_bytes=max_bytes, n_workers=n_workers, progress=progress,
+                                  checkpoints=checkpoints)
     eps = 1e-2 * float(np.abs(K6.kernel_hat).max())
     pre = (lambda R: K6.precondition(R, eps)) if precondition else None
     S, info = conjugate_gradient(K6.apply, K6.B, tol=tol, maxiter=maxiter, precond=pre,
-                                 progress=progress)
+                                 progress=progress, checkpoint=cg_checkpoint(checkpoints, "covariance_cg"))
     S = 0.5 * (S + S.T)
     lam, U = np.linalg.eigh(S)
     order = np.argsort(lam)[::-1]

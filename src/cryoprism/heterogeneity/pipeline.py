@@ -13,12 +13,13 @@ from cryoprism.heterogeneity.classify import StateCount, coordinates, count_stat
 from cryoprism.heterogeneity.covariance import (
     CovarianceResult,
     SubspaceSystem,
+    cached_subspace_statistics,
     covariance_full,
     covariance_lowrank,
     estimate_mean,
     full_memory_bytes,
 )
-from cryoprism.heterogeneity.data import HetData, compute_residuals, prepare, subspace_statistics
+from cryoprism.heterogeneity.data import HetData, compute_residuals, prepare
 
 
 @dataclass
@@ -54,7 +55,8 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
             max_states: int = 8, block: int = 8, steps: int = 3, n_boot: int = 20, wiener: bool = True,
             reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
             progress: bool = True, max_full_bytes: float = 2e9,
-            oversample: float | None = None) -> HeterogeneityResult:
+            oversample: float | None = None, checkpoint_dir=None, resume: bool = False,
+            checkpoint_every_s: float | None = None) -> HeterogeneityResult:
     """Run the heterogeneity analysis on a :class:`cryoprism.reconstruct.Source`.
 
     ``method``: ``cg`` (dense covariance, 6-D Toeplitz kernel), ``lowrank`` (matrix-free subspace
@@ -62,6 +64,12 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
     (from the spectral gap) or a number of states. ``reconstruct``: per-class volumes at full
     resolution (CG mean with the class's particles). ``oversample``: volume grid / band ratio
     (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows as the sixth power of the grid).
+
+    ``checkpoint_dir``: keep checkpoints there (mean normal equations and CG, the dense 6-D kernel up
+    to ~1 GB, range-finder blocks, Galerkin statistics, covariance CG state, finished class volumes;
+    see :mod:`cryoprism.heterogeneity.covariance`); ``resume``: continue from them. The checkpoints
+    are stamped with a digest of the prepared data and the settings; others are refused
+    (``InputError``).
     """
     t = {}
     t0 = time.perf_counter()
@@ -72,23 +80,30 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
         oversample = 1.5 if method == "lowrank" else 1.0
     d = prepare(source, n_res, oversample=oversample, n_workers=n_workers, progress=progress)
     t["read_s"] = time.perf_counter() - t0
+    ck = None
+    if checkpoint_dir is not None or resume:
+        ck = open_checkpoints(checkpoint_dir, resume, d, checkpoint_every_s, method=method, classes=classes,
+                              cg_iterations=cg_iterations, max_states=max_states, block=block, steps=steps,
+                              n_boot=n_boot, wiener=wiener, reconstruct=reconstruct, refine=refine, seed=seed,
+                              oversample=oversample)
     t1 = time.perf_counter()
-    A = estimate_mean(d, n_workers=n_workers, progress=progress)
+    A = estimate_mean(d, n_workers=n_workers, progress=progress, checkpoints=ck)
     compute_residuals(d, A.mean, n_workers=n_workers, progress=progress)
     t["mean_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     if method == "cg":
         cov = covariance_full(d, maxiter=cg_iterations, max_bytes=max_full_bytes, n_workers=n_workers,
-                              progress=progress)
+                              progress=progress, checkpoints=ck)
         m = min(max_states + 4, cov.eigenvolumes.shape[0])
         basis = cov.eigenvolumes[:m]
-        G, c = subspace_statistics(d, basis, n_workers, progress)
+        G, c = cached_subspace_statistics(d, basis, n_workers, progress, checkpoints=ck,
+                                          name="eigen_subspace_statistics")
         system = SubspaceSystem(G, c, d.noise_var)
         Q = np.eye(m)
         lam = cov.eigenvalues
     elif method == "lowrank":
         cov = covariance_lowrank(d, A, block=block, steps=steps, maxiter=cg_iterations, seed=seed,
-                                 n_workers=n_workers, progress=progress)
+                                 n_workers=n_workers, progress=progress, checkpoints=ck)
         full_sys = cov.info["system"]
         m = min(max_states + 4, cov.eigenvalues.size)
         Q = cov.info["Q"][:, :m]
@@ -115,11 +130,25 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
     if reconstruct:
         t1 = time.perf_counter()
         res.class_volumes = class_reconstructions(source, labels, C, n_workers=n_workers,
-                                                  progress=progress)
+                                                  progress=progress, checkpoints=ck)
         t["reconstruct_s"] = time.perf_counter() - t1
     t["total_s"] = time.perf_counter() - t0
     t["cpu_s"] = time.process_time() - c0
     return res
+
+
+def open_checkpoints(checkpoint_dir, resume: bool, d: HetData, every_s: float | None = None, **settings):
+    """The analysis' :class:`cryoprism.io.checkpoint.Checkpoints` folder, stamped with the prepared
+    data (counts, box, N_res, grid, pixel size, noise, digest of images/poses/CTF) and ``settings``."""
+    from cryoprism.errors import InputError
+    from cryoprism.io.checkpoint import Checkpoints, digest
+
+    if checkpoint_dir is None:
+        raise InputError("resume needs a checkpoint folder")
+    fp = {"n_images": d.n, "box": d.L, "n_res": d.band_size, "grid": d.N, "pixel_size_A": float(d.pixel_size_A),
+          "noise_var": float(d.noise_var), "data_digest": digest(d.images, d.rotations, d.origins_px, d.ctf),
+          **settings}
+    return Checkpoints(checkpoint_dir, fp, resume, every_s=every_s)
 
 
 class _SubsetImages:
@@ -137,9 +166,13 @@ class _SubsetImages:
 
 
 def class_reconstructions(source, labels: np.ndarray, n_classes: int, *, regularization: float = 1e-3,
-                          maxiter: int = 30, n_workers: int | None = None, progress: bool = True) -> list:
-    """Least-squares volume of each class at the full box (reconstruct module's CG + Toeplitz kernel)."""
+                          maxiter: int = 30, n_workers: int | None = None, progress: bool = True,
+                          checkpoints=None) -> list:
+    """Least-squares volume of each class at the full box (reconstruct module's CG + Toeplitz kernel).
+
+    ``checkpoints``: each finished class volume is kept (``class_NN``, with a digest of its members)."""
     from cryoprism.ctf.model import CTFParams
+    from cryoprism.io.checkpoint import digest
     from cryoprism.reconstruct import Source, accumulate_normal_equations, kernel_from_spatial, solve_mean
 
     out = []
@@ -147,6 +180,11 @@ def class_reconstructions(source, labels: np.ndarray, n_classes: int, *, regular
         idx = np.flatnonzero(labels == k)
         if idx.size == 0:
             out.append(np.zeros((source.L,) * 3, np.float32))
+            continue
+        name, members = f"class_{k + 1:02d}", digest(idx, regularization, maxiter)
+        got = checkpoints.load(name) if checkpoints is not None else None
+        if got is not None and got[1].get("members") == members:
+            out.append(got[0]["volume"])
             continue
         ctf = source.ctf
         if isinstance(ctf, CTFParams):
@@ -161,6 +199,8 @@ def class_reconstructions(source, labels: np.ndarray, n_classes: int, *, regular
         lam = regularization * float(np.abs(ker.kernel_hat).max())
         x, _ = solve_mean(ker, rhs[0], lam, 1e-5, maxiter, progress=progress)
         out.append(x.astype(np.float32))
+        if checkpoints is not None:
+            checkpoints.save(name, {"volume": out[-1]}, members=members)
     return out
 
 

@@ -402,11 +402,11 @@ def accumulate_normal_equations(src, groups=None, batch_size: int | None = None,
 
 def normal_equations(src, groups=None, batch_size: int | None = None, n_workers: int | None = None,
                      progress: bool = True, scheduler: str | None = None, eps: float | None = None,
-                     with_norms: bool = False, checkpoints=None):
+                     with_norms: bool = False, checkpoints=None, name: str = "normal_equations"):
     """:func:`accumulate_normal_equations` with the kernels transformed: ``(rhs, [MeanKernel per
     group], Σ‖y‖² per group or None)``. With ``checkpoints`` (``io.checkpoint.Checkpoints``) the
-    result is saved as ``normal_equations`` after the pass, and restored from there when resuming."""
-    got = checkpoints.load("normal_equations") if checkpoints is not None else None
+    result is saved as ``name`` after the pass, and restored from there when resuming."""
+    got = checkpoints.load(name) if checkpoints is not None else None
     if got is not None:
         a, _ = got
         G = a["rhs"].shape[0]
@@ -421,7 +421,7 @@ def normal_equations(src, groups=None, batch_size: int | None = None, n_workers:
         arrays = {"rhs": rhs, **{f"kernel_hat_{q}": k.kernel_hat for q, k in enumerate(kernels)}}
         if y2 is not None:
             arrays["y2"] = y2
-        checkpoints.save("normal_equations", arrays)
+        checkpoints.save(name, arrays)
     return rhs, kernels, y2
 
 
