@@ -404,7 +404,7 @@ def kernel6_bytes(N: int) -> int:
 def cached_kernel6(d: HetData, *, max_bytes: float = 2e9, n_workers: int | None = None,
                    progress: bool = True, checkpoints=None) -> CovarianceKernel6:
     """:func:`build_kernel6`, kept in ``checkpoints`` (``kernel6``) when at most
-    :data:`CACHE_MAX_BYTES` (``N_res ≤ 13``; 3.3 GB at ``N_res = 17``)."""
+    :data:`CACHE_MAX_BYTES` (``N_res ≤ 13``; it would be 3.7 GB at ``N_res = 17``)."""
     got = checkpoints.load("kernel6") if checkpoints is not None else None
     if got is not None:
         a = got[0]

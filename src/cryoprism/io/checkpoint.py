@@ -22,8 +22,8 @@ from cryoprism.errors import InputError
 from cryoprism.io.atomic import atomic_path
 
 SUFFIX = ".ckpt.npz"
-#: with ``every_s=None``, periodic saves take at most this fraction of the wall time
-MAX_OVERHEAD = 0.05
+#: with ``every_s=None``, periodic saves take at most this fraction of the wall time (2 %)
+MAX_OVERHEAD = 0.02
 
 
 def digest(*objs) -> str:
