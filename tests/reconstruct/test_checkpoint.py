@@ -163,8 +163,10 @@ def test_checkpoints_throttle_and_fresh_start(tmp_path):
     back = CGCheckpoint(Checkpoints(tmp_path, {"a": 1}, resume=True), "x").state
     assert back.iteration == 3 and back.rz == 0.25 and back.residuals == st.residuals
     np.testing.assert_array_equal(back.p, st.p)
+    (tmp_path / ".x.ckpt.npz.k3j2.part.npz").write_bytes(b"half")  # left by a killed writer
+    (tmp_path / "notes.txt").write_text("kept")
     Checkpoints(tmp_path, {"a": 2})  # a fresh (non-resume) run clears old checkpoints
-    assert not list(tmp_path.glob("*.ckpt.npz"))
+    assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_cli_interrupt_then_resume(particles, tmp_path, monkeypatch):

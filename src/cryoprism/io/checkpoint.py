@@ -104,7 +104,8 @@ class Checkpoints:
     """A checkpoint folder for one run.
 
     ``fingerprint``: JSON-able dict identifying the inputs and settings; every file is stamped with
-    it. ``resume=False`` starts afresh (existing ``*.ckpt.npz`` files in the folder are removed);
+    it. ``resume=False`` starts afresh (existing ``*.ckpt.npz`` files in the folder, and temporaries
+    of a killed writer, are removed);
     ``resume=True`` requires at least one checkpoint there and refuses (``InputError``) files whose
     fingerprint differs. Periodic saves of a name (:meth:`due`) are at least ``every_s`` seconds
     apart (0: at every call); ``every_s=None`` (default) spaces them so that writing takes at most
@@ -131,8 +132,8 @@ class Checkpoints:
                 if bad:
                     raise InputError("--resume: the checkpoint was written with different inputs or "
                                      "settings: " + "; ".join(bad), p)
-        else:
-            for p in existing:
+        else:  # start afresh: old checkpoints, and temporaries a killed writer left behind
+            for p in existing + sorted(self.directory.glob(".*" + SUFFIX + ".*.part.npz")):
                 p.unlink()
 
     def path(self, name: str) -> Path:
