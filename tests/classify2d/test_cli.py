@@ -53,3 +53,47 @@ def test_denoise_cli_spca(star, tmp_path):
 
 def test_bad_method_is_input_error(star, tmp_path):
     assert main(["classify2d", str(star), "-o", str(tmp_path / "o"), "--method", "kmeans"]) == 2
+
+
+def test_classify2d_interrupted_after_rid_resumes_with_same_neighbours(star, tmp_path, monkeypatch):
+    import cryoprism.classify2d.pipeline as pl
+
+    args = ["classify2d", str(star), "--method", "mfvdm", "--neighbors", "5", "--k-max", "3", "--eigs", "10",
+            "--classes", "4", "--radius", "14"]
+    ref = tmp_path / "ref"
+    assert main(args + ["-o", str(ref)]) == 0
+    out = tmp_path / "out"
+    real = pl.neighbors
+
+    def interrupt_after_rid(prep, method, *a, **k):
+        if method != "rir":
+            raise KeyboardInterrupt("hook: stop after the RID stage")
+        return real(prep, method, *a, **k)
+
+    monkeypatch.setattr(pl, "neighbors", interrupt_after_rid)
+    assert main(args + ["-o", str(out)]) not in (0, 2)   # interrupted
+    assert not (out / "neighbors.csv").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["prepare.ckpt.npz", "rid.ckpt.npz"]
+
+    # resuming must not redo the finished stages
+    def no_prepare(*a, **k):
+        raise AssertionError("prepare re-run on resume")
+
+    def only_mfvdm(prep, method, *a, **k):
+        assert method != "rir", "RID re-run on resume"
+        return real(prep, method, *a, **k)
+
+    monkeypatch.setattr(pl, "prepare", no_prepare)
+    monkeypatch.setattr(pl, "neighbors", only_mfvdm)
+    assert main(args + ["-o", str(out), "--resume"]) == 0
+    a, b = pd.read_csv(ref / "neighbors.csv"), pd.read_csv(out / "neighbors.csv")
+    assert (a[["i", "j", "reflected"]].values == b[["i", "j", "reflected"]].values).all()
+    np.testing.assert_allclose(a["angle_deg"], b["angle_deg"], atol=1e-3)
+
+
+def test_classify2d_resume_with_other_settings_is_input_error(star, tmp_path):
+    args = ["classify2d", str(star), "-o", str(tmp_path / "o"), "--method", "rir", "--neighbors", "5",
+            "--classes", "4", "--radius", "14"]
+    assert main(args) == 0
+    assert main(args[:-1] + ["13", "--resume"]) == 2
+    assert main(["classify2d", str(star), "-o", str(tmp_path / "new"), "--radius", "14", "--resume"]) == 2

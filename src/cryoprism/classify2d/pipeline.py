@@ -19,10 +19,12 @@ from cryoprism.classify2d.mfvdm import build_graph, graph_filter, mfvdm_neighbor
 from cryoprism.classify2d.rid import Neighbors, rid_neighbors
 from cryoprism.ctf.model import CTFParams, ctf_on_grid
 from cryoprism.denoise.spca import SteerablePCA, fit_spca
+from cryoprism.image.transform import fourier_shift
 from cryoprism.parallel import batch_ranges, map_batches
 
-__all__ = ["Prepared", "prepare", "neighbors", "effective_ctf_profiles", "coefficient_images",
-           "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline"]
+__all__ = ["Prepared", "prepare", "centre_shifts", "neighbors", "effective_ctf_profiles", "coefficient_images",
+           "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline",
+           "classify_fingerprint", "run_neighbors"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,6 +38,39 @@ class Prepared:
     spca: SteerablePCA
     mask_radius_px: float
     extras: dict = field(default_factory=dict)
+
+
+def centre_shifts(white_flipped, n: int, L: int, max_shift_px: float, n_iter: int = 3, batch_size: int = 512,
+                  progress: bool = False) -> np.ndarray:
+    """Shifts (x, y) px centring each image on the rotationally averaged mean of the (centred) stack.
+
+    ``white_flipped(a, b)`` returns whitened, phase-flipped images ``a:b``. Iteration: reference =
+    rotational average of the mean of the images shifted by the current estimates (zeros first);
+    each image's shift = peak of its cross-correlation with the reference within ``max_shift_px``
+    (:func:`cryoprism.image.align.align_translation`). The rotational average is invariant to the
+    in-plane rotations, so it converges to the radial profile of the centred particles; the argmax
+    does not depend on the image scale. ``n_iter`` reference updates.
+    """
+    from cryoprism.fourier.resample import radial_average, shells_to_grid
+    from cryoprism.image.align import align_translation
+
+    shifts = np.zeros((n, 2))
+    ranges = batch_ranges(n, batch_size)
+    for it in range(int(n_iter)):
+        def acc(rng, shifts=shifts):
+            a, b = rng
+            return fourier_shift(white_flipped(a, b), -shifts[a:b]).astype(np.float64).sum(axis=0)
+
+        total = sum(map_batches(acc, ranges, progress=progress, desc=f"centring mean {it}"))
+        ref = shells_to_grid(radial_average(total / n, n_bins=int(np.ceil(L / np.sqrt(2))) + 1), (L, L))
+
+        def est(rng, ref=ref):
+            a, b = rng
+            return align_translation(white_flipped(a, b), ref, max_shift_px=max_shift_px, upsample=4).shifts_px
+
+        new = np.concatenate(map_batches(est, ranges, progress=progress, desc=f"centring {it}"), axis=0)
+        shifts = new - new.mean(axis=0)   # the reference's own centre is arbitrary: keep the mean shift 0
+    return shifts
 
 
 def _take(images, a, b, centre_shifts=None):
@@ -69,8 +104,12 @@ def _profiles(basis: FBBasis2D, ctf: CTFParams | None, pixel_size_A, nps, n, n_a
 
 def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = None,
             mask_radius_px: float | None = None, basis: FBBasis2D | None = None, bandlimit: float = 0.5,
-            batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0) -> Prepared:
-    """Noise spectrum from the background, then per batch: whiten, phase-flip, FB-expand; fit sPCA.
+            batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
+            centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2) -> Prepared:
+    """Noise spectrum from the background, then per batch: whiten, phase-flip, (centre,) FB-expand; fit sPCA.
+
+    ``centre``: translate each whitened, phase-flipped image onto the rotationally averaged mean of
+    the stack (:func:`centre_shifts`; the shifts are in ``extras["centre_shifts_px"]``).
 
     ``images``: ``(n, L, L)`` array or memory map. ``ctf``: parameters of the n particles (None: no
     CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
@@ -86,21 +125,33 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
         raise ValueError("pixel_size_A is needed with a CTF")
     nps = noise_power_spectrum(images, R, batch_size=batch_size, progress=progress)
 
-    def one(rng):
-        a, b = rng
+    def white_flipped(a, b):
         x = _take(images, a, b)
         x = x - x.mean(axis=(1, 2), keepdims=True)
         x = whiten(x, nps)
         c = _ctf_take(ctf, a, b)
         if c is not None:
             x = phase_flip(x, c, pixel_size_A)
+        return x
+
+    shifts = None
+    if centre:
+        shifts = centre_shifts(white_flipped, n, L, max_shift_px=centre_max_shift_frac * L,
+                               n_iter=centre_iterations, batch_size=batch_size, progress=progress)
+
+    def one(rng):
+        a, b = rng
+        x = white_flipped(a, b)
+        if shifts is not None:
+            x = fourier_shift(x, -shifts[a:b])
         return basis.expand(x.astype(np.float32)).astype(np.complex64)
 
     coefs = np.concatenate(map_batches(one, batch_ranges(n, batch_size), progress=progress,
                                        desc="FB expansion"), axis=0)
     spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
     H = _profiles(basis, ctf, pixel_size_A, nps, n)
-    return Prepared(basis=basis, coefs=coefs, nps=nps, H=H, spca=spca, mask_radius_px=R)
+    extras = {} if shifts is None else {"centre_shifts_px": shifts}
+    return Prepared(basis=basis, coefs=coefs, nps=nps, H=H, spca=spca, mask_radius_px=R, extras=extras)
 
 
 def neighbors(prep: Prepared, method: str = "mfvdm", n_neighbors: int = 50, k_max: int = 10, m: int = 50,
@@ -236,3 +287,73 @@ def run_pipeline(images, ctf=None, pixel_size_A=None, method="mfvdm", n_neighbor
         den = mfvdm_denoise(prep, nb, progress=progress)
         t["denoise_s"] = time.perf_counter() - t0
     return prep, nb, den
+
+
+def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
+    """Fingerprint of a 2-D run for :class:`cryoprism.io.checkpoint.Checkpoints`.
+
+    Particle count, box, a digest of the first and last 256 images, of the CTF table and pixel size,
+    and the settings (method, neighbours, k̃, m, radius, centring, …).
+    """
+    from cryoprism.io.checkpoint import digest
+
+    n = images.shape[0]
+    head = np.asarray(images[0:min(n, 256)], dtype=np.float32)
+    tail = np.asarray(images[max(0, n - 256):n], dtype=np.float32)
+    fp = {"n": int(n), "box": int(images.shape[-1]), "images": digest(head, tail),
+          "ctf": digest(ctf, None if pixel_size_A is None else float(pixel_size_A))}
+    fp.update(settings)
+    return fp
+
+
+def _neighbors_arrays(nb: Neighbors) -> dict:
+    return {"j": nb.j, "angle": nb.angle, "reflected": nb.reflected, "score": nb.score}
+
+
+def _neighbors_from(arrays: dict) -> Neighbors:
+    return Neighbors(j=arrays["j"], angle=arrays["angle"], reflected=arrays["reflected"], score=arrays["score"])
+
+
+def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_neighbors: int = 50,
+                  k_max: int = 10, m: int = 50, mask_radius_px=None, centre: bool = False,
+                  checkpoints=None, progress: bool = False):
+    """prepare → RID neighbours → VDM/MFVDM neighbours, each stage checkpointed. Returns ``(prep, nb)``.
+
+    ``checkpoints``: a :class:`cryoprism.io.checkpoint.Checkpoints` (fingerprint from
+    :func:`classify_fingerprint`) or None. Stages saved atomically once finished: ``prepare`` (the
+    whitened FB coefficients, noise spectrum, CTF profiles, centring shifts; the sPCA is refitted from
+    the coefficients, deterministic and seconds), ``rid`` (the initial neighbour list the graph is
+    built from) and ``neighbors`` (the VDM/MFVDM result). When resuming, finished stages are loaded.
+    """
+    ck = checkpoints
+    got = ck.load("prepare") if ck is not None else None
+    if got is not None:
+        arr, meta = got
+        coefs = arr["coefs"]
+        L = int(meta["L"])
+        basis = fb_basis_2d(L, radius_px=L // 2, bandlimit=float(meta["bandlimit"]))
+        spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=float(meta["spca_threshold"]))
+        extras = {"centre_shifts_px": arr["centre_shifts_px"]} if "centre_shifts_px" in arr else {}
+        prep = Prepared(basis=basis, coefs=coefs, nps=arr["nps"], H=arr["H"], spca=spca,
+                        mask_radius_px=float(meta["mask_radius_px"]), extras=extras)
+    else:
+        prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, centre=centre, progress=progress)
+        if ck is not None:
+            ck.save("prepare", {"coefs": prep.coefs, "nps": prep.nps, "H": prep.H, **prep.extras},
+                    L=prep.basis.L, bandlimit=0.5, spca_threshold=1.0, mask_radius_px=prep.mask_radius_px)
+    got = ck.load("rid") if ck is not None else None
+    if got is not None:
+        nb0 = _neighbors_from(got[0])
+    else:
+        nb0 = neighbors(prep, "rir", n_neighbors, progress=progress)
+        if ck is not None:
+            ck.save("rid", _neighbors_arrays(nb0))
+    if method == "rir":
+        return prep, nb0
+    got = ck.load("neighbors") if ck is not None else None
+    if got is not None:
+        return prep, _neighbors_from(got[0])
+    nb = neighbors(prep, method, n_neighbors, k_max=k_max, m=m, initial=nb0, progress=progress)
+    if ck is not None:
+        ck.save("neighbors", _neighbors_arrays(nb), method=method)
+    return prep, nb

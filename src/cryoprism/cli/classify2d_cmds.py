@@ -86,6 +86,10 @@ def register(app: typer.Typer) -> None:
         radius_px: float = typer.Option(None, "--radius", help="Particle radius in pixels (default 0.4·box); "
                                         "the background outside it gives the noise spectrum."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore CTF parameters (no phase flip)."),
+        centre: bool = typer.Option(False, "--centre", help="Centre the images on their rotationally averaged "
+                                    "mean first (helps at moderate SNR; see docs/classify2d.md)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in OUT/checkpoints "
+                                    "(same particles and settings)."),
         as_json: bool = JSON_OPTION,
     ):
         """Rotation-invariant 2-D neighbours (RIR, VDM or MFVDM) and class averages.
@@ -95,11 +99,14 @@ def register(app: typer.Typer) -> None:
         rotation in degrees, counter-clockwise in the image x–y frame, taking image j (mirrored y → −y
         first when reflected = 1) onto image i, score = similarity, larger is closer), class_averages.mrcs
         (centre image + its aligned neighbours, CTF-corrected, same pixel size), class_centres.csv and
-        gallery.png.
+        gallery.png. Finished stages (FB coefficients, initial RID neighbours, VDM/MFVDM neighbours) are
+        checkpointed in OUT/checkpoints; after an interrupt the same command with --resume skips them.
         """
         import pandas as pd
 
-        from cryoprism.classify2d.pipeline import choose_class_centres, class_averages, neighbors, prepare
+        from cryoprism.classify2d.pipeline import (choose_class_centres, class_averages, classify_fingerprint,
+                                                   run_neighbors)
+        from cryoprism.io.checkpoint import Checkpoints
         from cryoprism.errors import InputError
         from cryoprism.io import write_mrc
         from cryoprism.io.atomic import atomic_path
@@ -109,9 +116,13 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         stack, view, ctf, R = _open(particles, radius_px, no_ctf)
         out.mkdir(parents=True, exist_ok=True)
-        prep = prepare(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True)
         s = min(n_neighbors, stack.n - 1)
-        nb = neighbors(prep, method, s, k_max=k_max, m=min(m, 2 * stack.n - 3), progress=True)
+        m = min(m, 2 * stack.n - 3)
+        fp = classify_fingerprint(view, ctf, stack.pixel_size_A, method=method, neighbors=s, k_max=k_max, m=m,
+                                  radius_px=R, centre=centre)
+        ck = Checkpoints(out / "checkpoints", fp, resume)
+        prep, nb = run_neighbors(view, ctf, stack.pixel_size_A, method, s, k_max=k_max, m=m, mask_radius_px=R,
+                                 centre=centre, checkpoints=ck, progress=True)
         i, j, ang, refl, score = nb.pairs()
         table = pd.DataFrame({"i": i, "j": j, "angle_deg": np.round(np.rad2deg(ang), 4),
                               "reflected": refl.astype(int), "score": score})
