@@ -23,6 +23,28 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT / "tests" / "data" / "maps" / "50S_states" / "vol_018.mrc"
 
+# ASPIRE's RIRClass2D (a subprocess of the benchmark venv's python): RelionSource reads the same noisy
+# images and CTFs from a STAR + MRCS, phase-flips and whitens them (its own estimators), then the
+# bispectrum neighbour search with its defaults (400 sPCA / 300 bispectrum components).
+ASPIRE_RIR = r"""
+import sys, time, json
+import numpy as np
+t0 = time.perf_counter()
+from aspire.source import RelionSource
+from aspire.classification import RIRClass2D
+star, px, n_nbor, out = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+src = RelionSource(star, pixel_size=px)
+src.phase_flip()
+src.whiten()
+src = src.cache()
+t1 = time.perf_counter()
+rir = RIRClass2D(src, n_nbor=n_nbor + 2, seed=0)
+classes, refl, dist = rir.classify()
+t2 = time.perf_counter()
+np.savez(out, classes=np.asarray(classes), reflections=np.asarray(refl))
+print(json.dumps({"read_preprocess_s": t1 - t0, "classify_s": t2 - t1}))
+"""
+
 
 def simulate(n, snr, rng, shift_sigma_px=0.0, L=None, n_groups=20):
     """Noisy CTF-affected projections, clean CTF-free projections, rotations, CTF parameters."""
@@ -56,7 +78,7 @@ def simulate(n, snr, rng, shift_sigma_px=0.0, L=None, n_groups=20):
     sig_var = float(dirty.var(axis=(1, 2)).mean())
     sigma = np.sqrt(sig_var / snr)
     noisy = dirty + rng.normal(0, sigma, dirty.shape).astype(np.float32)
-    return dict(noisy=noisy, clean=clean, rots=rots, ctf=ctf, pixel_size_A=px, sigma=sigma)
+    return dict(noisy=noisy, clean=clean, rots=rots, ctf=ctf, pixel_size_A=px, sigma=sigma, shifts=shifts)
 
 
 def true_pair_geometry(rots, i, j, reflected):
@@ -108,12 +130,58 @@ def denoise_metrics(den, clean, mask_radius_px=None):
             "n_images_scored": n}
 
 
-def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True):
+def run_aspire(sim, n_neighbors, aspire_python, timeout_s=3600):
+    """ASPIRE RIRClass2D neighbours of the same images, scored with the same metric (view within 10°)."""
+    import subprocess
+    import tempfile
+
+    import pandas as pd
+
+    from cryoprism.geometry.rotations import viewing_angle_distance_deg
+    from cryoprism.io import write_particles
+
+    if not Path(aspire_python).exists():
+        return {"error": f"no ASPIRE python at {aspire_python}"}
+    n = len(sim["noisy"])
+    ctf = sim["ctf"]
+    d = np.broadcast_to(np.asarray(ctf.defocus_u_A, dtype=np.float64), (n,))
+    px = sim["pixel_size_A"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        table = pd.DataFrame({"rlnDefocusU": d, "rlnDefocusV": d, "rlnDefocusAngle": 0.0, "rlnVoltage": 200.0,
+                              "rlnSphericalAberration": 2.0, "rlnAmplitudeContrast": 0.1,
+                              "rlnImagePixelSize": px,
+                              "rlnImageName": [f"{i + 1}@p.mrcs" for i in range(n)]}, index=range(n))
+        star, _ = write_particles(tmp / "p.star", tmp / "p.mrcs", sim["noisy"], table, pixel_size_A=px)
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run([aspire_python, "-c", ASPIRE_RIR, str(star), str(px), str(n_neighbors),
+                                str(tmp / "rir.npz")], capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timeout {timeout_s} s"}
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"rc {p.returncode}"}
+        z = np.load(tmp / "rir.npz")
+        classes = z["classes"]
+    # drop each image itself from its list (ASPIRE lists it first), keep n_neighbors
+    rows = [classes[i][classes[i] != i] for i in range(n)]
+    s = min(n_neighbors, min(len(r) for r in rows))
+    J = np.stack([r[:s] for r in rows]).astype(np.int64)
+    ii = np.repeat(np.arange(n), s)
+    view = viewing_angle_distance_deg(sim["rots"][ii], sim["rots"][J.ravel()], antipodal=True)
+    timing = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"frac_within_10deg": float((view < 10.0).mean()), "median_view_angle_deg": float(np.median(view)),
+            "neighbors": int(s),
+            "time_wall_s": wall, **timing}
+
+
+def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False):
     from cryoprism.classify2d.pipeline import mfvdm_denoise, neighbors, prepare, spca_denoise
 
     out = {}
     t0 = time.perf_counter()
-    prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None)
+    prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None, centre=centre)
     t_prep = time.perf_counter() - t0
     out["spca_ranks_total"] = int(prep.spca.ranks.sum())
     out["spca_k_kept"] = int(len(prep.spca.k_kept))
@@ -149,6 +217,9 @@ def main(argv=None):
     ap.add_argument("--m", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-robustness", action="store_true")
+    ap.add_argument("--aspire-python", default=str(ROOT / ".bench-venv" / "bin" / "python"),
+                    help="python with ASPIRE for RIRClass2D ('' skips it)")
+    ap.add_argument("--n128", type=int, default=None, help="images for the 128² run (0 skips; default n/5)")
     a = ap.parse_args(argv)
     n = a.n or (2000 if a.quick else 10000)
     snrs = a.snr or ([0.02, 0.01] if a.quick else [0.05, 0.02, 0.01])
@@ -158,20 +229,37 @@ def main(argv=None):
     for snr in snrs:
         sim = simulate(n, snr, rng)
         r, prep = run_one(sim, ["rir", "vdm", "mfvdm"], a.neighbors, a.k_max, a.m)
+        if a.aspire_python:
+            r["aspire_RIRClass2D"] = run_aspire(sim, a.neighbors, a.aspire_python)
         res["by_snr"][str(snr)] = r
         print(json.dumps({str(snr): r}), file=sys.stderr)
     if not a.skip_robustness:
-        snr = min(snrs)
         from cryoprism.classify2d.pipeline import neighbors, prepare
-        rob = {"snr": snr}
-        sim = simulate(n, snr, np.random.default_rng(a.seed + 1), shift_sigma_px=4.0)
-        r, _ = run_one(sim, ["rir", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False)
-        base = res["by_snr"][str(snr)]
-        rob["shift_sigma_px"] = 4.0
-        rob["mfvdm_frac_within_10deg_shifted"] = r["mfvdm"]["frac_within_10deg"]
-        rob["mfvdm_frac_within_10deg_centred"] = base["mfvdm"]["frac_within_10deg"]
-        rob["mfvdm_shift_retention"] = r["mfvdm"]["frac_within_10deg"] / max(base["mfvdm"]["frac_within_10deg"], 1e-9)
-        rob["rir_frac_within_10deg_shifted"] = r["rir"]["frac_within_10deg"]
+        res["robustness_by_snr"] = {}
+        for snr in sorted({max(snrs), min(snrs)}, reverse=True):
+            rob = {"snr": snr}
+            sim = simulate(n, snr, np.random.default_rng(a.seed + 1), shift_sigma_px=4.0)
+            base = res["by_snr"][str(snr)]
+            rob["shift_sigma_px"] = 4.0
+            rob["mfvdm_frac_within_10deg_centred"] = base["mfvdm"]["frac_within_10deg"]
+            for centre in (False, True):
+                r, p = run_one(sim, ["rir", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False, centre=centre)
+                key = "with_centring" if centre else "no_centring"
+                q = {"mfvdm_frac_within_10deg_shifted": r["mfvdm"]["frac_within_10deg"],
+                     "mfvdm_shift_retention": r["mfvdm"]["frac_within_10deg"]
+                     / max(base["mfvdm"]["frac_within_10deg"], 1e-9),
+                     "rir_frac_within_10deg_shifted": r["rir"]["frac_within_10deg"]}
+                if centre:
+                    e = p.extras["centre_shifts_px"] + sim["shifts"]   # simulate's origins are the opposite shift
+                    e = e - e.mean(axis=0)
+                    q["centring_error_px_median"] = float(np.median(np.hypot(e[:, 0], e[:, 1])))
+                rob[key] = q
+            if a.aspire_python:
+                rob["aspire_RIRClass2D_shifted"] = run_aspire(sim, a.neighbors, a.aspire_python)
+            res["robustness_by_snr"][str(snr)] = rob
+            print(json.dumps({"robustness": rob}), file=sys.stderr)
+        snr = min(snrs)
+        rob = {}
         # scale invariance on a subset: neighbours and angles identical for images × 1e-4 and × 1e4
         ns = min(n, 1000)
         sim = simulate(ns, snr, np.random.default_rng(a.seed + 2))
@@ -187,9 +275,16 @@ def main(argv=None):
                                   "max_angle_diff_deg": float(np.rad2deg(np.max(np.abs(
                                       np.angle(np.exp(1j * (nb.angle - ref.angle))))))),
                                   "finite": bool(np.isfinite(nb.score).all())}
-        rob["scale_invariance"] = same
-        res["robustness"] = rob
-    res["aspire_RIRClass2D"] = "not run in this benchmark (time); see docs/classify2d.md"
+        res["scale_invariance"] = same
+    n128 = a.n128 if a.n128 is not None else max(n // 5, 500)
+    if n128:
+        snr = min(snrs)
+        sim = simulate(n128, snr, np.random.default_rng(a.seed + 3), L=128)
+        r, _ = run_one(sim, ["rir", "vdm", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False)
+        r = {"n": n128, "snr": snr, **r}
+        if a.aspire_python:
+            r["aspire_RIRClass2D"] = run_aspire(sim, a.neighbors, a.aspire_python)
+        res["L128"] = r
     print(json.dumps(res))
 
 

@@ -104,12 +104,16 @@ def register(app: typer.Typer) -> None:
         """
         import pandas as pd
 
-        from cryoprism.classify2d.pipeline import (choose_class_centres, class_averages, classify_fingerprint,
-                                                   run_neighbors)
-        from cryoprism.io.checkpoint import Checkpoints
+        from cryoprism.classify2d.pipeline import (
+            choose_class_centres,
+            class_averages,
+            classify_fingerprint,
+            run_neighbors,
+        )
         from cryoprism.errors import InputError
         from cryoprism.io import write_mrc
         from cryoprism.io.atomic import atomic_path
+        from cryoprism.io.checkpoint import Checkpoints
 
         if method not in ("rir", "vdm", "mfvdm"):
             raise InputError(f"--method must be rir, vdm or mfvdm, got {method!r}")
