@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore CTF parameters."),
         as_json: bool = JSON_OPTION,
     ):
-        """Denoise particle images: steerable PCA Wiener filter (spca) or MFVDM graph filtering (mfvdm).
+        """Denoise particle images: sPCA Wiener filter (spca), covariance Wiener filter (cwf) or MFVDM (mfvdm).
 
         Reads the images and CTF of PARTICLES; whitens with the background noise spectrum, phase-flips,
         denoises the Fourier–Bessel coefficients, corrects the CTF (Wiener) and recolours. Writes
@@ -167,17 +167,20 @@ def register(app: typer.Typer) -> None:
         from cryoprism.errors import InputError
         from cryoprism.io import write_particles
 
-        if method == "cwf":
-            raise InputError("--method cwf is not implemented yet; use spca or mfvdm")
-        if method not in ("spca", "mfvdm"):
+        if method not in ("spca", "cwf", "mfvdm"):
             raise InputError(f"--method must be spca, cwf or mfvdm, got {method!r}")
         t0 = time.perf_counter()
         stack, view, ctf, R = _open(particles, radius_px, no_ctf)
         out.mkdir(parents=True, exist_ok=True)
-        prep = prepare(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True)
-        if method == "spca":
-            den = spca_denoise(prep, progress=True)
+        if method == "cwf":
+            from cryoprism.denoise.cwf import cwf_denoise
+
+            den = cwf_denoise(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True)
+        elif method == "spca":
+            den = spca_denoise(prepare(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True),
+                               progress=True)
         else:
+            prep = prepare(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True)
             s = min(n_neighbors, stack.n - 1)
             nb = neighbors(prep, "mfvdm", s, k_max=k_max, m=min(m, 2 * stack.n - 3), progress=True)
             den = mfvdm_denoise(prep, nb, progress=True)
