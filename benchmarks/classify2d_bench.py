@@ -59,7 +59,7 @@ def simulate(n, snr, rng, shift_sigma_px=0.0, L=None, n_groups=20):
     if L is not None and L != vol.shape[0]:
         from cryoprism.fourier import fourier_resize
         L0 = vol.shape[0]
-        vol = np.asarray(fourier_resize(vol, (L, L, L)), dtype=np.float32)
+        vol = np.asarray(fourier_resize(vol, (L, L, L), ndim=3), dtype=np.float32)
         px = px * L0 / L
     L = vol.shape[0]
     rots = uniform_rotations(n, rng)
@@ -219,6 +219,7 @@ def main(argv=None):
     ap.add_argument("--skip-robustness", action="store_true")
     ap.add_argument("--aspire-python", default=str(ROOT / ".bench-venv" / "bin" / "python"),
                     help="python with ASPIRE for RIRClass2D ('' skips it)")
+    ap.add_argument("--skip-main", action="store_true", help="only the 128² run (with --skip-robustness)")
     ap.add_argument("--n128", type=int, default=None, help="images for the 128² run (0 skips; default n/5)")
     a = ap.parse_args(argv)
     n = a.n or (2000 if a.quick else 10000)
@@ -226,7 +227,7 @@ def main(argv=None):
     rng = np.random.default_rng(a.seed)
     res = {"map": "tests/data/maps/50S_states/vol_018.mrc", "L": 64, "n": n, "neighbors": a.neighbors,
            "k_max": a.k_max, "m": a.m, "cpu_count": len(os.sched_getaffinity(0)), "by_snr": {}}
-    for snr in snrs:
+    for snr in ([] if a.skip_main else snrs):
         sim = simulate(n, snr, rng)
         r, prep = run_one(sim, ["rir", "vdm", "mfvdm"], a.neighbors, a.k_max, a.m)
         if a.aspire_python:
