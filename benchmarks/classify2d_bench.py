@@ -59,8 +59,8 @@ def simulate(n, snr, rng, shift_sigma_px=0.0, L=None, n_groups=20):
     if L is not None and L != vol.shape[0]:
         from cryoprism.fourier import fourier_resize
         L0 = vol.shape[0]
-        vol = np.asarray(fourier_resize(vol, (L, L, L), ndim=3), dtype=np.float32)
-        px = px * L0 / L
+        vol, px = fourier_resize(vol, (L, L, L), ndim=3, pixel_size_A=px)
+        vol = np.asarray(vol, dtype=np.float32)
     L = vol.shape[0]
     rots = uniform_rotations(n, rng)
     groups = rng.integers(0, n_groups, n)
