@@ -213,3 +213,60 @@ def test_hmc_candidate_energy_matches_global(rng):
     E = hmc.global_rotation_energy(st.means_A, st.precision_invA2, st.beta, cand, st.shifts_A, data)
     Ec = hmc.candidate_energy(st, data, np.repeat(cand[None], data.n, 0))
     assert np.allclose(E, Ec, rtol=1e-8)
+
+
+def test_ctf_model_images_match_rendered_projection(rng):
+    """CTF-affected analytic projection (hmc.model_images) vs rendering the mixture, projecting it by
+    the Fourier-slice route of cryoprism.forward with the CTF of cryoprism.ctf (independent path)."""
+    from cryoprism.forward.projection import project
+
+    K, L, px, n = 12, 48, 2.0, 3
+    means = rng.normal(scale=8, size=(K, 3))
+    s = 1 / 36.0
+    R = uniform_rotations(n, rng)
+    org = rng.normal(scale=3, size=(n, 2))
+    ctf = ctf_2d(L, px, CTFParams(np.array([8000.0, 12000, 16000]), np.array([8500.0, 11000, 16500]),
+                                  np.array([0.0, 30, 120]))).astype(np.float64)
+    a = hmc.model_images(means, s, R, -org, L, px, ctf)
+    vol = gmm.render_volume(gmm.GaussianMixture(means, s, np.full(K, 1.0 / K)), L, px).astype(np.float64)
+    # render_volume is a density (per Å³); the model uses unnormalised Gaussians of unit weight:
+    # Σ_k exp(−s/2 ‖x − c_k‖²) = K (2π/s) × (projected density per Å²)
+    b = project(vol, R, origins_px=org / px, ctf=ctf) * px * K * 2 * np.pi / s
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-3
+    # and the CTF matters: without it the two disagree
+    assert np.linalg.norm(hmc.model_images(means, s, R, -org, L, px) - b) / np.linalg.norm(b) > 0.1
+
+
+def test_wiener_nonnegative_recovers_projection(rng):
+    mix, R, img = _small_problem(rng, n=3, K=10, L=32, px=4.0)
+    ctf = ctf_2d(32, 4.0, CTFParams(np.full(3, 15000.0), np.full(3, 15000.0), np.zeros(3))).astype(np.float64)
+    y = hmc.apply_ctf(img, ctf)
+    y = y + 0.02 * y.std() * rng.standard_normal(y.shape)
+    w = hmc.wiener_nonnegative(hmc.GaussData(y, 4.0, ctf), eps=0.01, threshold_sd=0.0)
+    assert w.min() >= 0
+    for i in range(3):
+        assert np.corrcoef(w[i].ravel(), img[i].ravel())[0, 1] > 0.9
+        assert np.corrcoef(y[i].ravel(), img[i].ravel())[0, 1] < np.corrcoef(w[i].ravel(), img[i].ravel())[0, 1]
+
+
+def test_count_model_initialisation_picks_best_chain(rng, monkeypatch):
+    mix, R, img = _small_problem(rng, n=5, K=8, L=24, px=4.0)
+    data = hmc.GaussData(img * 1e3, 4.0, None)
+    pri = hmc.default_priors(data)
+    lps = []
+    orig = gibbs.log_posterior
+
+    def spy(st, d, p):
+        v = orig(st, d, p)
+        lps.append((v, st.rotations.copy()))
+        return v
+
+    monkeypatch.setattr(gibbs, "log_posterior", spy)
+    st = hmc.count_model_initialisation(data, 8, pri, np.random.default_rng(0), hmc.HMCSettings(
+        count_init_tries=3, count_init_alternations=2, n_rotations=50))
+    # each chain logs its posterior after each of its 2 alternations, then is ranked by one more call
+    ranked = lps[2::3]
+    assert len(lps) == 9 and len(ranked) == 3
+    best = max(ranked, key=lambda t: t[0])[1]
+    assert np.allclose(st.rotations, best)
+    assert st.means_A.shape == (8, 3) and st.beta > 0 and np.all(np.isfinite(st.scales))

@@ -404,6 +404,14 @@ class HMCSettings:
     #: multiple-proposal local moves after each global step (beyond the thesis)
     proposal_scales_deg: tuple = (5.0, 3.0, 2.0, 1.0)
     n_proposals: int = 32
+    #: count-model initialisation (beyond the thesis; 0 tries = the thesis' random start, and then
+    #: every alternation starts with a global rotation step): ``count_init_tries`` short Gibbs chains
+    #: of ``count_init_alternations`` on Wiener-filtered images, the best by log-posterior kept
+    count_init_tries: int = 4
+    count_init_alternations: int = 20
+    count_init_counts: int = 1000
+    #: global rotation step in every alternation (default: only without the count initialisation)
+    global_step: bool | None = None
 
 
 def _mixture_block(state, data, priors, rng, settings):
@@ -420,10 +428,15 @@ def run_initial_stage(data: GaussData, K: int, priors: HMCPriors, rng, settings:
     translations fixed; resumable through ``state.iteration``."""
     rng = np.random.default_rng(rng)
     if state is None:
-        state = initial_state(data, K, priors, rng)
+        if settings.count_init_tries > 0:
+            state = count_model_initialisation(data, K, priors, rng, settings)
+        else:
+            state = initial_state(data, K, priors, rng)
+    glob = settings.count_init_tries == 0 if settings.global_step is None else settings.global_step
     while state.iteration < settings.n_alternations:
         _mixture_block(state, data, priors, rng, settings)
-        update_rotations_global(state, data, settings.n_rotations, rng)
+        if glob:
+            update_rotations_global(state, data, settings.n_rotations, rng)
         for sc in settings.proposal_scales_deg:
             update_rotations_multiproposal(state, data, rng, settings.n_proposals, sc)
         sample_scales(state, data, rng)
@@ -433,6 +446,48 @@ def run_initial_stage(data: GaussData, K: int, priors: HMCPriors, rng, settings:
         state.log_posterior.append(log_posterior(state, data, priors))
         if checkpoint is not None:
             checkpoint(state)
+    return state
+
+
+def wiener_nonnegative(data: GaussData, eps: float = 0.1, threshold_sd: float = 1.0) -> np.ndarray:
+    """Non-negative images for the count model: Wiener CTF correction ``ctf·Y/(ctf² + eps)`` (no
+    filter without a CTF), minus the background median plus ``threshold_sd`` background standard
+    deviations (background = pixels outside radius ``L/2 − 2``), clipped at 0."""
+    im = np.asarray(data.images, dtype=np.float64)
+    if data.ctf is not None:
+        im = np.real(ifft2c(data.ctf * fft2c(im) / (data.ctf ** 2 + eps)))
+    L = data.L
+    yy, xx = np.mgrid[:L, :L] - L // 2
+    bg = im[:, np.hypot(xx, yy) > L // 2 - 2]
+    off = np.median(bg, axis=1) + threshold_sd * bg.std(axis=1)
+    return np.clip(im - off[:, None, None], 0.0, None)
+
+
+def count_model_initialisation(data: GaussData, K: int, priors: HMCPriors, rng,
+                               settings: HMCSettings = HMCSettings()) -> HMCState:
+    """Start of the HMC chain from the count model (``gibbs``, thesis Algorithm 1) run on
+    :func:`wiener_nonnegative` images: ``settings.count_init_tries`` chains of
+    ``settings.count_init_alternations`` alternations, the one with the highest count-model
+    log-posterior kept; its means, precision and rotations start the Gaussian-model chain (λ and β
+    drawn from their conditionals). Beyond the thesis: from a random start the HMC stage needs far
+    more alternations than the count model (the means move by small HMC steps while the count
+    model's Gibbs steps jump), and CTF-affected images cannot be used as counts directly."""
+    from cryoprism.abinitio import gibbs
+
+    cdata = gibbs.count_data(gibbs.images_to_counts(wiener_nonnegative(data), settings.count_init_counts),
+                             data.pixel_size_A)
+    cpri = gibbs.default_priors(cdata)
+    best, best_lp = None, -np.inf
+    for _ in range(settings.count_init_tries):
+        st = gibbs.run_initial_stage(cdata, K, cpri, rng, gibbs.StageSettings(
+            n_alternations=settings.count_init_alternations, n_rotations=settings.n_rotations))
+        lp = gibbs.log_posterior(st, cdata, cpri)
+        if lp > best_lp:
+            best, best_lp = st, lp
+    state = HMCState(best.means_A.copy(), float(best.precision_invA2), np.ones(data.n), 1.0,
+                     best.rotations.copy(), np.zeros((data.n, 2)), eps_means=0.1 * data.pixel_size_A)
+    sample_scales(state, data, rng)
+    sample_beta(state, data, priors, rng)
     return state
 
 

@@ -131,7 +131,8 @@ def run_restart(job: RestartJob):
     pri = hmc.default_priors(data)
     st = hmc.run_initial_stage(data, job.K, pri, rng,
                                hmc.HMCSettings(n_alternations=job.n_alternations,
-                                               n_rotations=job.n_rotations),
+                                               n_rotations=job.n_rotations,
+                                               count_init_counts=job.n_counts),
                                state=state, checkpoint=save)
     return st, hmc.log_posterior(st, data, pri), time.perf_counter() - t0
 
@@ -172,7 +173,7 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
     images = np.asarray(images, dtype=np.float64)
     n, L, _ = images.shape
     if n_alternations is None:   # the HMC initial stage needs about twice as many alternations
-        n_alternations = 12 if method == "gibbs" else 25
+        n_alternations = 12 if method == "gibbs" else 10
     if method not in ("gibbs", "hmc"):
         raise ValueError("method must be 'gibbs' or 'hmc'")
     Li = min(initial_box, L)

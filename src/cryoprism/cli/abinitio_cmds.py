@@ -60,7 +60,7 @@ def abinitio_command(
                                     help="Uniform rotations N_R of each global rotation step."),
     alternations: int = typer.Option(None, "--alternations", min=1,
                                      help="Mixture/rotation alternations of the initial stage "
-                                          "(default 12 for gibbs, 25 for hmc)."),
+                                          "(default 12 for gibbs, 10 for hmc)."),
     sweeps: int = typer.Option(100, "--sweeps", min=2, help="Refinement sweeps (half are burn-in)."),
     max_images: int = typer.Option(200, "--max-images", min=1, help="Use at most this many images "
                                                                     "(the first ones)."),
