@@ -58,7 +58,6 @@ def simulate(n, snr, rng, shift_sigma_px=0.0, L=None, n_groups=20):
     px = float(px or 6.55)
     if L is not None and L != vol.shape[0]:
         from cryoprism.fourier import fourier_resize
-        L0 = vol.shape[0]
         vol, px = fourier_resize(vol, (L, L, L), ndim=3, pixel_size_A=px)
         vol = np.asarray(vol, dtype=np.float32)
     L = vol.shape[0]
