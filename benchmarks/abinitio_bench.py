@@ -270,10 +270,11 @@ def exp_hmc_ctf(truth, px, n, restarts, K_ref, alternations, sweeps, rng):
     t = time.perf_counter()
     res = pipeline.run_abinitio(imgs, px, ctf=ctf, method="hmc", K_initial=100, K_refine=K_ref,
                                 restarts=restarts, n_alternations=alternations, refine_sweeps=sweeps,
-                                refine_box=48, seed=2, progress=False)
+                                refine_box=64, refine_init="reconstruction", seed=2, progress=False)
     out = {"n_images": n, "snr": 10.0, "snr_definition": "mean square of the clean CTF-affected "
            "projection over the noise variance (cryoprism.forward.simulate_particles)",
            "restarts": restarts, "K_refine": K_ref, "alternations": alternations, "refine_sweeps": sweeps,
+           "refine_box": 64, "refine_init": "reconstruction",
            "restart_log_posteriors": res.restart_log_posteriors, "best_restart": res.best_restart,
            "initial_seconds_per_restart": res.timings_s["initial_per_restart_s"],
            "refinement_seconds": res.timings_s["refinement_s"], "total_seconds": time.perf_counter() - t,
@@ -334,7 +335,7 @@ def main(argv=None):
         out["full_gibbs"] = exp_full_gibbs(truth, px, 25, 2 if q else 4, 300 if q else 1000,
                                            8 if q else 12, 20 if q else 80, rng)
     if "hmc" not in skip:
-        out["hmc_ctf_snr10"], _ = exp_hmc_ctf(truth, px, 25, 2 if q else 4, 200 if q else 500,
+        out["hmc_ctf_snr10"], _ = exp_hmc_ctf(truth, px, 25, 2 if q else 4, 200 if q else 1000,
                                               6 if q else 10, 20 if q else 60, rng)
     if "sweep" not in skip:
         from cryoprism.forward.projection import project

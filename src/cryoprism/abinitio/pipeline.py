@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoprism.abinitio import gibbs, hmc
-from cryoprism.abinitio.gmm import GaussianMixture, render_volume
+from cryoprism.abinitio.gmm import GaussianMixture, fit_mixture_em, render_volume
 from cryoprism.fourier.core import fft2c, ifft2c
 from cryoprism.io.atomic import atomic_path
 from cryoprism.parallel.core import map_batches
@@ -137,6 +137,32 @@ def run_restart(job: RestartJob):
     return st, hmc.log_posterior(st, data, pri), time.perf_counter() - t0
 
 
+def reconstruction_mixture(images, pixel_size_A: float, rotations, K: int, *, ctf=None, shifts_A=None,
+                           n_iter: int = 30, threshold_sd: float = 2.0, rng=None) -> GaussianMixture:
+    """A ``K``-component mixture fitted to the reconstruction from ``images`` ``(n, L, L)`` with the
+    given ``rotations`` (RELION, volume → particle) and HMC translations ``shifts_A`` (``t = −origin``,
+    Å; default 0): the least-squares map with the Wiener regularisation estimated from the data
+    (:func:`cryoprism.reconstruct.reconstruct_mean`, ``regularization="auto"``, CTF included),
+    thresholded at the median plus ``threshold_sd`` standard deviations of the voxels outside the
+    inscribed sphere (solvent), then fitted by MAP-EM (:func:`gmm.fit_mixture_em`, ``n_iter`` steps).
+
+    Starts the HMC refinement: a mixture sampled from the small initial-stage mixture carries only
+    the detail of that stage (K = 100 at a 32² box), while the map from the found rotations holds the
+    finer detail of the data at the refinement box; fitting the mixture to it also denoises it."""
+    from cryoprism.reconstruct.mean import reconstruct_mean
+
+    images = np.asarray(images, dtype=np.float64)
+    L = images.shape[-1]
+    org = None if shifts_A is None else -np.asarray(shifts_A, dtype=np.float64) / pixel_size_A
+    vol = np.asarray(reconstruct_mean(images, rotations, org, ctf, pixel_size_A, regularization="auto",
+                                      progress=False).volume, dtype=np.float64)
+    c = np.arange(L) - L // 2
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    bg = vol[r > L // 2 - 2]
+    thr = float(np.median(bg) + threshold_sd * bg.std())
+    return fit_mixture_em(vol, pixel_size_A, K, n_iter=n_iter, threshold=thr, rng=rng)
+
+
 @dataclass
 class AbinitioResult:
     volume: np.ndarray                 # posterior-mean map at the input box and pixel size
@@ -165,9 +191,14 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
                  n_alternations: int | None = None, n_rotations: int = 1000, refine_sweeps: int = 100,
                  burn_in: int | None = None, thin: int = 10, seed: int = 0, workdir=None,
                  resume: bool = False, processes: bool = False, scheduler: str | None = None,
-                 progress: bool = True) -> AbinitioResult:
+                 progress: bool = True, refine_init: str = "reconstruction") -> AbinitioResult:
     """The whole protocol on images ``(n, L, L)`` (Å pixel size). ``ctf`` is ``(n, L, L)`` centred CTF
-    grids (HMC only; the Gibbs count model needs CTF-corrected non-negative images)."""
+    grids (HMC only; the Gibbs count model needs CTF-corrected non-negative images).
+
+    ``refine_init`` (HMC only): ``"reconstruction"`` starts the refinement mixture from
+    :func:`reconstruction_mixture` (the map from the best restart's rotations at the refinement box,
+    fitted with ``K_refine`` components); ``"sample"`` draws the ``K_refine`` means from the best
+    restart's mixture (the Gibbs refinement always does)."""
     import time
 
     images = np.asarray(images, dtype=np.float64)
@@ -176,6 +207,8 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
         n_alternations = 12 if method == "gibbs" else 10
     if method not in ("gibbs", "hmc"):
         raise ValueError("method must be 'gibbs' or 'hmc'")
+    if refine_init not in ("reconstruction", "sample"):
+        raise ValueError("refine_init must be 'reconstruction' or 'sample'")
     Li = min(initial_box, L)
     Lr = min(refine_box, L)
     px_i = pixel_size_A * L / Li
@@ -218,8 +251,14 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
         pri = hmc.default_priors(data)
         if state is None:
             K0 = init.means_A.shape[0]
-            means = gibbs.sample_mixture(init.mixture, K_refine, rng)
-            state = hmc.HMCState(means, init.precision_invA2 * 4, init.scales * K0 / K_refine, init.beta,
+            if refine_init == "reconstruction":
+                mix = reconstruction_mixture(data.images, px_r, init.rotations, K_refine, ctf=data.ctf,
+                                             shifts_A=init.shifts_A, rng=rng)
+                means, s0 = mix.means_A, mix.precision_invA2
+            else:
+                means = gibbs.sample_mixture(init.mixture, K_refine, rng)
+                s0 = init.precision_invA2 * 4
+            state = hmc.HMCState(means, s0, init.scales * K0 / K_refine, init.beta,
                                  init.rotations.copy(), init.shifts_A.copy(), eps_means=init.eps_means,
                                  eps_rot=None if init.eps_rot is None else init.eps_rot.copy())
             hmc.sample_scales(state, data, rng)
