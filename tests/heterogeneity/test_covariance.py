@@ -106,3 +106,25 @@ def test_homogeneous_data_gives_one_state():
     res = analyze(as_source(imgs, rot, None, None, px), 8, method="lowrank", reconstruct=False,
                   n_boot=5, progress=False)
     assert res.n_states == 1
+
+
+def test_support_ball_confines_and_does_not_hurt(two_state_16):
+    """With the particle inside the inscribed ball, restricting Σ to the ball leaves nothing outside it
+    and finds the true difference volume at least as well as the unrestricted estimate."""
+    from cryoprism.heterogeneity.covariance import support_ball
+
+    vols, imgs, rot, org, p, lab, sigma2, px = two_state_16
+    d, A = _prepared(imgs, rot, org, p, px, 6)
+    diff = _unit(downsample(vols[1] - vols[0], 6, ndim=3)[0])
+    g = np.arange(6) - 3
+    outside = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) > 9
+    np.testing.assert_array_equal(support_ball(6, 1.0) == 0, outside)
+    assert support_ball(6, None) is None
+    for est in (lambda s: covariance_full(d, maxiter=10, progress=False, support_radius=s),
+                lambda s: covariance_lowrank(d, A, progress=False, support_radius=s)):
+        on, off = est(1.0), est(None)
+        u_on, u_off = on.eigenvolumes[0], off.eigenvolumes[0]
+        assert np.abs(u_on[outside]).max() < 1e-8 * np.abs(u_on).max()
+        assert np.abs(u_off[outside]).max() > 1e-3 * np.abs(u_off).max()  # the test can tell them apart
+        assert abs(np.sum(u_on * diff)) > 0.9
+        assert abs(np.sum(u_on * diff)) >= abs(np.sum(u_off * diff)) - 0.02

@@ -61,6 +61,10 @@ def register(app: typer.Typer) -> None:
         pixel_size_A: Optional[float] = typer.Option(None, "--pixel-size",
                                                      help="Pixel size (Å) if neither the STAR file nor "
                                                           "the MRC header gives one."),
+        support: float = typer.Option(1.0, "--support", min=0.0, max=1.0,
+                                      help="Radius of the particle's support as a fraction of half the "
+                                           "box (1: the inscribed ball; 0: the whole cube). The "
+                                           "covariance is estimated inside it."),
         seed: int = typer.Option(0, "--seed", help="Random seed (range finder, bootstrap, mixture)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in "
                                     "OUT/checkpoints (same particles and settings)."),
@@ -107,7 +111,7 @@ def register(app: typer.Typer) -> None:
         out.mkdir(parents=True, exist_ok=True)
         res = analyze(src, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
                       reconstruct=not no_reconstruct, seed=seed, checkpoint_dir=out / "checkpoints",
-                      resume=resume)
+                      resume=resume, support_radius=support or None)
         star = stack.star
         star_out = _relocated(star, out)
         files = write_outputs(res, out, star=star_out, pixel_size_A=px)

@@ -156,17 +156,32 @@ def _orth(X: np.ndarray) -> np.ndarray:
     return Q[:, keep].T.reshape((-1,) + shp)
 
 
+def support_ball(N: int, support_radius: float | None) -> np.ndarray | None:
+    """Indicator of the ball of radius ``support_radius · N/2`` voxels about ``N//2`` (None: no support)."""
+    if not support_radius:
+        return None
+    g = np.arange(N) - N // 2
+    r2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
+    return (r2 <= (0.5 * support_radius * N) ** 2).astype(np.float64)
+
+
 def range_basis(d: HetData, A: MeanOperator, block: int = 8, steps: int = 3, seed: int = 0,
-                n_workers: int | None = None, progress: bool = True, checkpoints=None) -> np.ndarray:
-    """Block-Krylov basis of ``T = (Ā+λ)⁻¹ D_n (Ā+λ)⁻¹``: ``[TΩ, T²Ω, …]`` orthonormalised.
+                n_workers: int | None = None, progress: bool = True, checkpoints=None,
+                support_radius: float | None = 1.0) -> np.ndarray:
+    """Block-Krylov basis of ``T = P (Ā+λ)⁻¹ D_n (Ā+λ)⁻¹ P``: ``[TΩ, T²Ω, …]`` orthonormalised.
 
     ``D_n = (1/n) Σ_s M_sᵀ z_s z_sᵀ M_s`` is the data part of ``B_n``; ``λ`` = ``A.regularization``.
+    ``P`` restricts to the particle's support, the ball of radius ``support_radius · N/2`` voxels
+    (1.0: the ball inscribed in the box, as a Fourier–Bessel basis would; None or 0: the whole cube).
     ``checkpoints``: the blocks found so far are saved after every step (``range_basis``).
 
     Returns ``(block·steps, N, N, N)`` orthonormal volumes (fewer if dependent).
     """
+    ball = support_ball(d.N, support_radius)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((block,) + (d.N,) * 3)
+    if ball is not None:
+        X = X * ball
     blocks = []
     got = checkpoints.load("range_basis") if checkpoints is not None else None
     if got is not None:
@@ -176,6 +191,8 @@ def range_basis(d: HetData, A: MeanOperator, block: int = 8, steps: int = 3, see
         # the noise term −σ²Ā⁻¹ of B_n is left out here: it only shifts the spectrum, and with a
         # regularised inverse it would favour poorly measured directions (docs/heterogeneity.md)
         Y = A.solve(apply_data_term(d, A.solve(X), n_workers))
+        if ball is not None:
+            Y = Y * ball
         Y = Y.reshape(Y.shape[0], -1)
         for Q in blocks:  # block Gram-Schmidt (twice for stability)
             for _ in range(2):
@@ -270,14 +287,17 @@ def cached_subspace_statistics(d: HetData, basis: np.ndarray, n_workers=None, pr
 
 def covariance_lowrank(d: HetData, A: MeanOperator, *, block: int = 8, steps: int = 3,
                        maxiter: int = 10, range_regularization: float = 0.05, seed: int = 0,
-                       n_workers: int | None = None,
+                       n_workers: int | None = None, support_radius: float | None = 1.0,
                        progress: bool = True, checkpoints=None) -> CovarianceResult:
     """Matrix-free covariance: Krylov subspace of ``Ā⁻¹ B_n Ā⁻¹`` + Galerkin normal equations + PCG.
 
+    ``support_radius``: the eigenvolumes are sought inside the ball of this radius (a fraction of half
+    the box; None: the whole cube), see :func:`range_basis`.
     ``checkpoints``: range-finder blocks, Galerkin statistics and the PCG state (see the module
     docstring)."""
     Ar = MeanOperator(A.N, A.kernel_hat, A.mean, range_regularization * float(np.abs(A.kernel_hat).max()))
-    V = range_basis(d, Ar, block, steps, seed, n_workers, progress, checkpoints=checkpoints)
+    V = range_basis(d, Ar, block, steps, seed, n_workers, progress, checkpoints=checkpoints,
+                    support_radius=support_radius)
     G, c = cached_subspace_statistics(d, V, n_workers, progress, desc="Galerkin projections",
                                       checkpoints=checkpoints)
     sysm = SubspaceSystem(G, c, d.noise_var)
@@ -417,15 +437,25 @@ def cached_kernel6(d: HetData, *, max_bytes: float = 2e9, n_workers: int | None 
 
 def covariance_full(d: HetData, *, maxiter: int = 10, precondition: bool = False, tol: float = 1e-6,
                     max_bytes: float = 2e9, n_workers: int | None = None, progress: bool = True,
-                    kernel: CovarianceKernel6 | None = None, checkpoints=None) -> CovarianceResult:
+                    kernel: CovarianceKernel6 | None = None, checkpoints=None,
+                    support_radius: float | None = 1.0) -> CovarianceResult:
     """Dense ``Σ_n`` by (P)CG on ``L_n(Σ) = B_n`` from zero, stopped after ``maxiter`` iterations.
 
+    ``support_radius``: ``Σ`` is sought as ``P Σ P`` with ``P`` the ball of :func:`support_ball`
+    (the normal equations are restricted to it: ``P L_n(P Σ P) P = P B_n P``); None: the whole cube.
     ``checkpoints``: the 6-D kernel (see :func:`cached_kernel6`) and the CG state."""
     K6 = kernel or cached_kernel6(d, max_bytes=max_bytes, n_workers=n_workers, progress=progress,
                                   checkpoints=checkpoints)
     eps = 1e-2 * float(np.abs(K6.kernel_hat).max())
-    pre = (lambda R: K6.precondition(R, eps)) if precondition else None
-    S, info = conjugate_gradient(K6.apply, K6.B, tol=tol, maxiter=maxiter, precond=pre,
+    ball = support_ball(d.N, support_radius)
+    if ball is None:
+        op, rhs, pre = K6.apply, K6.B, ((lambda R: K6.precondition(R, eps)) if precondition else None)
+    else:
+        m = ball.ravel()
+        P = m[:, None] * m[None, :]
+        op, rhs = (lambda S: K6.apply(S * P) * P), K6.B * P
+        pre = (lambda R: K6.precondition(R * P, eps) * P) if precondition else None
+    S, info = conjugate_gradient(op, rhs, tol=tol, maxiter=maxiter, precond=pre,
                                  progress=progress, checkpoint=cg_checkpoint(checkpoints, "covariance_cg"))
     S = 0.5 * (S + S.T)
     lam, U = np.linalg.eigh(S)

@@ -56,7 +56,8 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
             reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
             progress: bool = True, max_full_bytes: float = 2e9,
             oversample: float | None = None, checkpoint_dir=None, resume: bool = False,
-            checkpoint_every_s: float | None = None) -> HeterogeneityResult:
+            checkpoint_every_s: float | None = None,
+            support_radius: float | None = 1.0) -> HeterogeneityResult:
     """Run the heterogeneity analysis on a :class:`cryoprism.reconstruct.Source`.
 
     ``method``: ``cg`` (dense covariance, 6-D Toeplitz kernel), ``lowrank`` (matrix-free subspace
@@ -64,6 +65,8 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
     (from the spectral gap) or a number of states. ``reconstruct``: per-class volumes at full
     resolution (CG mean with the class's particles). ``oversample``: volume grid / band ratio
     (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows as the sixth power of the grid).
+    ``support_radius``: the covariance is estimated inside the ball of this radius, a fraction of half
+    the box (1.0: the inscribed ball; None: the whole cube); the particle must lie inside it.
 
     ``checkpoint_dir``: keep checkpoints there (mean normal equations and CG, the dense 6-D kernel up
     to ~1 GB, range-finder blocks, Galerkin statistics, covariance CG state, finished class volumes;
@@ -85,7 +88,7 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
         ck = open_checkpoints(checkpoint_dir, resume, d, checkpoint_every_s, method=method, classes=classes,
                               cg_iterations=cg_iterations, max_states=max_states, block=block, steps=steps,
                               n_boot=n_boot, wiener=wiener, reconstruct=reconstruct, refine=refine, seed=seed,
-                              oversample=oversample)
+                              oversample=oversample, support_radius=support_radius)
     t1 = time.perf_counter()
     A = estimate_mean(d, n_workers=n_workers, progress=progress, checkpoints=ck)
     compute_residuals(d, A.mean, n_workers=n_workers, progress=progress)
@@ -93,7 +96,7 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
     t1 = time.perf_counter()
     if method == "cg":
         cov = covariance_full(d, maxiter=cg_iterations, max_bytes=max_full_bytes, n_workers=n_workers,
-                              progress=progress, checkpoints=ck)
+                              progress=progress, checkpoints=ck, support_radius=support_radius)
         m = min(max_states + 4, cov.eigenvolumes.shape[0])
         basis = cov.eigenvolumes[:m]
         G, c = cached_subspace_statistics(d, basis, n_workers, progress, checkpoints=ck,
@@ -103,7 +106,8 @@ def analyze(source, n_res: int, *, method: str = "auto", classes: int | str = "a
         lam = cov.eigenvalues
     elif method == "lowrank":
         cov = covariance_lowrank(d, A, block=block, steps=steps, maxiter=cg_iterations, seed=seed,
-                                 n_workers=n_workers, progress=progress, checkpoints=ck)
+                                 n_workers=n_workers, progress=progress, checkpoints=ck,
+                                 support_radius=support_radius)
         full_sys = cov.info["system"]
         m = min(max_states + 4, cov.eigenvalues.size)
         Q = cov.info["Q"][:, :m]
