@@ -175,12 +175,13 @@ def run_aspire(sim, n_neighbors, aspire_python, timeout_s=3600):
             "time_wall_s": wall, **timing}
 
 
-def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False):
+def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False, centre_refine_rounds=None):
     from cryoprism.classify2d.pipeline import mfvdm_denoise, neighbors, prepare, spca_denoise
 
     out = {}
     t0 = time.perf_counter()
-    prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None, centre=centre)
+    kw = {} if centre_refine_rounds is None else {"centre_refine_rounds": centre_refine_rounds}
+    prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None, centre=centre, **kw)
     t_prep = time.perf_counter() - t0
     out["spca_ranks_total"] = int(prep.spca.ranks.sum())
     out["spca_k_kept"] = int(len(prep.spca.k_kept))
@@ -216,6 +217,8 @@ def main(argv=None):
     ap.add_argument("--m", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-robustness", action="store_true")
+    ap.add_argument("--skip-scale", action="store_true", help="skip the scale-invariance check")
+    ap.add_argument("--skip-aspire-shifted", action="store_true", help="no ASPIRE run on the shifted images")
     ap.add_argument("--aspire-python", default=str(ROOT / ".bench-venv" / "bin" / "python"),
                     help="python with ASPIRE for RIRClass2D ('' skips it)")
     ap.add_argument("--skip-main", action="store_true", help="only the 128² run (with --skip-robustness)")
@@ -242,24 +245,29 @@ def main(argv=None):
             base = res["by_snr"][str(snr)]
             rob["shift_sigma_px"] = 4.0
             rob["mfvdm_frac_within_10deg_centred"] = base["mfvdm"]["frac_within_10deg"]
-            for centre in (False, True):
-                r, p = run_one(sim, ["rir", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False, centre=centre)
-                key = "with_centring" if centre else "no_centring"
+            # no centring; centring on the rotational average only; the default --centre (refined
+            # against neighbour averages)
+            for key, centre, rounds in (("no_centring", False, None), ("rotational_average_centring", True, 0),
+                                        ("with_centring", True, None)):
+                r, p = run_one(sim, ["rir", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False, centre=centre,
+                               centre_refine_rounds=rounds)
                 q = {"mfvdm_frac_within_10deg_shifted": r["mfvdm"]["frac_within_10deg"],
                      "mfvdm_shift_retention": r["mfvdm"]["frac_within_10deg"]
                      / max(base["mfvdm"]["frac_within_10deg"], 1e-9),
-                     "rir_frac_within_10deg_shifted": r["rir"]["frac_within_10deg"]}
+                     "rir_frac_within_10deg_shifted": r["rir"]["frac_within_10deg"],
+                     "time_prepare_s": r["time_prepare_s"]}
                 if centre:
                     e = p.extras["centre_shifts_px"] + sim["shifts"]   # simulate's origins are the opposite shift
                     e = e - e.mean(axis=0)
                     q["centring_error_px_median"] = float(np.median(np.hypot(e[:, 0], e[:, 1])))
                 rob[key] = q
-            if a.aspire_python:
+            if a.aspire_python and not a.skip_aspire_shifted:
                 rob["aspire_RIRClass2D_shifted"] = run_aspire(sim, a.neighbors, a.aspire_python)
             res["robustness_by_snr"][str(snr)] = rob
             print(json.dumps({"robustness": rob}), file=sys.stderr)
+    if not (a.skip_robustness or a.skip_scale):
+        from cryoprism.classify2d.pipeline import neighbors, prepare
         snr = min(snrs)
-        rob = {}
         # scale invariance on a subset: neighbours and angles identical for images × 1e-4 and × 1e4
         ns = min(n, 1000)
         sim = simulate(ns, snr, np.random.default_rng(a.seed + 2))

@@ -136,16 +136,49 @@ def project_blobs_shifted(rots, t):
     return out
 
 
-def test_centring_recovers_known_translations():
-    """Centring shifts of translated images minus those of the untranslated ones = the translations."""
+@pytest.mark.parametrize("rounds", [0, pytest.param(4, marks=pytest.mark.slow)])
+def test_centring_recovers_known_translations(rounds):
+    """Centring shifts of translated images minus those of the untranslated ones = the translations.
+
+    ``rounds`` = 0: rotational-average centring only; 4: refined against neighbour averages (default).
+    """
     rng = np.random.default_rng(11)
     n = 300
     rots = uniform_rotations(n, rng)
     t = rng.uniform(-3, 3, (n, 2))
     base = project_blobs(rots)
     noise = rng.normal(0, 0.3 * base.std(), (n, L, L))   # SNR ≈ 11: limited by the method, not the noise
-    s0 = prepare((base + noise).astype(np.float32), centre=True).extras["centre_shifts_px"]
-    s1 = prepare((project_blobs_shifted(rots, t) + noise).astype(np.float32), centre=True).extras["centre_shifts_px"]
+    kw = dict(centre=True, centre_refine_rounds=rounds)
+    s0 = prepare((base + noise).astype(np.float32), **kw).extras["centre_shifts_px"]
+    s1 = prepare((project_blobs_shifted(rots, t) + noise).astype(np.float32), **kw).extras["centre_shifts_px"]
     d = (s1 - s0) - (t - t.mean(axis=0))
     d -= d.mean(axis=0)
     assert np.median(np.hypot(d[:, 0], d[:, 1])) < 0.5
+
+
+def test_neighbour_references_bring_rotated_and_mirrored_copies_onto_the_image():
+    """Neighbours built as I_j = J^r R_{-α} I_i (so I_i = R_α J^r I_j) average back to I_i exactly."""
+    from cryoprism.classify2d import Neighbors
+    from cryoprism.classify2d.pipeline import neighbour_references
+
+    b = fb_basis_2d(L)
+    rng = np.random.default_rng(4)
+    imgs = project_blobs(uniform_rotations(2, rng))
+    a = b.expand(imgs)                                       # image 0 and an unrelated image 1
+    alphas = np.array([0.3, -1.7, 2.6, 1.0])
+    refl = np.array([False, True, False, True])
+    copies = b.rotate(np.repeat(a[:1], 4, axis=0), -alphas)  # R_{-α} I_0
+    copies = np.where(refl[:, None], b.reflect(copies), copies)
+    coefs = np.concatenate([a, copies])                      # rows 2..5 are the neighbours of row 0
+    j = np.array([[2, 3, 4, 5], [0, 0, 0, 0]] + [[0, 1, 0, 1]] * 4)
+    ang = np.zeros(j.shape)
+    ang[0] = alphas
+    rf = np.zeros(j.shape, dtype=bool)
+    rf[0] = refl
+    nb = Neighbors(j=j, angle=ang, reflected=rf, score=np.ones(j.shape))
+    ref = neighbour_references(b, coefs, nb)
+    assert np.allclose(ref[0], a[0], atol=1e-8 * np.abs(a[0]).max())
+    assert np.allclose(ref[1], a[0])                         # row 1 lists image 0 four times, unrotated
+    # a wrong sign convention (rotating by −α) would not reproduce image 0
+    bad = Neighbors(j=j, angle=-ang, reflected=rf, score=nb.score)
+    assert not np.allclose(neighbour_references(b, coefs, bad)[0], a[0], atol=1e-3 * np.abs(a[0]).max())

@@ -22,7 +22,8 @@ from cryoprism.denoise.spca import SteerablePCA, fit_spca
 from cryoprism.image.transform import fourier_shift
 from cryoprism.parallel import batch_ranges, map_batches
 
-__all__ = ["Prepared", "prepare", "centre_shifts", "neighbors", "effective_ctf_profiles", "coefficient_images",
+__all__ = ["Prepared", "prepare", "centre_shifts", "refine_centre_shifts", "neighbour_references",
+           "neighbors", "effective_ctf_profiles", "coefficient_images",
            "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline",
            "classify_fingerprint", "run_neighbors"]
 
@@ -73,6 +74,68 @@ def centre_shifts(white_flipped, n: int, L: int, max_shift_px: float, n_iter: in
     return shifts
 
 
+def neighbour_references(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, batch_size: int = 256) -> np.ndarray:
+    """Per image, the mean of its neighbours' coefficients brought into its frame: ``(n, n_coef)``.
+
+    Neighbour j of image i contributes ``R_angle J^reflected a_j`` (``I_i ≈ R_angle J^refl I_j``): the
+    coefficients conjugated when reflected, then multiplied by ``e^{-ik·angle}``. Image i itself is
+    not included, so the reference does not carry i's own noise.
+    """
+    n = coefs.shape[0]
+    out = np.empty((n, coefs.shape[1]), dtype=np.complex128)
+    ks = basis.ks[None, None, :]
+    for a in range(0, n, batch_size):
+        b = min(n, a + batch_size)
+        A = coefs[nb.j[a:b]].astype(np.complex128)                # (m, s, n_coef)
+        A = np.where(nb.reflected[a:b, :, None], np.conj(A), A)
+        A *= np.exp(-1j * nb.angle[a:b, :, None] * ks)
+        out[a:b] = A.mean(axis=1)
+    return out
+
+
+def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarray, rounds: int = 4,
+                         max_step_px: float = 4.0, n_neighbors: int = 50, k_max: int = 10, m: int = 50,
+                         spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False) -> np.ndarray:
+    """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
+
+    Each round: FB-expand the images shifted by the current estimates, fit sPCA, find MFVDM
+    neighbours (on the RID list), build each image's reference as the mean of its neighbours'
+    sPCA-filtered coefficients aligned onto it (:func:`neighbour_references`, image itself
+    excluded), and add the cross-correlation peak of the image against that reference (within
+    ``max_step_px``). The mean shift is removed after each round (the particle's centre is defined
+    only up to a common translation). Unlike the rotationally averaged mean, the neighbour average
+    has the asymmetric shape of the image's view, so the peak is no longer pulled by the mismatch.
+    """
+    from cryoprism.image.align import align_translation
+
+    shifts = np.array(shifts, dtype=np.float64)
+    ranges = batch_ranges(n, batch_size)
+    s = min(int(n_neighbors), n - 1)
+    m = min(int(m), 2 * n - 3)
+    for it in range(int(rounds)):
+        def expand(rng, shifts=shifts):
+            a, b = rng
+            x = fourier_shift(white_flipped(a, b), -shifts[a:b])
+            return basis.expand(x.astype(np.float32)).astype(np.complex64)
+
+        coefs = np.concatenate(map_batches(expand, ranges, progress=progress, desc=f"re-centring {it}: FB"), axis=0)
+        spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
+        feats = spca.features(coefs, weighted=True)
+        nb = mfvdm_neighbors(rid_neighbors(feats, s), s, k_max=k_max, m=m)
+        refs = neighbour_references(basis, spca.denoise(coefs), nb)
+
+        def step(rng, shifts=shifts, refs=refs):
+            a, b = rng
+            x = fourier_shift(white_flipped(a, b), -shifts[a:b])
+            r = basis.evaluate(refs[a:b].astype(np.complex64))
+            return align_translation(x, r, max_shift_px=max_step_px, upsample=4).shifts_px
+
+        inc = np.concatenate(map_batches(step, ranges, progress=progress, desc=f"re-centring {it}: align"), axis=0)
+        shifts = shifts + inc
+        shifts -= shifts.mean(axis=0)
+    return shifts
+
+
 def _take(images, a, b, centre_shifts=None):
     x = np.asarray(images[a:b], dtype=np.float32)
     return x
@@ -105,11 +168,14 @@ def _profiles(basis: FBBasis2D, ctf: CTFParams | None, pixel_size_A, nps, n, n_a
 def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = None,
             mask_radius_px: float | None = None, basis: FBBasis2D | None = None, bandlimit: float = 0.5,
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
-            centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2) -> Prepared:
+            centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
+            centre_refine_rounds: int = 4) -> Prepared:
     """Noise spectrum from the background, then per batch: whiten, phase-flip, (centre,) FB-expand; fit sPCA.
 
     ``centre``: translate each whitened, phase-flipped image onto the rotationally averaged mean of
-    the stack (:func:`centre_shifts`; the shifts are in ``extras["centre_shifts_px"]``).
+    the stack (:func:`centre_shifts`), then refine the shifts ``centre_refine_rounds`` times against
+    each image's neighbour average (:func:`refine_centre_shifts`); the shifts are in
+    ``extras["centre_shifts_px"]``.
 
     ``images``: ``(n, L, L)`` array or memory map. ``ctf``: parameters of the n particles (None: no
     CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
@@ -138,6 +204,10 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
     if centre:
         shifts = centre_shifts(white_flipped, n, L, max_shift_px=centre_max_shift_frac * L,
                                n_iter=centre_iterations, batch_size=batch_size, progress=progress)
+        if centre_refine_rounds > 0 and n > 2:
+            shifts = refine_centre_shifts(white_flipped, n, basis, shifts, rounds=centre_refine_rounds,
+                                          spca_threshold=spca_threshold, batch_size=batch_size,
+                                          progress=progress)
 
     def one(rng):
         a, b = rng
