@@ -5,8 +5,8 @@ cryoprism to a RELION 3.1 STAR + MRCS (uniform views, CTF in a few defocus group
 SNR_het = E‖M_s(X_s − μ)‖² / E‖noise‖²). The SAME STAR is analysed by
 
 * cryoprism: ``read_particles`` → ``heterogeneity.pipeline.analyze`` (read included in the time),
-  once with the number of states given (``lowrank``; the same information ASPIRE gets, and the run
-  the time ratio uses) and once fully automatic (``method=auto``, states from the spectral gap);
+  once with the number of states given (the same information ASPIRE gets, and the run the time
+  ratio uses) and once fully automatic (``classes=auto``, states from the spectral gap);
 * ASPIRE (a subprocess of the benchmark venv's python, ``--aspire-python``): ``RelionSource`` →
   ``MeanEstimator`` (FBBasis3D) → ``WhiteNoiseEstimator`` → ``CovarianceEstimator`` → ``eigs`` →
   ``src_wiener_coords``; the coordinates then go through the SAME Gaussian mixture as cryoprism
@@ -158,7 +158,7 @@ def case_aspire(n, L, snr_het, aspire_python, limit_s, seed=0):
         out["snr_het_realised"] = snr_real
         lab = sim.states
         star = str(Path(tmp) / "particles.star")
-        for key, method, classes in (("cryoprism", "lowrank", len(vols)), ("cryoprism_auto", "auto", "auto")):
+        for key, method, classes in (("cryoprism", "lowrank", len(vols)), ("cryoprism_auto", "lowrank", "auto")):
             res, wall, cpu = run_cryoprism(star, L, method=method, classes=classes, seed=seed)
             out[key] = {
                 "method": res.covariance.method, "classes": classes, "states_found": res.n_states,
@@ -250,7 +250,8 @@ def main(argv=None):
         if len(runs) > 1 and diffs:
             out["aspire_summary"] = {
                 "seeds": seeds, "mean_accuracy_cryoprism": float(np.mean([r["cryoprism"]["accuracy"] for r in runs])),
-                "mean_accuracy_aspire": float(np.mean([r["aspire"]["accuracy"] for r in runs if "accuracy" in r["aspire"]])),
+                "mean_accuracy_aspire": float(np.mean([r["aspire"]["accuracy"] for r in runs
+                                                       if "accuracy" in r["aspire"]])),
                 "mean_accuracy_diff": float(np.mean(diffs)), "min_accuracy_diff": float(np.min(diffs)),
                 "mean_speedup_wall": float(np.mean([r["speedup_wall"] for r in runs if "speedup_wall" in r])),
             }

@@ -48,10 +48,10 @@ def register(app: typer.Typer) -> None:
                                                        "N_res = ceil(2 · box · pixel size / limit)."),
         classes: str = typer.Option("auto", "--classes",
                                     help="Number of states C, or 'auto' (from the eigenvalue gap)."),
-        method: str = typer.Option("auto", "--method",
-                                   help="cg: dense covariance by CG with the 6-D Toeplitz kernel "
-                                        "(N_res ≤ ~10); lowrank: matrix-free subspace estimator "
-                                        "(any N_res); auto: cg when it fits in memory."),
+        method: str = typer.Option("lowrank", "--method",
+                                   help="lowrank: matrix-free subspace estimator (any N_res; the "
+                                        "default); cg: the seed's dense covariance by CG with the 6-D "
+                                        "Toeplitz kernel (N_res ≤ ~10)."),
         iterations: int = typer.Option(10, "--iterations", min=1,
                                        help="CG iterations of the covariance normal equations "
                                             "(early stopping regularises)."),
@@ -91,8 +91,8 @@ def register(app: typer.Typer) -> None:
 
         if not particles.exists():
             raise InputError("file not found", particles)
-        if method not in ("auto", "cg", "lowrank"):
-            raise InputError(f"--method must be auto, cg or lowrank, got {method!r}", particles)
+        if method not in ("cg", "lowrank"):
+            raise InputError(f"--method must be cg or lowrank, got {method!r}", particles)
         if classes != "auto":
             try:
                 C = int(classes)
