@@ -158,11 +158,11 @@ def _orth(X: np.ndarray) -> np.ndarray:
 
 def support_ball(N: int, support_radius: float | None) -> np.ndarray | None:
     """Indicator of the ball of radius ``support_radius · N/2`` voxels about ``N//2`` (None: no support)."""
+    from cryoprism.image.masks import spherical_mask
+
     if not support_radius:
         return None
-    g = np.arange(N) - N // 2
-    r2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
-    return (r2 <= (0.5 * support_radius * N) ** 2).astype(np.float64)
+    return spherical_mask(N, 0.5 * support_radius * N, dtype=np.float64)
 
 
 def range_basis(d: HetData, A: MeanOperator, block: int = 8, steps: int = 3, seed: int = 0,
