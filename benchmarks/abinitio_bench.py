@@ -335,7 +335,7 @@ def main(argv=None):
         out["full_gibbs"] = exp_full_gibbs(truth, px, 25, 2 if q else 4, 300 if q else 1000,
                                            8 if q else 12, 20 if q else 80, rng)
     if "hmc" not in skip:
-        out["hmc_ctf_snr10"], _ = exp_hmc_ctf(truth, px, 25, 2 if q else 4, 200 if q else 1000,
+        out["hmc_ctf_snr10"], _ = exp_hmc_ctf(truth, px, 25, 2 if q else 4, 200 if q else 2000,
                                               6 if q else 10, 20 if q else 60, rng)
     if "sweep" not in skip:
         from cryoprism.forward.projection import project
