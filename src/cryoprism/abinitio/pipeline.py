@@ -149,6 +149,7 @@ def reconstruction_mixture(images, pixel_size_A: float, rotations, K: int, *, ct
     Starts the HMC refinement: a mixture sampled from the small initial-stage mixture carries only
     the detail of that stage (K = 100 at a 32² box), while the map from the found rotations holds the
     finer detail of the data at the refinement box; fitting the mixture to it also denoises it."""
+    from cryoprism.image.masks import spherical_mask
     from cryoprism.reconstruct.mean import reconstruct_mean
 
     images = np.asarray(images, dtype=np.float64)
@@ -156,9 +157,7 @@ def reconstruction_mixture(images, pixel_size_A: float, rotations, K: int, *, ct
     org = None if shifts_A is None else -np.asarray(shifts_A, dtype=np.float64) / pixel_size_A
     vol = np.asarray(reconstruct_mean(images, rotations, org, ctf, pixel_size_A, regularization="auto",
                                       progress=False).volume, dtype=np.float64)
-    c = np.arange(L) - L // 2
-    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
-    bg = vol[r > L // 2 - 2]
+    bg = vol[spherical_mask(L, L // 2 - 2) == 0]
     thr = float(np.median(bg) + threshold_sd * bg.std())
     return fit_mixture_em(vol, pixel_size_A, K, n_iter=n_iter, threshold=thr, rng=rng)
 

@@ -136,7 +136,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     return shifts
 
 
-def _take(images, a, b, centre_shifts=None):
+def _take(images, a, b):
     x = np.asarray(images[a:b], dtype=np.float32)
     return x
 

@@ -448,14 +448,10 @@ def covariance_full(d: HetData, *, maxiter: int = 10, precondition: bool = False
                                   checkpoints=checkpoints)
     eps = 1e-2 * float(np.abs(K6.kernel_hat).max())
     ball = support_ball(d.N, support_radius)
-    if ball is None:
-        op, rhs, pre = K6.apply, K6.B, ((lambda R: K6.precondition(R, eps)) if precondition else None)
-    else:
-        m = ball.ravel()
-        P = m[:, None] * m[None, :]
-        op, rhs = (lambda S: K6.apply(S * P) * P), K6.B * P
-        pre = (lambda R: K6.precondition(R * P, eps) * P) if precondition else None
-    S, info = conjugate_gradient(op, rhs, tol=tol, maxiter=maxiter, precond=pre,
+    m = np.ones(d.N ** 3) if ball is None else ball.ravel()
+    P = np.outer(m, m)  # restriction of both index sets of Σ (all ones without a support)
+    pre = (lambda R: K6.precondition(R * P, eps) * P) if precondition else None
+    S, info = conjugate_gradient(lambda S: K6.apply(S * P) * P, K6.B * P, tol=tol, maxiter=maxiter, precond=pre,
                                  progress=progress, checkpoint=cg_checkpoint(checkpoints, "covariance_cg"))
     S = 0.5 * (S + S.T)
     lam, U = np.linalg.eigh(S)
