@@ -239,7 +239,7 @@ def exp_rotations_known(mix, px, n, n_counts, rng):
             "seconds": time.perf_counter() - t}
 
 
-def exp_full_gibbs(truth, px, n, restarts, K_ref, alternations, sweeps, rng):
+def exp_full_gibbs(truth, px, n, restarts, K_ref, alternations, sweeps, rng, refine_init="reconstruction"):
     from cryoprism.forward.projection import project
 
     R = uniform_rotations(n, rng)
@@ -247,8 +247,9 @@ def exp_full_gibbs(truth, px, n, restarts, K_ref, alternations, sweeps, rng):
     t = time.perf_counter()
     res = pipeline.run_abinitio(imgs, px, method="gibbs", K_initial=100, K_refine=K_ref, restarts=restarts,
                                 n_alternations=alternations, refine_sweeps=sweeps, n_counts_refine=20000,
-                                thin=5, seed=1, progress=False)
+                                thin=5, seed=1, progress=False, refine_init=refine_init)
     out = {"n_images": n, "restarts": restarts, "K_initial": 100, "K_refine": K_ref,
+           "refine_init": refine_init,
            "alternations": alternations, "refine_sweeps": sweeps,
            "restart_log_posteriors": res.restart_log_posteriors, "best_restart": res.best_restart,
            "initial_seconds_per_restart": res.timings_s["initial_per_restart_s"],
@@ -332,8 +333,8 @@ def main(argv=None):
     if "rotations" not in skip:
         out["rotations_mixture_known"] = exp_rotations_known(mix, px, 25, 3000, rng)
     if "gibbs" not in skip:
-        out["full_gibbs"] = exp_full_gibbs(truth, px, 25, 2 if q else 4, 300 if q else 1000,
-                                           8 if q else 12, 20 if q else 80, rng)
+        out["full_gibbs"] = exp_full_gibbs(truth, px, 25, 2 if q else 4, 300 if q else 2000,
+                                           8 if q else 12, 20 if q else 40, rng)
     if "hmc" not in skip:
         out["hmc_ctf_snr10"], _ = exp_hmc_ctf(truth, px, 25, 2 if q else 4, 200 if q else 2000,
                                               6 if q else 10, 20 if q else 60, rng)

@@ -194,10 +194,10 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
     """The whole protocol on images ``(n, L, L)`` (Å pixel size). ``ctf`` is ``(n, L, L)`` centred CTF
     grids (HMC only; the Gibbs count model needs CTF-corrected non-negative images).
 
-    ``refine_init`` (HMC only): ``"reconstruction"`` starts the refinement mixture from
+    ``refine_init``: ``"reconstruction"`` starts the refinement mixture from
     :func:`reconstruction_mixture` (the map from the best restart's rotations at the refinement box,
     fitted with ``K_refine`` components); ``"sample"`` draws the ``K_refine`` means from the best
-    restart's mixture (the Gibbs refinement always does)."""
+    restart's mixture (the thesis' protocol)."""
     import time
 
     images = np.asarray(images, dtype=np.float64)
@@ -241,7 +241,15 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
         data = gibbs.count_data(gibbs.images_to_counts(big, n_counts_refine), px_r)
         pri = gibbs.default_priors(data)
         if state is None:
-            state = gibbs.refinement_state(init, K_refine, rng)
+            if refine_init == "reconstruction":
+                mix = reconstruction_mixture(big, px_r, init.rotations, K_refine, shifts_A=init.shifts_A,
+                                             rng=rng)
+                # counts sit at pixel centres: the count model's σ² carries px²/12 more per axis
+                s0 = 1.0 / (mix.sigma_A ** 2 + px_r ** 2 / 12.0)
+                state = gibbs.ChainState(mix.means_A.copy(), s0, mix.weights.copy(),
+                                         init.rotations.copy(), init.shifts_A.copy())
+            else:
+                state = gibbs.refinement_state(init, K_refine, rng)
         save = (lambda st, smp: save_checkpoint(ck, st, rng, "refine", smp)) if ck is not None else None
         state, samples = gibbs.run_refinement(data, state, pri, rng, refine_sweeps, burn_in, thin,
                                               checkpoint=save, samples=samples)
