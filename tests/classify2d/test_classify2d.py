@@ -101,6 +101,27 @@ def test_rid_neighbours_and_angles(prepared, dataset):
     _check(nb, rots, 16.0, 3.0)
 
 
+def test_rid_features_weights(prepared):
+    """Component l of frequency k is ``u_l^H (a_k − μ_k)`` times ``(ℓ_l / (ℓ_l + 1))^p``, computed directly."""
+    from cryoprism.classify2d import rid_features
+
+    sp_ = prepared.spca
+    a = prepared.coefs[:5].astype(np.complex128)
+    for p in (0.5, 1.0):
+        got = rid_features(sp_, prepared.coefs[:5], weight_power=p)
+        for k, sl in enumerate(prepared.basis.k_slices):
+            U, ell = sp_.vectors[k], sp_.eigenvalues[k]
+            x = a[:, sl] - (sp_.mean0[None, :] if k == 0 else 0)
+            want = np.stack([x @ np.conj(U[:, l]) * (ell[l] / (ell[l] + 1.0)) ** p for l in range(U.shape[1])], 1) \
+                if U.shape[1] else np.zeros((5, 0))
+            assert got[k].shape == want.shape
+            np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-6 * max(np.abs(want).max(initial=0), 1))
+    # power 1 is the Wiener-weighted sPCA projection
+    w1 = rid_features(sp_, prepared.coefs[:5], weight_power=1.0)
+    for k, f in enumerate(sp_.features(prepared.coefs[:5], weighted=True)):
+        np.testing.assert_allclose(w1[k], f, rtol=1e-5, atol=1e-7)
+
+
 def test_mfvdm_neighbours_and_angles(prepared, dataset):
     rots = dataset[0]
     nb0 = neighbors(prepared, "rir", 8)

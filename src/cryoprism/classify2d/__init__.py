@@ -9,7 +9,8 @@ from cryoprism.classify2d.pipeline import (
     prepare,
     spca_denoise,
 )
-from cryoprism.classify2d.rid import Neighbors, align_pairs, rid_neighbors
+from cryoprism.classify2d.rid import Neighbors, align_pairs, rid_features, rid_neighbors
 
-__all__ = ["Neighbors", "rid_neighbors", "align_pairs", "mfvdm_neighbors", "build_graph", "graph_filter",
-           "prepare", "neighbors", "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres"]
+__all__ = ["Neighbors", "rid_features", "rid_neighbors", "align_pairs", "mfvdm_neighbors", "build_graph",
+           "graph_filter", "prepare", "neighbors", "mfvdm_denoise", "spca_denoise", "class_averages",
+           "choose_class_centres"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from cryoprism.basis.fb2d import FBBasis2D, fb_basis_2d
 from cryoprism.classify2d.mfvdm import build_graph, graph_filter, mfvdm_neighbors
-from cryoprism.classify2d.rid import Neighbors, rid_neighbors
+from cryoprism.classify2d.rid import Neighbors, rid_features, rid_neighbors
 from cryoprism.ctf.model import CTFParams, ctf_on_grid
 from cryoprism.denoise.spca import SteerablePCA, fit_spca
 from cryoprism.image.transform import fourier_shift
@@ -95,7 +95,8 @@ def neighbour_references(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, bat
 
 def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarray, rounds: int = 4,
                          max_step_px: float = 4.0, n_neighbors: int = 50, k_max: int = 10, m: int = 50,
-                         spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False) -> np.ndarray:
+                         spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False,
+                         weight_power: float = 0.5) -> np.ndarray:
     """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
 
     Each round: FB-expand the images shifted by the current estimates, fit sPCA, find MFVDM
@@ -120,7 +121,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
 
         coefs = np.concatenate(map_batches(expand, ranges, progress=progress, desc=f"re-centring {it}: FB"), axis=0)
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
-        feats = spca.features(coefs, weighted=True)
+        feats = rid_features(spca, coefs, weight_power)
         nb = mfvdm_neighbors(rid_neighbors(feats, s), s, k_max=k_max, m=m)
         refs = neighbour_references(basis, spca.denoise(coefs), nb)
 
@@ -225,9 +226,14 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
 
 
 def neighbors(prep: Prepared, method: str = "mfvdm", n_neighbors: int = 50, k_max: int = 10, m: int = 50,
-              n_candidates: int | None = None, progress: bool = False, initial: Neighbors | None = None):
-    """Neighbour list by ``rir`` (rotation-invariant representation + exact RID), ``vdm`` or ``mfvdm``."""
-    feats = prep.spca.features(prep.coefs, weighted=True)
+              n_candidates: int | None = None, progress: bool = False, initial: Neighbors | None = None,
+              weight_power: float = 0.5):
+    """Neighbour list by ``rir`` (rotation-invariant representation + exact RID), ``vdm`` or ``mfvdm``.
+
+    ``weight_power``: sPCA components weighted by the Wiener weights to this power for the RID search
+    (:func:`cryoprism.classify2d.rid.rid_features`; 1 = Wiener-filtered coefficients).
+    """
+    feats = rid_features(prep.spca, prep.coefs, weight_power)
     nb0 = initial if initial is not None else rid_neighbors(feats, n_neighbors, n_candidates=n_candidates,
                                                             progress=progress)
     if method == "rir":

@@ -29,7 +29,7 @@ import scipy.fft as sfft
 from cryoprism.fourier.core import WORKERS
 from cryoprism.parallel import batch_ranges, map_batches
 
-__all__ = ["Neighbors", "invariant_features", "candidate_neighbors", "align_pairs", "rid_neighbors"]
+__all__ = ["Neighbors", "rid_features", "invariant_features", "candidate_neighbors", "align_pairs", "rid_neighbors"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,20 @@ class Neighbors:
         n, s = self.j.shape
         return (np.repeat(np.arange(n), s), self.j.ravel(), self.angle.ravel(), self.reflected.ravel(),
                 self.score.ravel())
+
+
+def rid_features(spca, coefs: np.ndarray, weight_power: float = 0.5) -> list:
+    """sPCA coefficients for the neighbour search, weighted by ``(ℓ / (ℓ + σ²))^weight_power`` per component.
+
+    ``weight_power = 1`` is the Wiener filter itself; the default 0.5 (the square root of the Wiener
+    weights) makes the correlation ``Σ_l w_l² c_i conj c_j`` weight each component by ``ℓ/(ℓ+σ²)``,
+    close to the cross term ``ℓ/(2ℓ+σ²)`` of the Gaussian log-likelihood ratio "same view" vs
+    "independent" (whereas the squared Wiener weights over-weight the strongest, lowest-frequency
+    components at low SNR). Measured better at every SNR (docs/classify2d.md).
+    """
+    ww = spca.wiener_weights
+    return [spca.project(coefs, k) * (np.asarray(ww[k]) ** float(weight_power))[None, :]
+            for k in range(len(ww))]
 
 
 def _weights(n_k):
