@@ -17,21 +17,18 @@ import numpy as np
 
 from cryoprism.abinitio import gibbs, hmc
 from cryoprism.abinitio.gmm import GaussianMixture, fit_mixture_em, render_volume
-from cryoprism.fourier.core import fft2c, ifft2c
+from cryoprism.fourier.resample import downsample
 from cryoprism.io.atomic import atomic_path
 from cryoprism.parallel.core import map_batches
 
 
 def fourier_crop(images, L_new: int) -> np.ndarray:
-    """Down-sample images ``(n, L, L)`` to ``L_new`` by cropping their centred transform (values keep
-    their scale: the mean is preserved). Small local helper; ``cryoprism.image`` may grow its own."""
+    """Images ``(n, L, L)`` at box ``L_new`` (:func:`cryoprism.fourier.downsample`, mean preserved;
+    a copy when ``L_new >= L``), in float64 for the samplers."""
     images = np.asarray(images, dtype=np.float64)
-    L = images.shape[-1]
-    if L_new >= L:
+    if L_new >= images.shape[-1]:
         return images.copy()
-    F = fft2c(images)
-    a = L // 2 - L_new // 2
-    return np.real(ifft2c(F[..., a:a + L_new, a:a + L_new])) * (L_new / L) ** 2
+    return downsample(images, L_new)[0]
 
 
 # --------------------------------------------------------------------------------------------------
