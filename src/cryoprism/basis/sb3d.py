@@ -15,40 +15,62 @@ small boxes where an expansion of a volume is needed (≤ 32³–48³); it is de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import spherical_jn
 
 __all__ = ["SBBasis3D", "sb_basis_3d", "spherical_bessel_zeros", "real_sph_harm"]
 
 
-def spherical_bessel_zeros(ell: int, bound: float) -> np.ndarray:
-    """Positive zeros of ``j_ℓ`` below ``bound`` (bracketing on a fine grid + Brent)."""
-    from scipy.optimize import brentq
-
-    x = np.linspace(1e-6, bound + 1.0, int(20 * (bound + 2)))
+@lru_cache(maxsize=None)
+def spherical_bessel_zeros(ell: int, zmax: float) -> tuple[float, ...]:
+    """Positive zeros of ``j_ℓ`` up to ``zmax`` (bracketed on a fine grid, refined by Brent)."""
+    step = 0.05
+    x = np.arange(max(ell, 1e-3) + step, zmax + 2 * step, step)
     f = spherical_jn(ell, x)
     idx = np.nonzero(np.sign(f[:-1]) * np.sign(f[1:]) < 0)[0]
-    z = np.array([brentq(lambda t: spherical_jn(ell, t), x[i], x[i + 1]) for i in idx])
-    z = z[z > 1e-3] if ell > 0 else z
-    return z[z <= bound]
+    zs = [brentq(lambda t: spherical_jn(ell, t), x[i], x[i + 1], xtol=1e-14) for i in idx]
+    return tuple(z for z in zs if z <= zmax)
 
 
-def real_sph_harm(ell: int, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """Real orthonormal spherical harmonics ``(2ℓ+1, ...)`` for m = −ℓ..ℓ (θ polar, φ azimuth)."""
-    from scipy.special import sph_harm_y
+def real_sph_harm(ell_max: int, dirs: np.ndarray) -> np.ndarray:
+    """Real orthonormal spherical harmonics at unit vectors ``dirs`` ``(n, 3)`` (x, y, z).
 
-    out = []
-    for m in range(-ell, ell + 1):
-        Y = sph_harm_y(ell, abs(m), theta, phi)
-        if m < 0:
-            out.append(np.sqrt(2) * (-1) ** m * Y.imag)
-        elif m == 0:
-            out.append(Y.real)
-        else:
-            out.append(np.sqrt(2) * (-1) ** m * Y.real)
-    return np.stack(out)
+    Returns ``(n, (ℓ_max+1)²)``, column ``ℓ² + ℓ + m``: ``√2 P̄_ℓ^m(cosθ) cos(mφ)`` for ``m > 0``,
+    ``P̄_ℓ^0(cosθ)`` for ``m = 0`` and ``√2 P̄_ℓ^{|m|}(cosθ) sin(|m|φ)`` for ``m < 0``, with
+    ``P̄`` the fully normalised associated Legendre functions (stable three-term recursion).
+    """
+    d = np.asarray(dirs, dtype=np.float64)
+    d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-300)
+    x = np.clip(d[:, 2], -1.0, 1.0)
+    st = np.sqrt(np.maximum(1.0 - x * x, 0.0))
+    phi = np.arctan2(d[:, 1], d[:, 0])
+    n = d.shape[0]
+    out = np.zeros((n, (ell_max + 1) ** 2))
+    pmm = np.full(n, np.sqrt(1.0 / (4 * np.pi)))
+    for m in range(ell_max + 1):
+        if m > 0:
+            pmm = -np.sqrt((2 * m + 1) / (2.0 * m)) * st * pmm
+        plm2, plm1 = None, pmm
+        cols = {m: pmm}
+        if m + 1 <= ell_max:
+            plm2, plm1 = pmm, np.sqrt(2 * m + 3.0) * x * pmm
+            cols[m + 1] = plm1
+        for ell in range(m + 2, ell_max + 1):
+            a = np.sqrt((4.0 * ell * ell - 1) / (ell * ell - m * m))
+            b = np.sqrt(((ell - 1.0) ** 2 - m * m) / (4.0 * (ell - 1) ** 2 - 1))
+            p = a * (x * plm1 - b * plm2)
+            plm2, plm1 = plm1, p
+            cols[ell] = p
+        for ell, p in cols.items():
+            if m == 0:
+                out[:, ell * ell + ell] = p
+            else:
+                out[:, ell * ell + ell + m] = np.sqrt(2.0) * p * np.cos(m * phi)
+                out[:, ell * ell + ell - m] = np.sqrt(2.0) * p * np.sin(m * phi)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,14 +103,15 @@ class SBBasis3D:
     def matrix(self) -> np.ndarray:
         """Basis sampled on the voxels of the ball: ``(N_ball, n_basis)`` float64."""
         inside, r, x, y, z = self._ball
-        theta = np.arccos(np.clip(z / np.maximum(r, 1e-12), -1, 1))
-        phi = np.arctan2(y, x)
+        dirs = np.stack([x, y, z], axis=-1).astype(np.float64)
+        dirs[r == 0] = (0.0, 0.0, 1.0)
+        Yall = real_sph_harm(len(self.zeros) - 1, dirs)               # (N, (ℓmax+1)²)
         R = self.radius_px
         cols = []
         for ell, zs in enumerate(self.zeros):
             if len(zs) == 0:
                 continue
-            Y = real_sph_harm(ell, theta, phi)                       # (2ℓ+1, N)
+            Y = Yall[:, ell * ell:(ell + 1) * (ell + 1)].T             # (2ℓ+1, N), m = −ℓ..ℓ
             norm = np.sqrt(2.0) / (R ** 1.5 * np.abs(spherical_jn(ell + 1, zs)))
             rad = spherical_jn(ell, np.outer(r, zs) / R) * norm[None, :]   # (N, S)
             for mi in range(2 * ell + 1):
@@ -122,7 +145,7 @@ def sb_basis_3d(L: int, radius_px: float | None = None, bandlimit: float = 0.5) 
     zeros = []
     ell = 0
     while True:
-        z = spherical_bessel_zeros(ell, bound)
+        z = np.array(spherical_bessel_zeros(ell, float(bound)))
         if len(z) == 0:
             break
         zeros.append(z)

@@ -36,12 +36,11 @@ This module is self-contained so that it can later move to ``cryoprism.basis``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import jv, spherical_jn
 
+from cryoprism.basis.sb3d import real_sph_harm, spherical_bessel_zeros
 from cryoprism.geometry.grids import sphere_grid
 
 _NQUAD = 96
@@ -51,53 +50,6 @@ _NQUAD = 96
 # special functions
 
 
-@lru_cache(maxsize=None)
-def spherical_bessel_zeros(ell: int, zmax: float) -> tuple[float, ...]:
-    """Positive zeros of ``j_ℓ`` up to ``zmax`` (bracketed on a fine grid, refined by Brent)."""
-    step = 0.05
-    x = np.arange(max(ell, 1e-3) + step, zmax + 2 * step, step)
-    f = spherical_jn(ell, x)
-    idx = np.nonzero(np.sign(f[:-1]) * np.sign(f[1:]) < 0)[0]
-    zs = [brentq(lambda t: spherical_jn(ell, t), x[i], x[i + 1], xtol=1e-14) for i in idx]
-    return tuple(z for z in zs if z <= zmax)
-
-
-def real_sph_harm(ell_max: int, dirs: np.ndarray) -> np.ndarray:
-    """Real orthonormal spherical harmonics at unit vectors ``dirs`` ``(n, 3)`` (x, y, z).
-
-    Returns ``(n, (ℓ_max+1)²)``, column ``ℓ² + ℓ + m``: ``√2 P̄_ℓ^m(cosθ) cos(mφ)`` for ``m > 0``,
-    ``P̄_ℓ^0(cosθ)`` for ``m = 0`` and ``√2 P̄_ℓ^{|m|}(cosθ) sin(|m|φ)`` for ``m < 0``, with
-    ``P̄`` the fully normalised associated Legendre functions (stable three-term recursion).
-    """
-    d = np.asarray(dirs, dtype=np.float64)
-    d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-300)
-    x = np.clip(d[:, 2], -1.0, 1.0)
-    st = np.sqrt(np.maximum(1.0 - x * x, 0.0))
-    phi = np.arctan2(d[:, 1], d[:, 0])
-    n = d.shape[0]
-    out = np.zeros((n, (ell_max + 1) ** 2))
-    pmm = np.full(n, np.sqrt(1.0 / (4 * np.pi)))
-    for m in range(ell_max + 1):
-        if m > 0:
-            pmm = -np.sqrt((2 * m + 1) / (2.0 * m)) * st * pmm
-        plm2, plm1 = None, pmm
-        cols = {m: pmm}
-        if m + 1 <= ell_max:
-            plm2, plm1 = pmm, np.sqrt(2 * m + 3.0) * x * pmm
-            cols[m + 1] = plm1
-        for ell in range(m + 2, ell_max + 1):
-            a = np.sqrt((4.0 * ell * ell - 1) / (ell * ell - m * m))
-            b = np.sqrt(((ell - 1.0) ** 2 - m * m) / (4.0 * (ell - 1) ** 2 - 1))
-            p = a * (x * plm1 - b * plm2)
-            plm2, plm1 = plm1, p
-            cols[ell] = p
-        for ell, p in cols.items():
-            if m == 0:
-                out[:, ell * ell + ell] = p
-            else:
-                out[:, ell * ell + ell + m] = np.sqrt(2.0) * p * np.cos(m * phi)
-                out[:, ell * ell + ell - m] = np.sqrt(2.0) * p * np.sin(m * phi)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
