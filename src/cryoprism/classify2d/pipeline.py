@@ -22,6 +22,10 @@ from cryoprism.denoise.spca import SteerablePCA, fit_spca
 from cryoprism.image.transform import fourier_shift
 from cryoprism.parallel import batch_ranges, map_batches
 
+#: sPCA components enter the rotation-invariant neighbour search weighted by their Wiener weights to
+#: this power (docs/classify2d.md); part of every checkpoint fingerprint.
+RID_WEIGHT_POWER = 0.5
+
 __all__ = ["Prepared", "prepare", "centre_shifts", "refine_centre_shifts", "neighbour_references",
            "neighbors", "effective_ctf_profiles", "coefficient_images",
            "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline",
@@ -96,7 +100,7 @@ def neighbour_references(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, bat
 def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarray, rounds: int = 4,
                          max_step_px: float = 4.0, n_neighbors: int = 50, k_max: int = 10, m: int = 50,
                          spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False,
-                         weight_power: float = 0.5) -> np.ndarray:
+                         weight_power: float = RID_WEIGHT_POWER) -> np.ndarray:
     """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
 
     Each round: FB-expand the images shifted by the current estimates, fit sPCA, find MFVDM
@@ -227,7 +231,7 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
 
 def neighbors(prep: Prepared, method: str = "mfvdm", n_neighbors: int = 50, k_max: int = 10, m: int = 50,
               n_candidates: int | None = None, progress: bool = False, initial: Neighbors | None = None,
-              weight_power: float = 0.5):
+              weight_power: float = RID_WEIGHT_POWER):
     """Neighbour list by ``rir`` (rotation-invariant representation + exact RID), ``vdm`` or ``mfvdm``.
 
     ``weight_power``: sPCA components weighted by the Wiener weights to this power for the RID search
@@ -369,7 +373,8 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
     """Fingerprint of a 2-D run for :class:`cryoprism.io.checkpoint.Checkpoints`.
 
     Particle count, box, a digest of the first and last 256 images, of the CTF table and pixel size,
-    and the settings (method, neighbours, k̃, m, radius, centring, …).
+    the RID feature weighting (:data:`RID_WEIGHT_POWER`) and the settings (method, neighbours, k̃, m,
+    radius, centring, …), so checkpoints written with other features are not reused.
     """
     from cryoprism.io.checkpoint import digest
 
@@ -377,7 +382,8 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
     head = np.asarray(images[0:min(n, 256)], dtype=np.float32)
     tail = np.asarray(images[max(0, n - 256):n], dtype=np.float32)
     fp = {"n": int(n), "box": int(images.shape[-1]), "images": digest(head, tail),
-          "ctf": digest(ctf, None if pixel_size_A is None else float(pixel_size_A))}
+          "ctf": digest(ctf, None if pixel_size_A is None else float(pixel_size_A)),
+          "rid_weight_power": RID_WEIGHT_POWER}
     fp.update(settings)
     return fp
 
