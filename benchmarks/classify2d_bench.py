@@ -175,16 +175,19 @@ def run_aspire(sim, n_neighbors, aspire_python, timeout_s=3600):
             "time_wall_s": wall, **timing}
 
 
-def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False, centre_refine_rounds=None):
+def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False, centre_refine_rounds=None,
+            bandlimit="auto"):
     from cryoprism.classify2d.pipeline import mfvdm_denoise, neighbors, prepare, spca_denoise
 
     out = {}
     t0 = time.perf_counter()
     kw = {} if centre_refine_rounds is None else {"centre_refine_rounds": centre_refine_rounds}
-    prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None, centre=centre, **kw)
+    prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None, centre=centre,
+                   bandlimit=bandlimit, **kw)
     t_prep = time.perf_counter() - t0
     out["spca_ranks_total"] = int(prep.spca.ranks.sum())
     out["spca_k_kept"] = int(len(prep.spca.k_kept))
+    out["fb_bandlimit"] = float(prep.basis.bandlimit)   # cycles/px ("auto": from the spectral SNR)
     out["time_prepare_s"] = t_prep
     nb_rir = None
     for meth in methods:
@@ -223,15 +226,19 @@ def main(argv=None):
                     help="python with ASPIRE for RIRClass2D ('' skips it)")
     ap.add_argument("--skip-main", action="store_true", help="only the 128² run (with --skip-robustness)")
     ap.add_argument("--n128", type=int, default=None, help="images for the 128² run (0 skips; default n/5)")
+    ap.add_argument("--bandlimit", default="auto",
+                    help="FB band limit in cycles/px, or 'auto' (from the spectral SNR, the default)")
     a = ap.parse_args(argv)
+    bl = a.bandlimit if a.bandlimit == "auto" else float(a.bandlimit)
     n = a.n or (2000 if a.quick else 10000)
     snrs = a.snr or ([0.02, 0.01] if a.quick else [0.05, 0.02, 0.01])
     rng = np.random.default_rng(a.seed)
     res = {"map": "tests/data/maps/50S_states/vol_018.mrc", "L": 64, "n": n, "neighbors": a.neighbors,
-           "k_max": a.k_max, "m": a.m, "cpu_count": len(os.sched_getaffinity(0)), "by_snr": {}}
+           "bandlimit": a.bandlimit, "k_max": a.k_max, "m": a.m, "cpu_count": len(os.sched_getaffinity(0)),
+           "by_snr": {}}
     for snr in ([] if a.skip_main else snrs):
         sim = simulate(n, snr, rng)
-        r, prep = run_one(sim, ["rir", "vdm", "mfvdm"], a.neighbors, a.k_max, a.m)
+        r, prep = run_one(sim, ["rir", "vdm", "mfvdm"], a.neighbors, a.k_max, a.m, bandlimit=bl)
         if a.aspire_python:
             r["aspire_RIRClass2D"] = run_aspire(sim, a.neighbors, a.aspire_python)
         res["by_snr"][str(snr)] = r
@@ -288,7 +295,7 @@ def main(argv=None):
     if n128:
         snr = min(snrs)
         sim = simulate(n128, snr, np.random.default_rng(a.seed + 3), L=128)
-        r, _ = run_one(sim, ["rir", "vdm", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False)
+        r, _ = run_one(sim, ["rir", "vdm", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False, bandlimit=bl)
         r = {"n": n128, "snr": snr, **r}
         if a.aspire_python:
             r["aspire_RIRClass2D"] = run_aspire(sim, a.neighbors, a.aspire_python)

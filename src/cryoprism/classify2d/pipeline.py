@@ -26,8 +26,12 @@ from cryoprism.parallel import batch_ranges, map_batches
 #: this power (docs/classify2d.md); part of every checkpoint fingerprint.
 RID_WEIGHT_POWER = 0.5
 
-__all__ = ["Prepared", "prepare", "centre_shifts", "refine_centre_shifts", "neighbour_references",
-           "neighbors", "effective_ctf_profiles", "coefficient_images",
+#: Automatic FB band limit: the highest frequency whose whitened spectral SNR (3-shell running mean of
+#: the image power over the noise power, minus 1) is at least this (docs/classify2d.md, "FB band limit").
+BANDLIMIT_SSNR = 0.02
+
+__all__ = ["Prepared", "prepare", "whitened_ssnr", "ssnr_bandlimit", "centre_shifts", "refine_centre_shifts",
+           "neighbour_references", "neighbors", "effective_ctf_profiles", "coefficient_images",
            "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline",
            "classify_fingerprint", "run_neighbors"]
 
@@ -141,6 +145,50 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     return shifts
 
 
+def whitened_ssnr(images, nps: np.ndarray, batch_size: int = 512, progress: bool = False) -> np.ndarray:
+    """Spectral SNR of the whitened images by integer shell ``0 … L//2``: ``mean |F|²/L² − 1``.
+
+    Each image has its mean removed and is whitened by ``nps`` (:func:`cryoprism.image.whiten.whiten`),
+    so pure noise has unit power per Fourier pixel and the excess is the signal power over the noise
+    power at that frequency (averaged over images and angles). Shell 0 (the removed mean) is 0.
+    """
+    from cryoprism.fourier.core import fft2c
+    from cryoprism.fourier.resample import radial_average
+    from cryoprism.image.whiten import whiten
+    from cryoprism.parallel import map_reduce
+
+    n, L = images.shape[0], images.shape[-1]
+
+    def one(rng):
+        x = _take(images, *rng)
+        x = whiten(x - x.mean(axis=(1, 2), keepdims=True), nps)
+        F = fft2c(x.astype(np.float64))
+        return (F.real**2 + F.imag**2).sum(axis=0) / (L * L)
+
+    total = map_reduce(one, batch_ranges(n, batch_size), progress=progress, desc="spectral SNR")
+    ssnr = radial_average(total / n, 2, L // 2 + 1) - 1.0
+    ssnr[0] = 0.0
+    return ssnr
+
+
+def ssnr_bandlimit(ssnr: np.ndarray, L: int, threshold: float = BANDLIMIT_SSNR,
+                   min_bandlimit: float = 0.1) -> float:
+    """FB band limit (cycles/px) = (r* + 1)/L, r* the last shell whose 3-shell mean SSNR ≥ ``threshold``.
+
+    Frequencies beyond r* carry (almost) only noise; their FB coefficients enlarge every sPCA block
+    (``γ_k = p_k/n``) and so the error of the estimated eigenvectors, which costs neighbour accuracy
+    (docs/classify2d.md). Clipped to ``[min_bandlimit, 0.5]``.
+    """
+    e = np.asarray(ssnr, dtype=np.float64)
+    sm = np.convolve(e, np.ones(3) / 3.0, mode="same")
+    sm[0] = e[0]
+    ok = np.nonzero(sm[1:] >= float(threshold))[0]
+    if ok.size == 0:
+        return float(min_bandlimit)
+    r = int(ok[-1]) + 1
+    return float(np.clip((r + 1) / float(L), min_bandlimit, 0.5))
+
+
 def _take(images, a, b):
     x = np.asarray(images[a:b], dtype=np.float32)
     return x
@@ -171,7 +219,8 @@ def _profiles(basis: FBBasis2D, ctf: CTFParams | None, pixel_size_A, nps, n, n_a
 
 
 def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = None,
-            mask_radius_px: float | None = None, basis: FBBasis2D | None = None, bandlimit: float = 0.5,
+            mask_radius_px: float | None = None, basis: FBBasis2D | None = None,
+            bandlimit: float | str = "auto",
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
             centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
             centre_refine_rounds: int = 4) -> Prepared:
@@ -184,17 +233,26 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
 
     ``images``: ``(n, L, L)`` array or memory map. ``ctf``: parameters of the n particles (None: no
     CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
+    ``bandlimit``: FB band limit in cycles/px, or ``"auto"`` (default): from the whitened spectral SNR
+    (:func:`ssnr_bandlimit`; the SSNR per shell is in ``extras["ssnr"]``). Ignored when ``basis`` is given.
     """
     from cryoprism.ctf.correct import phase_flip
     from cryoprism.image.whiten import noise_power_spectrum, whiten
 
     n, L = images.shape[0], images.shape[-1]
     R = float(mask_radius_px if mask_radius_px is not None else 0.4 * L)
-    if basis is None:
-        basis = fb_basis_2d(L, radius_px=L // 2, bandlimit=bandlimit)
     if ctf is not None and pixel_size_A is None:
         raise ValueError("pixel_size_A is needed with a CTF")
     nps = noise_power_spectrum(images, R, batch_size=batch_size, progress=progress)
+    extras = {}
+    if basis is None:
+        if isinstance(bandlimit, str):
+            if bandlimit != "auto":
+                raise ValueError(f"bandlimit must be a number or 'auto', got {bandlimit!r}")
+            ssnr = whitened_ssnr(images, nps, batch_size=batch_size, progress=progress)
+            extras["ssnr"] = ssnr
+            bandlimit = ssnr_bandlimit(ssnr, L)
+        basis = fb_basis_2d(L, radius_px=L // 2, bandlimit=float(bandlimit))
 
     def white_flipped(a, b):
         x = _take(images, a, b)
@@ -225,7 +283,8 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
                                        desc="FB expansion"), axis=0)
     spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
     H = _profiles(basis, ctf, pixel_size_A, nps, n)
-    extras = {} if shifts is None else {"centre_shifts_px": shifts}
+    if shifts is not None:
+        extras["centre_shifts_px"] = shifts
     return Prepared(basis=basis, coefs=coefs, nps=nps, H=H, spca=spca, mask_radius_px=R, extras=extras)
 
 
@@ -373,8 +432,9 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
     """Fingerprint of a 2-D run for :class:`cryoprism.io.checkpoint.Checkpoints`.
 
     Particle count, box, a digest of the first and last 256 images, of the CTF table and pixel size,
-    the RID feature weighting (:data:`RID_WEIGHT_POWER`) and the settings (method, neighbours, k̃, m,
-    radius, centring, …), so checkpoints written with other features are not reused.
+    the RID feature weighting (:data:`RID_WEIGHT_POWER`), the band-limit rule (:data:`BANDLIMIT_SSNR`)
+    and the settings (method, neighbours, k̃, m, radius, centring, …), so checkpoints written with other
+    features are not reused.
     """
     from cryoprism.io.checkpoint import digest
 
@@ -383,7 +443,7 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
     tail = np.asarray(images[max(0, n - 256):n], dtype=np.float32)
     fp = {"n": int(n), "box": int(images.shape[-1]), "images": digest(head, tail),
           "ctf": digest(ctf, None if pixel_size_A is None else float(pixel_size_A)),
-          "rid_weight_power": RID_WEIGHT_POWER}
+          "rid_weight_power": RID_WEIGHT_POWER, "bandlimit_ssnr": BANDLIMIT_SSNR}
     fp.update(settings)
     return fp
 
@@ -422,7 +482,8 @@ def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_
         prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, centre=centre, progress=progress)
         if ck is not None:
             ck.save("prepare", {"coefs": prep.coefs, "nps": prep.nps, "H": prep.H, **prep.extras},
-                    L=prep.basis.L, bandlimit=0.5, spca_threshold=1.0, mask_radius_px=prep.mask_radius_px)
+                    L=prep.basis.L, bandlimit=prep.basis.bandlimit, spca_threshold=1.0,
+                    mask_radius_px=prep.mask_radius_px)
     got = ck.load("rid") if ck is not None else None
     if got is not None:
         nb0 = _neighbors_from(got[0])
