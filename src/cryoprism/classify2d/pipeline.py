@@ -152,8 +152,7 @@ def whitened_ssnr(images, nps: np.ndarray, batch_size: int = 512, progress: bool
     so pure noise has unit power per Fourier pixel and the excess is the signal power over the noise
     power at that frequency (averaged over images and angles). Shell 0 (the removed mean) is 0.
     """
-    from cryoprism.fourier.core import fft2c
-    from cryoprism.fourier.resample import radial_average
+    from cryoprism.fourier.resample import power_spectrum, radial_average
     from cryoprism.image.whiten import whiten
     from cryoprism.parallel import map_reduce
 
@@ -162,8 +161,7 @@ def whitened_ssnr(images, nps: np.ndarray, batch_size: int = 512, progress: bool
     def one(rng):
         x = _take(images, *rng)
         x = whiten(x - x.mean(axis=(1, 2), keepdims=True), nps)
-        F = fft2c(x.astype(np.float64))
-        return (F.real**2 + F.imag**2).sum(axis=0) / (L * L)
+        return power_spectrum(x.astype(np.float64)).sum(axis=0)
 
     total = map_reduce(one, batch_ranges(n, batch_size), progress=progress, desc="spectral SNR")
     ssnr = radial_average(total / n, 2, L // 2 + 1) - 1.0
