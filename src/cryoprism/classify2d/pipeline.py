@@ -129,8 +129,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
 
         coefs = np.concatenate(map_batches(expand, ranges, progress=progress, desc=f"re-centring {it}: FB"), axis=0)
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
-        feats = rid_features(spca, coefs, weight_power)
-        nb = mfvdm_neighbors(rid_neighbors(feats, s), s, k_max=k_max, m=m)
+        nb = _neighbor_list(spca, coefs, "mfvdm", s, k_max=k_max, m=m, weight_power=weight_power)
         refs = neighbour_references(basis, spca.denoise(coefs), nb)
 
         def step(rng, shifts=shifts, refs=refs):
@@ -294,16 +293,24 @@ def neighbors(prep: Prepared, method: str = "mfvdm", n_neighbors: int = 50, k_ma
     ``weight_power``: sPCA components weighted by the Wiener weights to this power for the RID search
     (:func:`cryoprism.classify2d.rid.rid_features`; 1 = Wiener-filtered coefficients).
     """
-    feats = rid_features(prep.spca, prep.coefs, weight_power)
-    nb0 = initial if initial is not None else rid_neighbors(feats, n_neighbors, n_candidates=n_candidates,
-                                                            progress=progress)
+    return _neighbor_list(prep.spca, prep.coefs, method, n_neighbors, k_max=k_max, m=m,
+                          n_candidates=n_candidates, progress=progress, initial=initial,
+                          weight_power=weight_power)
+
+
+def _neighbor_list(spca: SteerablePCA, coefs: np.ndarray, method: str, n_neighbors: int, k_max: int = 10,
+                   m: int = 50, n_candidates: int | None = None, progress: bool = False,
+                   initial: Neighbors | None = None, weight_power: float = RID_WEIGHT_POWER) -> Neighbors:
+    """RID list from the weighted sPCA features (unless ``initial`` is given), then VDM / MFVDM on it."""
+    if method not in ("rir", "vdm", "mfvdm"):
+        raise ValueError(f"unknown method {method!r}: use rir, vdm or mfvdm")
+    nb0 = initial
+    if nb0 is None:
+        nb0 = rid_neighbors(rid_features(spca, coefs, weight_power), n_neighbors, n_candidates=n_candidates,
+                            progress=progress)
     if method == "rir":
         return nb0
-    if method == "vdm":
-        return mfvdm_neighbors(nb0, n_neighbors, k_max=1, m=m, progress=progress)
-    if method == "mfvdm":
-        return mfvdm_neighbors(nb0, n_neighbors, k_max=k_max, m=m, progress=progress)
-    raise ValueError(f"unknown method {method!r}: use rir, vdm or mfvdm")
+    return mfvdm_neighbors(nb0, n_neighbors, k_max=1 if method == "vdm" else k_max, m=m, progress=progress)
 
 
 def coefficient_images(prep: Prepared, coefs: np.ndarray, H_eff: np.ndarray, wiener_eps: float = 0.1,
