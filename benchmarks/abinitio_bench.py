@@ -13,7 +13,7 @@ Experiments on the simulated 50S ribosome (tests/data/maps/50S_states/vol_018.mr
 mixture fit to the map
 rotations of 25 projections with the mixture known
 the full Gibbs protocol
-from 25 projections (FSC vs the 25 Å-filtered truth, modulo rotation and hand)
+from 50 projections (25 with --quick; FSC vs the 25 Å-filtered truth, modulo rotation and hand)
 HMC with the CTF at
 SNR 10 (restarts correct, FSC vs the 20 Å-filtered truth)
 fraction of correct rotations vs N_R and K.
@@ -333,8 +333,8 @@ def main(argv=None):
     if "rotations" not in skip:
         out["rotations_mixture_known"] = exp_rotations_known(mix, px, 25, 3000, rng)
     if "gibbs" not in skip:
-        out["full_gibbs"] = exp_full_gibbs(truth, px, 25, 2 if q else 4, 300 if q else 2000,
-                                           8 if q else 12, 20 if q else 40, rng)
+        out["full_gibbs"] = exp_full_gibbs(truth, px, 25 if q else 50, 2 if q else 4, 300 if q else 2000,
+                                           8 if q else 12, 20, rng)
     if "hmc" not in skip:
         out["hmc_ctf_snr10"], _ = exp_hmc_ctf(truth, px, 25, 2 if q else 4, 200 if q else 2000,
                                               6 if q else 10, 20 if q else 60, rng)

@@ -181,11 +181,15 @@ def _crop_ctf(ctf, L_from, L_to):
     return np.asarray(ctf, dtype=np.float64)[..., a:a + L_to, a:a + L_to]
 
 
+#: Refinement sweeps and thinning per method when not given (benchmarked settings, docs/abinitio.md).
+REFINE_DEFAULTS = {"gibbs": (20, 5), "hmc": (60, 10)}
+
+
 def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs", K_initial: int = 100,
                  K_refine: int = 1000, restarts: int = 4, initial_box: int = 32,
                  refine_box: int = 64, n_counts_initial: int = 1000, n_counts_refine: int = 20000,
-                 n_alternations: int | None = None, n_rotations: int = 1000, refine_sweeps: int = 100,
-                 burn_in: int | None = None, thin: int = 10, seed: int = 0, workdir=None,
+                 n_alternations: int | None = None, n_rotations: int = 1000, refine_sweeps: int | None = None,
+                 burn_in: int | None = None, thin: int | None = None, seed: int = 0, workdir=None,
                  resume: bool = False, processes: bool = False, scheduler: str | None = None,
                  progress: bool = True, refine_init: str = "reconstruction") -> AbinitioResult:
     """The whole protocol on images ``(n, L, L)`` (Å pixel size). ``ctf`` is ``(n, L, L)`` centred CTF
@@ -194,11 +198,19 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
     ``refine_init``: ``"reconstruction"`` starts the refinement mixture from
     :func:`reconstruction_mixture` (the map from the best restart's rotations at the refinement box,
     fitted with ``K_refine`` components); ``"sample"`` draws the ``K_refine`` means from the best
-    restart's mixture (the thesis' protocol)."""
+    restart's mixture (the thesis' protocol).
+
+    ``refine_sweeps`` / ``thin`` default to :data:`REFINE_DEFAULTS` of the method (Gibbs: 20 sweeps,
+    thin 5 — the count-model chain broadens its σ with more sweeps, docs/abinitio.md; HMC: 60, 10);
+    ``burn_in`` to half the sweeps."""
     import time
 
     images = np.asarray(images, dtype=np.float64)
     n, L, _ = images.shape
+    if refine_sweeps is None:
+        refine_sweeps = REFINE_DEFAULTS[method][0] if method in REFINE_DEFAULTS else 0
+    if thin is None:
+        thin = REFINE_DEFAULTS[method][1] if method in REFINE_DEFAULTS else 1
     if n_alternations is None:   # the HMC initial stage needs about twice as many alternations
         n_alternations = 12 if method == "gibbs" else 10
     if method not in ("gibbs", "hmc"):

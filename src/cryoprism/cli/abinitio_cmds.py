@@ -61,7 +61,8 @@ def abinitio_command(
     alternations: int = typer.Option(None, "--alternations", min=1,
                                      help="Mixture/rotation alternations of the initial stage "
                                           "(default 12 for gibbs, 10 for hmc)."),
-    sweeps: int = typer.Option(100, "--sweeps", min=2, help="Refinement sweeps (half are burn-in)."),
+    sweeps: int = typer.Option(None, "--sweeps", min=2, help="Refinement sweeps, half of them burn-in "
+                               "(default 20 for gibbs, 60 for hmc)."),
     max_images: int = typer.Option(200, "--max-images", min=1, help="Use at most this many images "
                                                                     "(the first ones)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
