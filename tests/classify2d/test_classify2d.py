@@ -249,3 +249,25 @@ def test_whitened_ssnr_finds_the_band_of_a_low_pass_signal():
     prep = prepare(imgs)                                            # "auto" is the default
     assert prep.basis.bandlimit == pytest.approx(bl)
     np.testing.assert_allclose(prep.extras["ssnr"], e)
+
+
+def test_class_templates_are_the_class_average_rotated_and_mirrored():
+    """Template 0 is the class average; the 90° and mirrored templates are exact grid transforms of it."""
+    from cryoprism.classify2d import Neighbors
+    from cryoprism.classify2d.pipeline import class_templates
+
+    b = fb_basis_2d(L)
+    rng = np.random.default_rng(8)
+    a = b.expand(project_blobs(uniform_rotations(3, rng)))
+    nb = Neighbors(j=np.array([[1, 2], [0, 2], [0, 1]]), angle=np.zeros((3, 2)),
+                   reflected=np.zeros((3, 2), bool), score=np.array([[3.0, 3.0], [1.0, 1.0], [1.0, 1.0]]))
+    T = class_templates(b, a, nb, n_classes=1, n_rotations=4)     # centre = image 0 (highest score)
+    assert T.shape == (8, L, L)
+    avg = b.evaluate(a.mean(axis=0, keepdims=True))[0]
+    assert np.allclose(T[0], avg, atol=1e-5 * np.abs(avg).max())
+    c = L // 2                                                      # centre pixel: transform about it
+    Y, X = np.mgrid[:L, :L] - c
+    rot = [T[0][(c - sgn * X) % L, (c + sgn * Y) % L] for sgn in (1, -1)]   # f(R⁻¹u), R = ±90°
+    assert min(np.abs(T[1] - r).max() for r in rot) < 1e-3 * np.abs(avg).max()
+    mirror_y = T[0][(c - Y) % L, X + c]
+    assert np.abs(T[4] - mirror_y).max() < 1e-3 * np.abs(avg).max()

@@ -100,3 +100,25 @@ def test_rotation_and_shift_conventions_match_relion_projection():
     o = np.array([3.0, -2.0])
     p = forward.project(v, euler_to_matrix(0.0, 0.0, 0.0)[None], origins_px=o[None])[0]
     assert np.abs(p - fourier_shift(p0, -o)).max() < 1e-5 * np.abs(p0).max()
+
+
+@pytest.mark.parametrize("size", [None, 32])
+def test_align_templates_finds_the_template_and_shift(rng, size):
+    """Noisy shifted copies of three different templates: the right template and the drawn shift."""
+    from cryoprism.image.align import align_templates
+
+    L = 64
+    yy, xx = np.mgrid[:L, :L] - L // 2
+    T = np.stack([np.exp(-((xx - a) ** 2 + (yy - b) ** 2) / 20.0) + 0.5 * np.exp(-((xx - c) ** 2 + yy ** 2) / 8.0)
+                  for a, b, c in [(3, 0, -8), (-5, 4, 6), (0, -6, 9)]])
+    k = rng.integers(0, 3, 24)
+    t = rng.uniform(-8, 8, (24, 2))
+    X = fourier_shift(T[k], t) * 1e-4 + rng.normal(0, 0.05e-4, (24, L, L))   # scale must not matter
+    m = align_templates(X, T, max_shift_px=13, size=size)
+    assert np.array_equal(m.template, k)
+    tol = 0.15 if size is None else 0.5                # parabola on the 1 px / 2 px grid
+    assert np.abs(m.shifts_px - t).max() < tol
+    assert np.all(m.score > 0.8)
+    # outside the search radius: the peak is not reachable
+    far = align_templates(fourier_shift(T[:1], np.array([[10.0, 0.0]])), T, max_shift_px=5)
+    assert np.hypot(*far.shifts_px[0]) <= 5.5

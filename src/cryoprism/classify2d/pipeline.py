@@ -30,8 +30,13 @@ RID_WEIGHT_POWER = 0.5
 #: the image power over the noise power, minus 1) is at least this (docs/classify2d.md, "FB band limit").
 BANDLIMIT_SSNR = 0.02
 
+#: What ``prepare(centre=True)`` does with its defaults (part of every checkpoint fingerprint, so shifts
+#: from another centring rule are never resumed).
+CENTRING_RULE = ("rotational average; 4 rounds of MFVDM neighbour references x 3 local steps, "
+                 "class-average search after the first 3")
+
 __all__ = ["Prepared", "prepare", "whitened_ssnr", "ssnr_bandlimit", "centre_shifts", "refine_centre_shifts",
-           "neighbour_references", "neighbors", "effective_ctf_profiles", "coefficient_images",
+           "neighbour_references", "class_templates", "neighbors", "effective_ctf_profiles", "coefficient_images",
            "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline",
            "classify_fingerprint", "run_neighbors"]
 
@@ -91,56 +96,107 @@ def neighbour_references(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, bat
     """
     n = coefs.shape[0]
     out = np.empty((n, coefs.shape[1]), dtype=np.complex128)
-    ks = basis.ks[None, None, :]
     for a in range(0, n, batch_size):
         b = min(n, a + batch_size)
-        A = coefs[nb.j[a:b]].astype(np.complex128)                # (m, s, n_coef)
-        A = np.where(nb.reflected[a:b, :, None], np.conj(A), A)
-        A *= np.exp(-1j * nb.angle[a:b, :, None] * ks)
-        out[a:b] = A.mean(axis=1)
+        out[a:b] = _aligned_neighbour_sum(basis, coefs, nb, np.arange(a, b)) / nb.s
     return out
+
+
+def _aligned_neighbour_sum(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, rows) -> np.ndarray:
+    """Σ over the neighbours of each image in ``rows`` of ``R_angle J^reflected a_j`` (its frame)."""
+    A = coefs[nb.j[rows]].astype(np.complex128)                # (m, s, n_coef)
+    A = np.where(nb.reflected[rows][..., None], np.conj(A), A)
+    A *= np.exp(-1j * nb.angle[rows][..., None] * basis.ks[None, None, :])
+    return A.sum(axis=1)
+
+
+def class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, n_classes: int,
+                    n_rotations: int = 36) -> np.ndarray:
+    """Images of ``n_classes`` neighbour averages at ``n_rotations`` in-plane angles, unreflected and
+    reflected: ``(2 · n_rotations · n_classes, L, L)``.
+
+    Class centres from :func:`choose_class_centres`; each average is the centre's coefficients plus
+    its neighbours' brought into its frame. Rotations and the reflection are exact in FB space."""
+    centres = choose_class_centres(nb, n_classes)
+    avg = (_aligned_neighbour_sum(basis, coefs, nb, centres) + coefs[centres]) / (nb.s + 1)
+    th = 2 * np.pi * np.arange(int(n_rotations)) / int(n_rotations)
+    T = [(np.conj(avg) if r else avg) * np.exp(-1j * t * basis.ks[None, :]) for r in (False, True) for t in th]
+    return basis.evaluate(np.concatenate(T, axis=0).astype(np.complex64))
 
 
 def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarray, rounds: int = 4,
                          max_step_px: float = 4.0, n_neighbors: int = 50, k_max: int = 10, m: int = 50,
                          spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False,
-                         weight_power: float = RID_WEIGHT_POWER) -> np.ndarray:
+                         weight_power: float = RID_WEIGHT_POWER, inner_iterations: int = 3,
+                         rescue: bool = True, rescue_classes: int = 40, rescue_rotations: int = 36,
+                         rescue_threshold_px: float = 1.5, max_shift_px: float | None = None,
+                         relaxation: float = 1.0) -> np.ndarray:
     """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
 
     Each round: FB-expand the images shifted by the current estimates, fit sPCA, find MFVDM
-    neighbours (on the RID list), build each image's reference as the mean of its neighbours'
-    sPCA-filtered coefficients aligned onto it (:func:`neighbour_references`, image itself
-    excluded), and add the cross-correlation peak of the image against that reference (within
-    ``max_step_px``). The mean shift is removed after each round (the particle's centre is defined
-    only up to a common translation). Unlike the rotationally averaged mean, the neighbour average
-    has the asymmetric shape of the image's view, so the peak is no longer pulled by the mismatch.
+    neighbours (on the RID list); then ``inner_iterations`` times: build each image's reference as the
+    mean of its neighbours' sPCA-filtered coefficients aligned onto it (:func:`neighbour_references`,
+    image itself excluded) and add the cross-correlation peak of the image against that reference
+    (within ``max_step_px``), times ``relaxation`` (> 1 over-relaxes: each step is a Jacobi sweep of
+    the averaging ``e_i ← mean_j R_ij e_j``, whose smooth error modes otherwise decay slowly). The mean
+    shift is removed after each step (the particle's centre is defined only up to a common translation).
+
+    ``rescue`` (every round but the last): images whose centring failed have wrong neighbours and
+    cannot recover by local steps. Every image is searched against ``rescue_classes`` class averages
+    at ``rescue_rotations`` angles × reflection over all shifts within ``max_shift_px`` (default
+    0.2 L; on the central half of the spectrum, :func:`cryoprism.image.align.align_templates`); a
+    best match more than ``rescue_threshold_px`` away replaces the image's shift.
     """
-    from cryoprism.image.align import align_translation
+    from cryoprism.image.align import align_templates, align_translation
 
     shifts = np.array(shifts, dtype=np.float64)
     ranges = batch_ranges(n, batch_size)
     s = min(int(n_neighbors), n - 1)
     m = min(int(m), 2 * n - 3)
-    for it in range(int(rounds)):
-        def expand(rng, shifts=shifts):
+    L = basis.L
+    max_shift = 0.2 * L if max_shift_px is None else float(max_shift_px)
+
+    def expand_all(shifts, desc):
+        def expand(rng):
             a, b = rng
             x = fourier_shift(white_flipped(a, b), -shifts[a:b])
             return basis.expand(x.astype(np.float32)).astype(np.complex64)
 
-        coefs = np.concatenate(map_batches(expand, ranges, progress=progress, desc=f"re-centring {it}: FB"), axis=0)
+        return np.concatenate(map_batches(expand, ranges, progress=progress, desc=desc), axis=0)
+
+    for it in range(int(rounds)):
+        coefs = expand_all(shifts, f"re-centring {it}: FB")
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
         nb = _neighbor_list(spca, coefs, "mfvdm", s, k_max=k_max, m=m, weight_power=weight_power)
-        refs = neighbour_references(basis, spca.denoise(coefs), nb)
+        for inner in range(max(1, int(inner_iterations))):
+            if inner > 0:
+                coefs = expand_all(shifts, f"re-centring {it}.{inner}: FB")
+            refs = neighbour_references(basis, spca.denoise(coefs), nb)
 
-        def step(rng, shifts=shifts, refs=refs):
-            a, b = rng
-            x = fourier_shift(white_flipped(a, b), -shifts[a:b])
-            r = basis.evaluate(refs[a:b].astype(np.complex64))
-            return align_translation(x, r, max_shift_px=max_step_px, upsample=4).shifts_px
+            def step(rng, shifts=shifts, refs=refs):
+                a, b = rng
+                x = fourier_shift(white_flipped(a, b), -shifts[a:b])
+                r = basis.evaluate(refs[a:b].astype(np.complex64))
+                return align_translation(x, r, max_shift_px=max_step_px, upsample=4).shifts_px
 
-        inc = np.concatenate(map_batches(step, ranges, progress=progress, desc=f"re-centring {it}: align"), axis=0)
-        shifts = shifts + inc
-        shifts -= shifts.mean(axis=0)
+            inc = np.concatenate(map_batches(step, ranges, progress=progress,
+                                             desc=f"re-centring {it}.{inner}: align"), axis=0)
+            shifts = shifts + float(relaxation) * inc
+            shifts -= shifts.mean(axis=0)
+        if rescue and it < int(rounds) - 1 and rescue_classes > 0:
+            coefs = expand_all(shifts, f"re-centring {it}: FB")
+            T = class_templates(basis, spca.denoise(coefs), nb, rescue_classes, rescue_rotations)
+
+            def search(rng, shifts=shifts, T=T):
+                a, b = rng
+                x = fourier_shift(white_flipped(a, b), -shifts[a:b])
+                return align_templates(x, T, max_shift_px=max_shift, size=max(8, L // 2)).shifts_px
+
+            t = np.concatenate(map_batches(search, ranges, progress=progress,
+                                           desc=f"re-centring {it}: class search"), axis=0)
+            far = np.hypot(t[:, 0], t[:, 1]) > rescue_threshold_px
+            shifts[far] += t[far]
+            shifts -= shifts.mean(axis=0)
     return shifts
 
 
@@ -220,13 +276,13 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
             bandlimit: float | str = "auto",
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
             centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
-            centre_refine_rounds: int = 4) -> Prepared:
+            centre_refine_rounds: int = 4, centre_options: dict | None = None) -> Prepared:
     """Noise spectrum from the background, then per batch: whiten, phase-flip, (centre,) FB-expand; fit sPCA.
 
     ``centre``: translate each whitened, phase-flipped image onto the rotationally averaged mean of
     the stack (:func:`centre_shifts`), then refine the shifts ``centre_refine_rounds`` times against
-    each image's neighbour average (:func:`refine_centre_shifts`); the shifts are in
-    ``extras["centre_shifts_px"]``.
+    each image's neighbour average (:func:`refine_centre_shifts`, further settings in
+    ``centre_options``); the shifts are in ``extras["centre_shifts_px"]``.
 
     ``images``: ``(n, L, L)`` array or memory map. ``ctf``: parameters of the n particles (None: no
     CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
@@ -267,7 +323,7 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
         if centre_refine_rounds > 0 and n > 2:
             shifts = refine_centre_shifts(white_flipped, n, basis, shifts, rounds=centre_refine_rounds,
                                           spca_threshold=spca_threshold, batch_size=batch_size,
-                                          progress=progress)
+                                          progress=progress, **(centre_options or {}))
 
     def one(rng):
         a, b = rng
@@ -437,8 +493,9 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
     """Fingerprint of a 2-D run for :class:`cryoprism.io.checkpoint.Checkpoints`.
 
     Particle count, box, a digest of the first and last 256 images, of the CTF table and pixel size,
-    the RID feature weighting (:data:`RID_WEIGHT_POWER`), the band-limit rule (:data:`BANDLIMIT_SSNR`)
-    and the settings (method, neighbours, k̃, m, radius, centring, …), so checkpoints written with other
+    the RID feature weighting (:data:`RID_WEIGHT_POWER`), the band-limit rule (:data:`BANDLIMIT_SSNR`),
+    the centring rule when centring (:data:`CENTRING_RULE`) and the settings (method, neighbours, k̃,
+    m, radius, centring, …), so checkpoints written with other
     features are not reused.
     """
     from cryoprism.io.checkpoint import digest
@@ -449,6 +506,8 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
     fp = {"n": int(n), "box": int(images.shape[-1]), "images": digest(head, tail),
           "ctf": digest(ctf, None if pixel_size_A is None else float(pixel_size_A)),
           "rid_weight_power": RID_WEIGHT_POWER, "bandlimit_ssnr": BANDLIMIT_SSNR}
+    if settings.get("centre"):
+        fp["centring_rule"] = CENTRING_RULE
     fp.update(settings)
     return fp
 

@@ -86,10 +86,11 @@ def register(app: typer.Typer) -> None:
         radius_px: float = typer.Option(None, "--radius", help="Particle radius in pixels (default 0.4·box); "
                                         "the background outside it gives the noise spectrum."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore CTF parameters (no phase flip)."),
-        centre: bool = typer.Option(False, "--centre", help="Centre the images first: on their rotationally "
-                                    "averaged mean, then 4 rounds against each image's aligned neighbour "
-                                    "average (helps at moderate SNR; ~4 extra neighbour searches; see "
-                                    "docs/classify2d.md)."),
+        centre: bool = typer.Option(False, "--centre", help="Centre the images first (particles with random "
+                                    "shifts): on their rotationally averaged mean, then 4 rounds against each "
+                                    "image's aligned neighbour average, with a search over class averages for "
+                                    "images that failed (helps at moderate SNR; costs ~4 neighbour searches "
+                                    "and 3 class searches; see docs/classify2d.md)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in OUT/checkpoints "
                                     "(same particles and settings)."),
         as_json: bool = JSON_OPTION,

@@ -15,7 +15,9 @@ from cryoprism.fourier.resample import (
 )
 from cryoprism.image.align import (
     Alignment,
+    TemplateMatch,
     align_rotation_translation,
+    align_templates,
     align_translation,
     cross_correlation,
     polar_transform,
@@ -34,7 +36,8 @@ from cryoprism.image.transform import fourier_shift, rotate, rotation_matrix_2d,
 from cryoprism.image.whiten import noise_power_spectrum, recolour, whiten
 
 __all__ = [
-    "Alignment", "align_rotation_translation", "align_translation", "apply_radial_filter",
+    "Alignment", "TemplateMatch", "align_rotation_translation", "align_templates", "align_translation",
+    "apply_radial_filter",
     "background_mask", "background_stats", "bandpass", "circular_mask", "crop", "cross_correlation",
     "downsample", "fourier_shift", "gaussian_blur", "highpass", "lowpass", "lowpass_profile",
     "noise_power_spectrum", "normalize", "pad", "polar_transform", "power_spectrum", "radial_average",

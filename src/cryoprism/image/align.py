@@ -25,6 +25,15 @@ class Alignment:
     score: np.ndarray  # (n,) normalised cross-correlation at the peak
 
 
+@dataclass(frozen=True)
+class TemplateMatch:
+    """Best template per image (:func:`align_templates`)."""
+
+    shifts_px: np.ndarray  # (n, 2) (x, y): image ≈ shift(templates[template], shift)
+    template: np.ndarray  # (n,) index of the best template
+    score: np.ndarray  # (n,) normalised cross-correlation at the peak
+
+
 def _as_stack(x):
     x = np.asarray(x, dtype=np.float64)
     return (x[None], True) if x.ndim == 2 else (x, False)
@@ -191,3 +200,68 @@ def align_rotation_translation(images: np.ndarray, reference: np.ndarray, n_angl
     if single:
         return Alignment(best_t[0], best_a[0], best_s[0])
     return Alignment(best_t, best_a, best_s)
+
+
+def align_templates(images: np.ndarray, templates: np.ndarray, max_shift_px: float | None = None,
+                    size: int | None = None, batch_size: int = 4) -> "TemplateMatch":
+    """Best template and shift per image: ``image ≈ fourier_shift(templates[k], t)`` (multi-reference).
+
+    For every image the cross-correlation with every template (each normalised to unit energy, so
+    templates of different strength compete fairly) is searched over all shifts within
+    ``max_shift_px``; the highest peak wins. ``size``: correlate only the central ``size × size``
+    Fourier coefficients (a Fourier crop: ``L/size`` times fewer operations, shifts on a grid of
+    ``L/size`` px). ``score``: the peak over ``‖image‖ ‖template‖`` in the kept band.
+    """
+    import scipy.fft as sfft
+
+    from cryoprism.fourier.core import WORKERS
+
+    x, single = _as_stack(images)
+    T = np.asarray(templates, dtype=np.float64)
+    n, L, _ = x.shape
+    Ls = L if size is None else int(size)
+    if not 2 <= Ls <= L:
+        raise ValueError(f"size must be in [2, {L}], got {Ls}")
+    c0 = (L - Ls) // 2
+    band = (slice(None), slice(c0, c0 + Ls), slice(c0, c0 + Ls))
+    FT = fft2c(T - T.mean(axis=(1, 2), keepdims=True))[band]
+    FT /= np.maximum(np.sqrt((np.abs(FT) ** 2).sum(axis=(1, 2), keepdims=True)), 1e-30)
+    FTc = np.conj(FT).astype(np.complex64)
+    scale = L / Ls
+    yy, xx = np.meshgrid(np.arange(Ls) - Ls // 2, np.arange(Ls) - Ls // 2, indexing="ij")
+    win = np.ones((Ls, Ls), bool) if max_shift_px is None else (xx**2 + yy**2) * scale**2 <= max_shift_px**2
+    shifts = np.zeros((n, 2))
+    index = np.zeros(n, dtype=np.int64)
+    score = np.zeros(n)
+    for a in range(0, n, batch_size):
+        b = min(n, a + batch_size)
+        FX = fft2c(x[a:b] - x[a:b].mean(axis=(1, 2), keepdims=True))[band]
+        norm = np.sqrt((np.abs(FX) ** 2).sum(axis=(1, 2)))
+        prod = FX.astype(np.complex64)[:, None] * FTc[None]
+        cc = sfft.fftshift(sfft.ifft2(sfft.ifftshift(prod, axes=(-2, -1)), workers=WORKERS),
+                           axes=(-2, -1)).real
+        cc = np.where(win, cc, -np.inf).reshape(b - a, -1)
+        k = cc.argmax(axis=1)
+        t_i, pos = np.divmod(k, Ls * Ls)
+        iy, ix = np.divmod(pos, Ls)
+        # parabola through the peak and its neighbours along x and y (sub-grid position)
+        m = cc.reshape(b - a, -1, Ls, Ls)[np.arange(b - a), t_i]
+        r = np.arange(b - a)
+        fine = []
+        for axis, i0 in ((1, ix), (0, iy)):
+            idx = [iy, ix]
+            lo, hi = list(idx), list(idx)
+            lo[axis], hi[axis] = (i0 - 1) % Ls, (i0 + 1) % Ls
+            c0_, cm, cp = m[r, iy, ix], m[r, lo[0], lo[1]], m[r, hi[0], hi[1]]
+            ok = np.isfinite(cm) & np.isfinite(cp)
+            cm, cp = np.where(ok, cm, 0.0), np.where(ok, cp, 0.0)
+            den = cm - 2 * c0_ + cp
+            ok &= den < 0
+            fine.append(np.where(ok, 0.5 * (cm - cp) / np.where(ok, den, -1.0), 0.0))
+        shifts[a:b] = (np.stack([ix - Ls // 2, iy - Ls // 2], axis=1) + np.clip(np.stack(fine, 1), -0.5, 0.5)) * scale
+        index[a:b] = t_i
+        # ifft2 normalises by Ls²; Parseval in the kept band: peak = Σ FX conj(FT) / Ls²
+        score[a:b] = cc[np.arange(b - a), k] * Ls**2 / np.where(norm > 0, norm, 1.0)
+    if single:
+        return TemplateMatch(shifts[0], index[0], score[0])
+    return TemplateMatch(shifts, index, score)
