@@ -129,17 +129,15 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
                          spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False,
                          weight_power: float = RID_WEIGHT_POWER, inner_iterations: int = 3,
                          rescue: bool = True, rescue_classes: int = 40, rescue_rotations: int = 36,
-                         rescue_threshold_px: float = 1.5, max_shift_px: float | None = None,
-                         relaxation: float = 1.0) -> np.ndarray:
+                         rescue_threshold_px: float = 1.5, max_shift_px: float | None = None) -> np.ndarray:
     """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
 
     Each round: FB-expand the images shifted by the current estimates, fit sPCA, find MFVDM
     neighbours (on the RID list); then ``inner_iterations`` times: build each image's reference as the
     mean of its neighbours' sPCA-filtered coefficients aligned onto it (:func:`neighbour_references`,
     image itself excluded) and add the cross-correlation peak of the image against that reference
-    (within ``max_step_px``), times ``relaxation`` (> 1 over-relaxes: each step is a Jacobi sweep of
-    the averaging ``e_i ← mean_j R_ij e_j``, whose smooth error modes otherwise decay slowly). The mean
-    shift is removed after each step (the particle's centre is defined only up to a common translation).
+    (within ``max_step_px``). The mean shift is removed after each step (the particle's centre is
+    defined only up to a common translation).
 
     ``rescue`` (every round but the last): images whose centring failed have wrong neighbours and
     cannot recover by local steps. Every image is searched against ``rescue_classes`` class averages
@@ -181,7 +179,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
 
             inc = np.concatenate(map_batches(step, ranges, progress=progress,
                                              desc=f"re-centring {it}.{inner}: align"), axis=0)
-            shifts = shifts + float(relaxation) * inc
+            shifts = shifts + inc
             shifts -= shifts.mean(axis=0)
         if rescue and it < int(rounds) - 1 and rescue_classes > 0:
             coefs = expand_all(shifts, f"re-centring {it}: FB")
