@@ -203,7 +203,7 @@ def align_rotation_translation(images: np.ndarray, reference: np.ndarray, n_angl
 
 
 def align_templates(images: np.ndarray, templates: np.ndarray, max_shift_px: float | None = None,
-                    size: int | None = None, batch_size: int = 4) -> "TemplateMatch":
+                    size: int | None = None, batch_size: int = 8) -> "TemplateMatch":
     """Best template and shift per image: ``image ≈ fourier_shift(templates[k], t)`` (multi-reference).
 
     For every image the cross-correlation with every template (each normalised to unit energy, so
@@ -226,42 +226,44 @@ def align_templates(images: np.ndarray, templates: np.ndarray, max_shift_px: flo
     band = (slice(None), slice(c0, c0 + Ls), slice(c0, c0 + Ls))
     FT = fft2c(T - T.mean(axis=(1, 2), keepdims=True))[band]
     FT /= np.maximum(np.sqrt((np.abs(FT) ** 2).sum(axis=(1, 2), keepdims=True)), 1e-30)
-    FTc = np.conj(FT).astype(np.complex64)
+    # work in the unshifted FFT layout: no fftshift copies; cc[p, q] is the shift (q, p) modulo Ls
+    # the correlation is real: keep the non-negative x-frequencies only (irfft2)
+    h = Ls // 2 + 1
+    FTc = np.ascontiguousarray(sfft.ifftshift(np.conj(FT), axes=(-2, -1))[..., :h]).astype(np.complex64)
+    nt = FTc.shape[0]
     scale = L / Ls
-    yy, xx = np.meshgrid(np.arange(Ls) - Ls // 2, np.arange(Ls) - Ls // 2, indexing="ij")
+    wrap = (np.arange(Ls) + Ls // 2) % Ls - Ls // 2          # unshifted index → signed shift
+    yy, xx = np.meshgrid(wrap, wrap, indexing="ij")
     win = np.ones((Ls, Ls), bool) if max_shift_px is None else (xx**2 + yy**2) * scale**2 <= max_shift_px**2
+    widx = np.flatnonzero(win)
     shifts = np.zeros((n, 2))
     index = np.zeros(n, dtype=np.int64)
     score = np.zeros(n)
     for a in range(0, n, batch_size):
         b = min(n, a + batch_size)
+        m = b - a
+        r = np.arange(m)
         FX = fft2c(x[a:b] - x[a:b].mean(axis=(1, 2), keepdims=True))[band]
         norm = np.sqrt((np.abs(FX) ** 2).sum(axis=(1, 2)))
-        prod = FX.astype(np.complex64)[:, None] * FTc[None]
-        cc = sfft.fftshift(sfft.ifft2(sfft.ifftshift(prod, axes=(-2, -1)), workers=WORKERS),
-                           axes=(-2, -1)).real
-        cc = np.where(win, cc, -np.inf).reshape(b - a, -1)
-        k = cc.argmax(axis=1)
-        t_i, pos = np.divmod(k, Ls * Ls)
-        iy, ix = np.divmod(pos, Ls)
+        prod = sfft.ifftshift(FX, axes=(-2, -1))[..., :h].astype(np.complex64)[:, None] * FTc[None]
+        cc = sfft.irfft2(prod, s=(Ls, Ls), workers=WORKERS, overwrite_x=True)  # (m, nt, Ls, Ls)
+        k = cc.reshape(m, nt, Ls * Ls)[:, :, widx].reshape(m, -1).argmax(axis=1)
+        t_i, w = np.divmod(k, widx.size)
+        py, px = np.divmod(widx[w], Ls)
+        best = cc[r, t_i]                                                      # (m, Ls, Ls)
+        c0_ = best[r, py, px]
         # parabola through the peak and its neighbours along x and y (sub-grid position)
-        m = cc.reshape(b - a, -1, Ls, Ls)[np.arange(b - a), t_i]
-        r = np.arange(b - a)
         fine = []
-        for axis, i0 in ((1, ix), (0, iy)):
-            idx = [iy, ix]
-            lo, hi = list(idx), list(idx)
-            lo[axis], hi[axis] = (i0 - 1) % Ls, (i0 + 1) % Ls
-            c0_, cm, cp = m[r, iy, ix], m[r, lo[0], lo[1]], m[r, hi[0], hi[1]]
-            ok = np.isfinite(cm) & np.isfinite(cp)
-            cm, cp = np.where(ok, cm, 0.0), np.where(ok, cp, 0.0)
+        for dy, dx in ((0, 1), (1, 0)):
+            cm = best[r, (py - dy) % Ls, (px - dx) % Ls]
+            cp = best[r, (py + dy) % Ls, (px + dx) % Ls]
             den = cm - 2 * c0_ + cp
-            ok &= den < 0
+            ok = den < 0
             fine.append(np.where(ok, 0.5 * (cm - cp) / np.where(ok, den, -1.0), 0.0))
-        shifts[a:b] = (np.stack([ix - Ls // 2, iy - Ls // 2], axis=1) + np.clip(np.stack(fine, 1), -0.5, 0.5)) * scale
+        shifts[a:b] = (np.stack([wrap[px], wrap[py]], axis=1) + np.clip(np.stack(fine, 1), -0.5, 0.5)) * scale
         index[a:b] = t_i
         # ifft2 normalises by Ls²; Parseval in the kept band: peak = Σ FX conj(FT) / Ls²
-        score[a:b] = cc[np.arange(b - a), k] * Ls**2 / np.where(norm > 0, norm, 1.0)
+        score[a:b] = c0_ * Ls**2 / np.where(norm > 0, norm, 1.0)
     if single:
         return TemplateMatch(shifts[0], index[0], score[0])
     return TemplateMatch(shifts, index, score)
