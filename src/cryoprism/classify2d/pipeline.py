@@ -136,8 +136,9 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     neighbours (on the RID list); then ``inner_iterations`` times: build each image's reference as the
     mean of its neighbours' sPCA-filtered coefficients aligned onto it (:func:`neighbour_references`,
     image itself excluded) and add the cross-correlation peak of the image against that reference
-    (within ``max_step_px``). The mean shift is removed after each step (the particle's centre is
-    defined only up to a common translation).
+    (within ``max_step_px``; the steps of one round together move an image by at most that much). The
+    mean shift is removed after each step (the particle's centre is defined only up to a common
+    translation).
 
     ``rescue`` (every round but the last): images whose centring failed have wrong neighbours and
     cannot recover by local steps. Every image is searched against ``rescue_classes`` class averages
@@ -154,11 +155,13 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     L = basis.L
     max_shift = 0.2 * L if max_shift_px is None else float(max_shift_px)
 
+    def centred(rng, shifts):
+        a, b = rng
+        return fourier_shift(white_flipped(a, b), -shifts[a:b])
+
     def expand_all(shifts, desc):
         def expand(rng):
-            a, b = rng
-            x = fourier_shift(white_flipped(a, b), -shifts[a:b])
-            return basis.expand(x.astype(np.float32)).astype(np.complex64)
+            return basis.expand(centred(rng, shifts).astype(np.float32)).astype(np.complex64)
 
         return np.concatenate(map_batches(expand, ranges, progress=progress, desc=desc), axis=0)
 
@@ -166,29 +169,31 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
         coefs = expand_all(shifts, f"re-centring {it}: FB")
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
         nb = _neighbor_list(spca, coefs, "mfvdm", s, k_max=k_max, m=m, weight_power=weight_power)
+        start = shifts.copy()
         for inner in range(max(1, int(inner_iterations))):
             if inner > 0:
                 coefs = expand_all(shifts, f"re-centring {it}.{inner}: FB")
             refs = neighbour_references(basis, spca.denoise(coefs), nb)
 
             def step(rng, shifts=shifts, refs=refs):
-                a, b = rng
-                x = fourier_shift(white_flipped(a, b), -shifts[a:b])
-                r = basis.evaluate(refs[a:b].astype(np.complex64))
-                return align_translation(x, r, max_shift_px=max_step_px, upsample=4).shifts_px
+                r = basis.evaluate(refs[rng[0]:rng[1]].astype(np.complex64))
+                return align_translation(centred(rng, shifts), r, max_shift_px=max_step_px, upsample=4).shifts_px
 
             inc = np.concatenate(map_batches(step, ranges, progress=progress,
                                              desc=f"re-centring {it}.{inner}: align"), axis=0)
-            shifts = shifts + inc
+            # the local steps of one round move an image by at most max_step_px in all: an image
+            # with a wrong reference must not wander out of the class search's reach
+            d = shifts + inc - start
+            norm = np.hypot(d[:, 0], d[:, 1])
+            shifts = start + d * np.minimum(1.0, max_step_px / np.maximum(norm, 1e-12))[:, None]
             shifts -= shifts.mean(axis=0)
         if rescue and it < int(rounds) - 1 and rescue_classes > 0:
             coefs = expand_all(shifts, f"re-centring {it}: FB")
             T = class_templates(basis, spca.denoise(coefs), nb, rescue_classes, rescue_rotations)
 
             def search(rng, shifts=shifts, T=T):
-                a, b = rng
-                x = fourier_shift(white_flipped(a, b), -shifts[a:b])
-                return align_templates(x, T, max_shift_px=max_shift, size=max(8, L // 2)).shifts_px
+                return align_templates(centred(rng, shifts), T, max_shift_px=max_shift,
+                                       size=max(8, L // 2)).shifts_px
 
             t = np.concatenate(map_batches(search, ranges, progress=progress,
                                            desc=f"re-centring {it}: class search"), axis=0)
