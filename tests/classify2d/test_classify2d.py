@@ -303,3 +303,27 @@ def test_class_search_rescues_images_whose_centring_failed():
     assert np.mean(fixed[bad] < 1.5) > 0.6         # the search brings most back (69 % on this toy set)
     assert np.median(fixed[~bad]) < 0.5
     assert np.mean(fixed[~bad] > 1.5) < 0.1        # and moves few of the good ones away
+
+
+def test_centring_resumes_from_its_last_saved_round(tmp_path, monkeypatch):
+    """Round 1 saved, then resumed to 2 rounds: the same shifts as 2 rounds in one go, stage 1 not rerun."""
+    import cryoprism.classify2d.pipeline as P
+    from cryoprism.io.checkpoint import Checkpoints
+
+    rng = np.random.default_rng(5)
+    n = 200
+    rots = uniform_rotations(n, rng)
+    clean = project_blobs_shifted(rots, rng.uniform(-3, 3, (n, 2)))
+    imgs = (clean + rng.normal(0, 0.3 * clean.std(), clean.shape)).astype(np.float32)
+    kw = dict(centre=True, centre_options={"rescue": False})
+    full = prepare(imgs, centre_refine_rounds=2, **kw).extras["centre_shifts_px"]
+    fp = {"test": "centring"}
+    first = prepare(imgs, centre_refine_rounds=1, checkpoints=Checkpoints(tmp_path, fp), **kw)
+    assert not np.allclose(first.extras["centre_shifts_px"], full, atol=1e-3)   # one round is not two
+
+    def no_stage_1(*a, **k):
+        raise AssertionError("stage 1 ran again")
+
+    monkeypatch.setattr(P, "centre_shifts", no_stage_1)
+    resumed = prepare(imgs, centre_refine_rounds=2, checkpoints=Checkpoints(tmp_path, fp, resume=True), **kw)
+    assert np.allclose(resumed.extras["centre_shifts_px"], full, atol=1e-6)

@@ -129,7 +129,8 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
                          spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False,
                          weight_power: float = RID_WEIGHT_POWER, inner_iterations: int = 3,
                          rescue: bool = True, rescue_classes: int = 40, rescue_rotations: int = 36,
-                         rescue_threshold_px: float = 1.5, max_shift_px: float | None = None) -> np.ndarray:
+                         rescue_threshold_px: float = 1.5, max_shift_px: float | None = None,
+                         first_round: int = 0, on_round=None) -> np.ndarray:
     """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
 
     Each round: FB-expand the images shifted by the current estimates, fit sPCA, find MFVDM
@@ -145,6 +146,9 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     at ``rescue_rotations`` angles × reflection over all shifts within ``max_shift_px`` (default
     0.2 L; on the central half of the spectrum, :func:`cryoprism.image.align.align_templates`); a
     best match more than ``rescue_threshold_px`` away replaces the image's shift.
+
+    ``first_round`` / ``on_round(round, shifts)``: resume after ``first_round`` finished rounds (with
+    their ``shifts``); ``on_round`` is called after every finished round (checkpointing).
     """
     from cryoprism.image.align import align_templates, align_translation
 
@@ -165,7 +169,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
 
         return np.concatenate(map_batches(expand, ranges, progress=progress, desc=desc), axis=0)
 
-    for it in range(int(rounds)):
+    for it in range(int(first_round), int(rounds)):
         coefs = expand_all(shifts, f"re-centring {it}: FB")
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
         nb = _neighbor_list(spca, coefs, "mfvdm", s, k_max=k_max, m=m, weight_power=weight_power)
@@ -200,6 +204,8 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
             far = np.hypot(t[:, 0], t[:, 1]) > rescue_threshold_px
             shifts[far] += t[far]
             shifts -= shifts.mean(axis=0)
+        if on_round is not None:
+            on_round(it, shifts)
     return shifts
 
 
@@ -279,13 +285,15 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
             bandlimit: float | str = "auto",
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
             centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
-            centre_refine_rounds: int = 4, centre_options: dict | None = None) -> Prepared:
+            centre_refine_rounds: int = 4, centre_options: dict | None = None, checkpoints=None) -> Prepared:
     """Noise spectrum from the background, then per batch: whiten, phase-flip, (centre,) FB-expand; fit sPCA.
 
     ``centre``: translate each whitened, phase-flipped image onto the rotationally averaged mean of
     the stack (:func:`centre_shifts`), then refine the shifts ``centre_refine_rounds`` times against
     each image's neighbour average (:func:`refine_centre_shifts`, further settings in
-    ``centre_options``); the shifts are in ``extras["centre_shifts_px"]``.
+    ``centre_options``); the shifts are in ``extras["centre_shifts_px"]``. With ``checkpoints`` (a
+    :class:`cryoprism.io.checkpoint.Checkpoints`) the centring shifts are saved after stage 1 and after
+    every refinement round (``centring``), and a resumed run continues from the last saved round.
 
     ``images``: ``(n, L, L)`` array or memory map. ``ctf``: parameters of the n particles (None: no
     CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
@@ -321,12 +329,26 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
 
     shifts = None
     if centre:
-        shifts = centre_shifts(white_flipped, n, L, max_shift_px=centre_max_shift_frac * L,
-                               n_iter=centre_iterations, batch_size=batch_size, progress=progress)
-        if centre_refine_rounds > 0 and n > 2:
+        ck = checkpoints
+        got = ck.load("centring") if ck is not None else None
+        if got is not None:
+            shifts, done = np.asarray(got[0]["shifts_px"], dtype=np.float64), int(got[1]["rounds_done"])
+        else:
+            shifts = centre_shifts(white_flipped, n, L, max_shift_px=centre_max_shift_frac * L,
+                                   n_iter=centre_iterations, batch_size=batch_size, progress=progress)
+            done = 0
+            if ck is not None:
+                ck.save("centring", {"shifts_px": shifts}, rounds_done=0)
+
+        def saved(it, sh):
+            if ck is not None:
+                ck.save("centring", {"shifts_px": sh}, rounds_done=it + 1)
+
+        if centre_refine_rounds > done and n > 2:
             shifts = refine_centre_shifts(white_flipped, n, basis, shifts, rounds=centre_refine_rounds,
                                           spca_threshold=spca_threshold, batch_size=batch_size,
-                                          progress=progress, **(centre_options or {}))
+                                          progress=progress, first_round=done, on_round=saved,
+                                          **(centre_options or {}))
 
     def one(rng):
         a, b = rng
@@ -529,7 +551,8 @@ def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_
     """prepare → RID neighbours → VDM/MFVDM neighbours, each stage checkpointed. Returns ``(prep, nb)``.
 
     ``checkpoints``: a :class:`cryoprism.io.checkpoint.Checkpoints` (fingerprint from
-    :func:`classify_fingerprint`) or None. Stages saved atomically once finished: ``prepare`` (the
+    :func:`classify_fingerprint`) or None. Stages saved atomically once finished: ``centring`` (the
+    shifts after each centring round, with ``centre``), ``prepare`` (the
     whitened FB coefficients, noise spectrum, CTF profiles, centring shifts; the sPCA is refitted from
     the coefficients, deterministic and seconds), ``rid`` (the initial neighbour list the graph is
     built from) and ``neighbors`` (the VDM/MFVDM result). When resuming, finished stages are loaded.
@@ -546,7 +569,8 @@ def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_
         prep = Prepared(basis=basis, coefs=coefs, nps=arr["nps"], H=arr["H"], spca=spca,
                         mask_radius_px=float(meta["mask_radius_px"]), extras=extras)
     else:
-        prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, centre=centre, progress=progress)
+        prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, centre=centre, progress=progress,
+                       checkpoints=ck)
         if ck is not None:
             ck.save("prepare", {"coefs": prep.coefs, "nps": prep.nps, "H": prep.H, **prep.extras},
                     L=prep.basis.L, bandlimit=prep.basis.bandlimit, spca_threshold=1.0,
