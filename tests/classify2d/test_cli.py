@@ -97,3 +97,24 @@ def test_classify2d_resume_with_other_settings_is_input_error(star, tmp_path):
     assert main(args) == 0
     assert main(args[:-1] + ["13", "--resume"]) == 2
     assert main(["classify2d", str(star), "-o", str(tmp_path / "new"), "--radius", "14", "--resume"]) == 2
+
+
+def test_classify2d_centre_checkpoints_and_resumes(star, tmp_path, monkeypatch):
+    """--centre runs through the CLI; on --resume the saved centring is reused, not recomputed."""
+    import cryoprism.classify2d.pipeline as P
+
+    out = tmp_path / "c"
+    args = ["classify2d", str(star), "-o", str(out), "--neighbors", "5", "--k-max", "3", "--eigs", "10",
+            "--classes", "4", "--radius", "14", "--centre"]
+    assert main(args) == 0
+    first = pd.read_csv(out / "neighbors.csv")
+    assert (out / "checkpoints" / "centring.ckpt.npz").exists()
+    (out / "checkpoints" / "prepare.ckpt.npz").unlink()     # as if interrupted after the centring
+
+    def no_centring(*a, **k):
+        raise AssertionError("centring re-run on resume")
+
+    monkeypatch.setattr(P, "centre_shifts", no_centring)
+    monkeypatch.setattr(P, "refine_centre_shifts", no_centring)
+    assert main(args + ["--resume"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "neighbors.csv"), first)
