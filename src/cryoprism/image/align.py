@@ -203,14 +203,15 @@ def align_rotation_translation(images: np.ndarray, reference: np.ndarray, n_angl
 
 
 def align_templates(images: np.ndarray, templates: np.ndarray, max_shift_px: float | None = None,
-                    size: int | None = None, batch_size: int = 8) -> "TemplateMatch":
+                    size: int | None = None, batch_size: int | None = None) -> "TemplateMatch":
     """Best template and shift per image: ``image ≈ fourier_shift(templates[k], t)`` (multi-reference).
 
     For every image the cross-correlation with every template (each normalised to unit energy, so
     templates of different strength compete fairly) is searched over all shifts within
     ``max_shift_px``; the highest peak wins. ``size``: correlate only the central ``size × size``
     Fourier coefficients (a Fourier crop: ``L/size`` times fewer operations, shifts on a grid of
-    ``L/size`` px). ``score``: the peak over ``‖image‖ ‖template‖`` in the kept band.
+    ``L/size`` px). ``score``: the peak over ``‖image‖ ‖template‖`` in the kept band. ``batch_size``:
+    images per FFT batch (default: as many as keep the correlation maps near 256 MB).
     """
     import scipy.fft as sfft
 
@@ -236,6 +237,8 @@ def align_templates(images: np.ndarray, templates: np.ndarray, max_shift_px: flo
     yy, xx = np.meshgrid(wrap, wrap, indexing="ij")
     win = np.ones((Ls, Ls), bool) if max_shift_px is None else (xx**2 + yy**2) * scale**2 <= max_shift_px**2
     widx = np.flatnonzero(win)
+    if batch_size is None:
+        batch_size = max(1, int(2**28 // (nt * Ls * Ls * 12)))   # float32 maps + complex64 products
     shifts = np.zeros((n, 2))
     index = np.zeros(n, dtype=np.int64)
     score = np.zeros(n)
