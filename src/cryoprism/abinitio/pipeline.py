@@ -207,14 +207,12 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
 
     images = np.asarray(images, dtype=np.float64)
     n, L, _ = images.shape
-    if refine_sweeps is None:
-        refine_sweeps = REFINE_DEFAULTS[method][0] if method in REFINE_DEFAULTS else 0
-    if thin is None:
-        thin = REFINE_DEFAULTS[method][1] if method in REFINE_DEFAULTS else 1
+    if method not in REFINE_DEFAULTS:
+        raise ValueError("method must be 'gibbs' or 'hmc'")
+    refine_sweeps = REFINE_DEFAULTS[method][0] if refine_sweeps is None else refine_sweeps
+    thin = REFINE_DEFAULTS[method][1] if thin is None else thin
     if n_alternations is None:   # the HMC initial stage needs about twice as many alternations
         n_alternations = 12 if method == "gibbs" else 10
-    if method not in ("gibbs", "hmc"):
-        raise ValueError("method must be 'gibbs' or 'hmc'")
     if refine_init not in ("reconstruction", "sample"):
         raise ValueError("refine_init must be 'reconstruction' or 'sample'")
     Li = min(initial_box, L)
@@ -246,6 +244,7 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
     state, samples = None, []
     if ck is not None and resume and ck.exists():
         state, rng, _, samples = load_checkpoint(ck)
+    save = (lambda st, smp: save_checkpoint(ck, st, rng, "refine", smp)) if ck is not None else None
     if method == "gibbs":
         data = gibbs.count_data(gibbs.images_to_counts(big, n_counts_refine), px_r)
         pri = gibbs.default_priors(data)
@@ -259,7 +258,6 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
                                          init.rotations.copy(), init.shifts_A.copy())
             else:
                 state = gibbs.refinement_state(init, K_refine, rng)
-        save = (lambda st, smp: save_checkpoint(ck, st, rng, "refine", smp)) if ck is not None else None
         state, samples = gibbs.run_refinement(data, state, pri, rng, refine_sweeps, burn_in, thin,
                                               checkpoint=save, samples=samples)
     else:
@@ -279,7 +277,6 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
                                  eps_rot=None if init.eps_rot is None else init.eps_rot.copy())
             hmc.sample_scales(state, data, rng)
             hmc.sample_beta(state, data, pri, rng)
-        save = (lambda st, smp: save_checkpoint(ck, st, rng, "refine", smp)) if ck is not None else None
         state, samples = hmc.run_refinement(data, state, pri, rng, refine_sweeps, burn_in, thin,
                                             checkpoint=save, samples=samples)
     mixes = [s.mixture if hasattr(s, "mixture") else s for s in samples] or [state.mixture]

@@ -105,9 +105,8 @@ def neighbour_references(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, bat
 def _aligned_neighbour_sum(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, rows) -> np.ndarray:
     """Σ over the neighbours of each image in ``rows`` of ``R_angle J^reflected a_j`` (its frame)."""
     A = coefs[nb.j[rows]].astype(np.complex128)                # (m, s, n_coef)
-    A = np.where(nb.reflected[rows][..., None], np.conj(A), A)
-    A *= np.exp(-1j * nb.angle[rows][..., None] * basis.ks[None, None, :])
-    return A.sum(axis=1)
+    A = np.where(nb.reflected[rows][..., None], basis.reflect(A), A)
+    return basis.rotate(A, nb.angle[rows]).sum(axis=1)
 
 
 def class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, n_classes: int,
@@ -120,8 +119,9 @@ def class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, n_classe
     centres = choose_class_centres(nb, n_classes)
     avg = (_aligned_neighbour_sum(basis, coefs, nb, centres) + coefs[centres]) / (nb.s + 1)
     th = 2 * np.pi * np.arange(int(n_rotations)) / int(n_rotations)
-    T = [(np.conj(avg) if r else avg) * np.exp(-1j * t * basis.ks[None, :]) for r in (False, True) for t in th]
-    return basis.evaluate(np.concatenate(T, axis=0).astype(np.complex64))
+    T = np.stack([avg, basis.reflect(avg)])                                  # (2, C, n_coef)
+    T = basis.rotate(T[:, None], th[None, :, None])                          # (2, R, C, n_coef)
+    return basis.evaluate(T.reshape(-1, T.shape[-1]).astype(np.complex64))
 
 
 def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarray, rounds: int = 4,
@@ -341,13 +341,13 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
                 ck.save("centring", {"shifts_px": shifts}, rounds_done=0)
 
         def saved(it, sh):
-            if ck is not None:
-                ck.save("centring", {"shifts_px": sh}, rounds_done=it + 1)
+            ck.save("centring", {"shifts_px": sh}, rounds_done=it + 1)
 
         if centre_refine_rounds > done and n > 2:
             shifts = refine_centre_shifts(white_flipped, n, basis, shifts, rounds=centre_refine_rounds,
                                           spca_threshold=spca_threshold, batch_size=batch_size,
-                                          progress=progress, first_round=done, on_round=saved,
+                                          progress=progress, first_round=done,
+                                          on_round=saved if ck is not None else None,
                                           **(centre_options or {}))
 
     def one(rng):
@@ -481,16 +481,8 @@ def choose_class_centres(nb: Neighbors, n_classes: int) -> np.ndarray:
 def class_averages(prep: Prepared, nb: Neighbors, centres, wiener_eps: float = 0.1) -> np.ndarray:
     """Average of each centre and its neighbours aligned onto it (in FB space: no interpolation)."""
     centres = np.asarray(centres, dtype=np.int64)
-    basis = prep.basis
-    C = np.empty((len(centres), basis.n_coef), dtype=np.complex128)
-    Hc = np.empty((len(centres), prep.H.shape[1]))
-    for t, c in enumerate(centres):
-        J, ang, refl = nb.j[c], nb.angle[c], nb.reflected[c]
-        a = prep.coefs[J].astype(np.complex128)
-        a = np.where(refl[:, None], np.conj(a), a)
-        a = basis.rotate(a, ang)
-        C[t] = (prep.coefs[c] + a.sum(axis=0)) / (len(J) + 1)
-        Hc[t] = (prep.H[c] + prep.H[J].sum(axis=0)) / (len(J) + 1)
+    C = (prep.coefs[centres] + _aligned_neighbour_sum(prep.basis, prep.coefs, nb, centres)) / (nb.s + 1)
+    Hc = (prep.H[centres] + prep.H[nb.j[centres]].sum(axis=1)) / (nb.s + 1)
     return coefficient_images(prep, C, Hc, wiener_eps=wiener_eps)
 
 

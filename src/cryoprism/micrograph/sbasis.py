@@ -30,7 +30,7 @@ matrix), computed here by least squares on a Fibonacci point set (exact up to ro
 ``Y_ℓ(Aᵀ u)`` lies in the span of the degree-ℓ harmonics). The coefficients of the rotated volume
 ``V_A(r) = V(Aᵀ r)`` (the volume in the particle frame of RELION matrix ``A``) are ``M_ℓᵀ x_ℓ``.
 
-This module is self-contained so that it can later move to ``cryoprism.basis``.
+The special functions (spherical-Bessel zeros, real spherical harmonics) come from ``cryoprism.basis.sb3d``.
 """
 
 from __future__ import annotations
@@ -44,12 +44,6 @@ from cryoprism.basis.sb3d import real_sph_harm, spherical_bessel_zeros
 from cryoprism.geometry.grids import sphere_grid
 
 _NQUAD = 96
-
-
-# --------------------------------------------------------------------------------------------------
-# special functions
-
-
 
 
 # --------------------------------------------------------------------------------------------------
