@@ -118,3 +118,12 @@ def test_classify2d_centre_checkpoints_and_resumes(star, tmp_path, monkeypatch):
     monkeypatch.setattr(P, "refine_centre_shifts", no_centring)
     assert main(args + ["--resume"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "neighbors.csv"), first)
+    # the translated copies for the translation-tolerant pair search are saved with the prepare stage
+    # and restored from it: neighbours redone from that checkpoint are the same
+    with np.load(out / "checkpoints" / "prepare.ckpt.npz") as z:
+        assert len(z["shift_offsets_px"]) == 12 and "shifted_k0" in z.files
+    for stage in ("rid", "neighbors"):
+        (out / "checkpoints" / f"{stage}.ckpt.npz").unlink()
+    monkeypatch.setattr(P, "shifted_projections", no_centring)
+    assert main(args + ["--resume"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "neighbors.csv"), first)

@@ -122,3 +122,26 @@ def test_align_templates_finds_the_template_and_shift(rng, size):
     # outside the search radius: the peak is not reachable
     far = align_templates(fourier_shift(T[:1], np.array([[10.0, 0.0]])), T, max_shift_px=5)
     assert np.hypot(*far.shifts_px[0]) <= 5.5
+
+
+def test_template_peaks_gives_every_templates_peak(rng):
+    """Each image is a shifted copy of one template: its own template peaks at the drawn shift and
+    scores highest; align_templates is the row-wise best of these peaks."""
+    from cryoprism.image.align import align_templates, template_peaks
+
+    L = 48
+    yy, xx = np.mgrid[:L, :L] - L // 2
+    T = np.stack([np.exp(-((xx - a) ** 2 + (yy - b) ** 2) / 12.0) + 0.6 * np.exp(-((xx - c) ** 2 + yy ** 2) / 6.0)
+                  for a, b, c in [(3, 0, -8), (-5, 4, 6), (0, -6, 9), (6, 6, -4)]])
+    k = np.array([0, 1, 2, 3, 1, 0])
+    t = rng.uniform(-5, 5, (6, 2))
+    X = fourier_shift(T[k], t) + rng.normal(0, 0.02, (6, L, L))
+    score, shifts = template_peaks(X, T, max_shift_px=8)
+    assert score.shape == (6, 4) and shifts.shape == (6, 4, 2)
+    assert np.array_equal(score.argmax(axis=1), k)
+    assert np.abs(shifts[np.arange(6), k] - t).max() < 0.15
+    m = align_templates(X, T, max_shift_px=8)
+    assert np.array_equal(m.template, k)
+    np.testing.assert_allclose(m.shifts_px, shifts[np.arange(6), k])
+    # every peak stays inside the search radius (plus at most half a pixel of parabola along x and y)
+    assert np.hypot(shifts[..., 0], shifts[..., 1]).max() <= 8 + 0.5 * np.sqrt(2)

@@ -33,9 +33,16 @@ BANDLIMIT_SSNR = 0.02
 #: What ``prepare(centre=True)`` does with its defaults (part of every checkpoint fingerprint, so shifts
 #: from another centring rule are never resumed).
 CENTRING_RULE = ("rotational average; 4 rounds of MFVDM neighbour references x 3 local steps, "
-                 "class-average search after the first 3")
+                 "synchronised class-average search (all images) after the first 3; "
+                 "translation-tolerant pair search 1 px / 0.5 px")
 
-__all__ = ["Prepared", "prepare", "whitened_ssnr", "ssnr_bandlimit", "centre_shifts", "refine_centre_shifts",
+#: Joint rotation-translation pair search after centring (``prepare(centre=True)``): candidate pairs
+#: are also scored with image j translated by every offset of a square grid of this step (px) within
+#: this radius (px), tolerating the residual centring error (docs/classify2d.md, "Shifts").
+SHIFT_SEARCH_PX = (1.0, 0.5)
+
+__all__ = ["Prepared", "shift_offsets", "shifted_projections", "synchronised_class_templates",
+           "prepare", "whitened_ssnr", "ssnr_bandlimit", "centre_shifts", "refine_centre_shifts",
            "neighbour_references", "class_templates", "neighbors", "effective_ctf_profiles", "coefficient_images",
            "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline",
            "classify_fingerprint", "run_neighbors"]
@@ -52,6 +59,10 @@ class Prepared:
     spca: SteerablePCA
     mask_radius_px: float
     extras: dict = field(default_factory=dict)
+    #: sPCA projections (list over angular frequency, unweighted) of the images translated by each of
+    #: ``shift_offsets_px``: the translation-tolerant neighbour search uses them (empty: none)
+    shifted: tuple = ()
+    shift_offsets_px: np.ndarray | None = None
 
 
 def centre_shifts(white_flipped, n: int, L: int, max_shift_px: float, n_iter: int = 3, batch_size: int = 512,
@@ -85,6 +96,46 @@ def centre_shifts(white_flipped, n: int, L: int, max_shift_px: float, n_iter: in
         new = np.concatenate(map_batches(est, ranges, progress=progress, desc=f"centring {it}"), axis=0)
         shifts = new - new.mean(axis=0)   # the reference's own centre is arbitrary: keep the mean shift 0
     return shifts
+
+
+def shift_offsets(radius_px: float, step_px: float) -> np.ndarray:
+    """Nonzero offsets ``(G, 2)`` (x, y px) of a square grid of ``step_px`` within ``radius_px``."""
+    if radius_px <= 0 or step_px <= 0:
+        return np.zeros((0, 2))
+    h = int(np.floor(radius_px / step_px + 1e-9))
+    g = np.arange(-h, h + 1) * float(step_px)
+    xy = np.stack(np.meshgrid(g, g, indexing="ij"), axis=-1).reshape(-1, 2)
+    r = np.hypot(xy[:, 0], xy[:, 1])
+    return xy[(r > 0) & (r <= radius_px + 1e-9)]
+
+
+def shifted_projections(basis: FBBasis2D, spca: SteerablePCA, images, n: int, offsets: np.ndarray,
+                        batch_size: int = 512, progress: bool = False) -> tuple:
+    """sPCA projections of the images translated by each offset: a tuple over offsets of lists over k.
+
+    ``images(a, b)`` returns images ``a:b`` (read once per batch for all offsets); each translated copy
+    is FB-expanded and projected on the sPCA components (unweighted, complex64).
+    """
+    offsets = np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
+    K = len(spca.vectors)
+
+    def one(rng):
+        a, b = rng
+        x = images(a, b)
+        out = []
+        for o in offsets:
+            c = basis.expand(fourier_shift(x, np.broadcast_to(o, (b - a, 2))).astype(np.float32))
+            out.append([spca.project(c, k).astype(np.complex64) for k in range(K)])
+        return out
+
+    parts = map_batches(one, batch_ranges(n, batch_size), progress=progress, desc="translated copies")
+    return tuple([np.concatenate([p[g][k] for p in parts], axis=0) for k in range(K)]
+                 for g in range(len(offsets)))
+
+
+def _weighted(spca: SteerablePCA, proj: list, weight_power: float) -> list:
+    ww = spca.wiener_weights
+    return [proj[k] * (np.asarray(ww[k]) ** float(weight_power))[None, :] for k in range(len(proj))]
 
 
 def neighbour_references(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, batch_size: int = 256) -> np.ndarray:
@@ -124,13 +175,78 @@ def class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, n_classe
     return basis.evaluate(T.reshape(-1, T.shape[-1]).astype(np.complex64))
 
 
+def _rot_refl(theta, refl):
+    """2×2 matrices of "reflect y → −y (if ``refl``), then rotate by ``theta`` counter-clockwise" (the
+    action of :meth:`FBBasis2D.reflect` and :meth:`FBBasis2D.rotate` on image positions)."""
+    c, s = np.cos(theta), np.sin(theta)
+    M = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+    return np.where(np.asarray(refl)[..., None, None], M * np.array([1.0, -1.0]), M)
+
+
+def synchronised_class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, n_classes: int,
+                                 n_rotations: int = 36, edges_per_class: int = 4,
+                                 max_shift_px: float | None = None):
+    """Class-average templates whose centres agree with each other (class synchronisation).
+
+    Class averages made of images that share a centring error are offset by that error, and an image
+    aligned to them inherits it. Each class average ``A_c`` is aligned (rotation, reflection and
+    translation, :func:`cryoprism.image.align.template_peaks`) to every other; its best
+    ``edges_per_class`` matches ``d`` give ``t_cd ≈ o_c − M_cd o_d`` (``o_c``: offset of class c,
+    ``M_cd``: the rotation/reflection taking d onto c). The offsets are the robust (Huber, 1 px)
+    least-squares solution over these edges, determined up to the common translation, which is
+    irrelevant. Returns ``(templates, offsets, centres)``: the templates of :func:`class_templates`
+    each shifted by ``−M o_c``, the class offsets ``(C, 2)`` px and the centre images.
+    """
+    from cryoprism.image.align import template_peaks
+
+    centres = choose_class_centres(nb, n_classes)
+    C, R, L = len(centres), int(n_rotations), basis.L
+    avg = (_aligned_neighbour_sum(basis, coefs, nb, centres) + coefs[centres]) / (nb.s + 1)
+    th = 2 * np.pi * np.arange(R) / R
+    T = np.stack([avg, basis.reflect(avg)])
+    T = basis.evaluate(basis.rotate(T[:, None], th[None, :, None]).reshape(-1, avg.shape[1]).astype(np.complex64))
+    A = basis.evaluate(avg.astype(np.complex64))
+    ms = 0.2 * L if max_shift_px is None else float(max_shift_px)
+    score, shifts = template_peaks(A, T, max_shift_px=ms)
+    score = score.reshape(C, 2 * R, C)
+    shifts = shifts.reshape(C, 2 * R, C, 2)
+    best = score.argmax(axis=1)                                         # (C, C) over rotations × reflection
+    cc = np.arange(C)[:, None]
+    S = np.take_along_axis(score, best[:, None, :], 1)[:, 0]
+    t = shifts[cc, best, np.arange(C)[None, :]]                         # (C, C, 2)
+    M = _rot_refl(th[best % R], best >= R)                              # (C, C, 2, 2)
+    S[np.arange(C), np.arange(C)] = -np.inf
+    k = min(int(edges_per_class), C - 1)
+    rows, cols, tv, Mv = [], [], [], []
+    for c in range(C):
+        for d in np.argsort(-S[c])[:k]:
+            rows.append(c), cols.append(d), tv.append(t[c, d]), Mv.append(M[c, d])
+    E = len(rows)
+    G = np.zeros((2 * E, 2 * C))
+    for e, (c, d, m_) in enumerate(zip(rows, cols, Mv)):
+        G[2 * e:2 * e + 2, 2 * c:2 * c + 2] = np.eye(2)
+        G[2 * e:2 * e + 2, 2 * d:2 * d + 2] -= m_
+    y = np.concatenate(tv)
+    w = np.ones(E)
+    for _ in range(4):                                                  # Huber IRLS
+        sw = np.repeat(np.sqrt(w), 2)
+        o = np.linalg.lstsq(G * sw[:, None], y * sw, rcond=None)[0]
+        r = np.hypot(*(G @ o - y).reshape(E, 2).T)
+        w = np.minimum(1.0, 1.0 / np.maximum(r, 1e-12))
+    o = o.reshape(C, 2)
+    # template (refl, rot, c) = R_θ J A_c: its offset is M(θ, refl) o_c
+    Mt = _rot_refl(np.tile(np.repeat(th, C), 2), np.repeat([False, True], R * C))
+    oc = np.einsum("tij,tj->ti", Mt, np.tile(o, (2 * R, 1)))
+    return fourier_shift(T, -oc), o, centres
+
+
 def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarray, rounds: int = 4,
                          max_step_px: float = 4.0, n_neighbors: int = 50, k_max: int = 10, m: int = 50,
                          spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False,
                          weight_power: float = RID_WEIGHT_POWER, inner_iterations: int = 3,
                          rescue: bool = True, rescue_classes: int = 40, rescue_rotations: int = 36,
-                         rescue_threshold_px: float = 1.5, max_shift_px: float | None = None,
-                         first_round: int = 0, on_round=None) -> np.ndarray:
+                         rescue_threshold_px: float | None = None, max_shift_px: float | None = None,
+                         synchronise: bool = True, first_round: int = 0, on_round=None) -> np.ndarray:
     """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
 
     Each round: FB-expand the images shifted by the current estimates, fit sPCA, find MFVDM
@@ -144,8 +260,11 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     ``rescue`` (every round but the last): images whose centring failed have wrong neighbours and
     cannot recover by local steps. Every image is searched against ``rescue_classes`` class averages
     at ``rescue_rotations`` angles × reflection over all shifts within ``max_shift_px`` (default
-    0.2 L; on the central half of the spectrum, :func:`cryoprism.image.align.align_templates`); a
-    best match more than ``rescue_threshold_px`` away replaces the image's shift.
+    0.2 L; on the central half of the spectrum, :func:`cryoprism.image.align.align_templates`). With
+    ``synchronise`` (default) the class averages are first put on a common centre
+    (:func:`synchronised_class_templates`) and the match is refined at full resolution against the
+    chosen template; a match more than ``rescue_threshold_px`` away replaces the image's shift
+    (default 0 with ``synchronise``: every image takes its class's centre; 1.5 px without).
 
     ``first_round`` / ``on_round(round, shifts)``: resume after ``first_round`` finished rounds (with
     their ``shifts``); ``on_round`` is called after every finished round (checkpointing).
@@ -193,15 +312,26 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
             shifts -= shifts.mean(axis=0)
         if rescue and it < int(rounds) - 1 and rescue_classes > 0:
             coefs = expand_all(shifts, f"re-centring {it}: FB")
-            T = class_templates(basis, spca.denoise(coefs), nb, rescue_classes, rescue_rotations)
+            if synchronise:
+                T, _, _ = synchronised_class_templates(basis, spca.denoise(coefs), nb, rescue_classes,
+                                                    rescue_rotations, max_shift_px=max_shift)
+            else:
+                T = class_templates(basis, spca.denoise(coefs), nb, rescue_classes, rescue_rotations)
 
             def search(rng, shifts=shifts, T=T):
-                return align_templates(centred(rng, shifts), T, max_shift_px=max_shift,
-                                       size=max(8, L // 2)).shifts_px
+                x = centred(rng, shifts)
+                mt = align_templates(x, T, max_shift_px=max_shift, size=max(8, L // 2))
+                if not synchronise:
+                    return mt.shifts_px
+                # full-resolution refinement against the chosen template
+                fine = align_translation(fourier_shift(x, -mt.shifts_px), T[mt.template],
+                                         max_shift_px=2.0, upsample=4).shifts_px
+                return mt.shifts_px + fine
 
             t = np.concatenate(map_batches(search, ranges, progress=progress,
                                            desc=f"re-centring {it}: class search"), axis=0)
-            far = np.hypot(t[:, 0], t[:, 1]) > rescue_threshold_px
+            thr = (0.0 if synchronise else 1.5) if rescue_threshold_px is None else float(rescue_threshold_px)
+            far = np.hypot(t[:, 0], t[:, 1]) > thr
             shifts[far] += t[far]
             shifts -= shifts.mean(axis=0)
         if on_round is not None:
@@ -285,7 +415,8 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
             bandlimit: float | str = "auto",
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
             centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
-            centre_refine_rounds: int = 4, centre_options: dict | None = None, checkpoints=None) -> Prepared:
+            centre_refine_rounds: int = 4, centre_options: dict | None = None, checkpoints=None,
+            shift_search_px: tuple | None = None) -> Prepared:
     """Noise spectrum from the background, then per batch: whiten, phase-flip, (centre,) FB-expand; fit sPCA.
 
     ``centre``: translate each whitened, phase-flipped image onto the rotationally averaged mean of
@@ -350,12 +481,12 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
                                           on_round=saved if ck is not None else None,
                                           **(centre_options or {}))
 
-    def one(rng):
-        a, b = rng
+    def centred(a, b):
         x = white_flipped(a, b)
-        if shifts is not None:
-            x = fourier_shift(x, -shifts[a:b])
-        return basis.expand(x.astype(np.float32)).astype(np.complex64)
+        return x if shifts is None else fourier_shift(x, -shifts[a:b])
+
+    def one(rng):
+        return basis.expand(centred(*rng).astype(np.float32)).astype(np.complex64)
 
     coefs = np.concatenate(map_batches(one, batch_ranges(n, batch_size), progress=progress,
                                        desc="FB expansion"), axis=0)
@@ -363,7 +494,13 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
     H = _profiles(basis, ctf, pixel_size_A, nps, n)
     if shifts is not None:
         extras["centre_shifts_px"] = shifts
-    return Prepared(basis=basis, coefs=coefs, nps=nps, H=H, spca=spca, mask_radius_px=R, extras=extras)
+    if shift_search_px is None:
+        shift_search_px = SHIFT_SEARCH_PX if centre else (0.0, 0.0)
+    offsets = shift_offsets(*shift_search_px)
+    shifted = (shifted_projections(basis, spca, centred, n, offsets, batch_size=batch_size, progress=progress)
+               if len(offsets) else ())
+    return Prepared(basis=basis, coefs=coefs, nps=nps, H=H, spca=spca, mask_radius_px=R, extras=extras,
+                    shifted=shifted, shift_offsets_px=offsets if len(offsets) else None)
 
 
 def neighbors(prep: Prepared, method: str = "mfvdm", n_neighbors: int = 50, k_max: int = 10, m: int = 50,
@@ -376,19 +513,23 @@ def neighbors(prep: Prepared, method: str = "mfvdm", n_neighbors: int = 50, k_ma
     """
     return _neighbor_list(prep.spca, prep.coefs, method, n_neighbors, k_max=k_max, m=m,
                           n_candidates=n_candidates, progress=progress, initial=initial,
-                          weight_power=weight_power)
+                          weight_power=weight_power, shifted=prep.shifted)
 
 
 def _neighbor_list(spca: SteerablePCA, coefs: np.ndarray, method: str, n_neighbors: int, k_max: int = 10,
                    m: int = 50, n_candidates: int | None = None, progress: bool = False,
-                   initial: Neighbors | None = None, weight_power: float = RID_WEIGHT_POWER) -> Neighbors:
-    """RID list from the weighted sPCA features (unless ``initial`` is given), then VDM / MFVDM on it."""
+                   initial: Neighbors | None = None, weight_power: float = RID_WEIGHT_POWER,
+                   shifted: tuple = ()) -> Neighbors:
+    """RID list from the weighted sPCA features (unless ``initial`` is given), then VDM / MFVDM on it.
+
+    ``shifted``: sPCA projections of translated copies (:func:`shifted_projections`) for the joint
+    rotation-translation pair search."""
     if method not in ("rir", "vdm", "mfvdm"):
         raise ValueError(f"unknown method {method!r}: use rir, vdm or mfvdm")
     nb0 = initial
     if nb0 is None:
         nb0 = rid_neighbors(rid_features(spca, coefs, weight_power), n_neighbors, n_candidates=n_candidates,
-                            progress=progress)
+                            progress=progress, shifted=[_weighted(spca, P, weight_power) for P in shifted])
     if method == "rir":
         return nb0
     return mfvdm_neighbors(nb0, n_neighbors, k_max=1 if method == "vdm" else k_max, m=m, progress=progress)
@@ -558,13 +699,21 @@ def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_
         basis = fb_basis_2d(L, radius_px=L // 2, bandlimit=float(meta["bandlimit"]))
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=float(meta["spca_threshold"]))
         extras = {"centre_shifts_px": arr["centre_shifts_px"]} if "centre_shifts_px" in arr else {}
+        offsets = arr["shift_offsets_px"] if "shift_offsets_px" in arr else None
+        shifted = () if offsets is None else tuple(
+            [arr[f"shifted_k{k}"][g] for k in range(len(spca.vectors))] for g in range(len(offsets)))
         prep = Prepared(basis=basis, coefs=coefs, nps=arr["nps"], H=arr["H"], spca=spca,
-                        mask_radius_px=float(meta["mask_radius_px"]), extras=extras)
+                        mask_radius_px=float(meta["mask_radius_px"]), extras=extras,
+                        shifted=shifted, shift_offsets_px=offsets)
     else:
         prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, centre=centre, progress=progress,
                        checkpoints=ck)
         if ck is not None:
-            ck.save("prepare", {"coefs": prep.coefs, "nps": prep.nps, "H": prep.H, **prep.extras},
+            sh = {}
+            if prep.shifted:
+                sh = {f"shifted_k{k}": np.stack([P[k] for P in prep.shifted]) for k in range(len(prep.shifted[0]))}
+                sh["shift_offsets_px"] = prep.shift_offsets_px
+            ck.save("prepare", {"coefs": prep.coefs, "nps": prep.nps, "H": prep.H, **prep.extras, **sh},
                     L=prep.basis.L, bandlimit=prep.basis.bandlimit, spca_threshold=1.0,
                     mask_radius_px=prep.mask_radius_px)
     got = ck.load("rid") if ck is not None else None

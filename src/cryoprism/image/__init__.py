@@ -21,6 +21,7 @@ from cryoprism.image.align import (
     align_translation,
     cross_correlation,
     polar_transform,
+    template_peaks,
 )
 from cryoprism.image.filters import (
     apply_radial_filter,
@@ -37,7 +38,7 @@ from cryoprism.image.whiten import noise_power_spectrum, recolour, whiten
 
 __all__ = [
     "Alignment", "TemplateMatch", "align_rotation_translation", "align_templates", "align_translation",
-    "apply_radial_filter",
+    "template_peaks", "apply_radial_filter",
     "background_mask", "background_stats", "bandpass", "circular_mask", "crop", "cross_correlation",
     "downsample", "fourier_shift", "gaussian_blur", "highpass", "lowpass", "lowpass_profile",
     "noise_power_spectrum", "normalize", "pad", "polar_transform", "power_spectrum", "radial_average",

@@ -208,16 +208,36 @@ def align_templates(images: np.ndarray, templates: np.ndarray, max_shift_px: flo
 
     For every image the cross-correlation with every template (each normalised to unit energy, so
     templates of different strength compete fairly) is searched over all shifts within
-    ``max_shift_px``; the highest peak wins. ``size``: correlate only the central ``size × size``
-    Fourier coefficients (a Fourier crop: ``L/size`` times fewer operations, shifts on a grid of
-    ``L/size`` px). ``score``: the peak over ``‖image‖ ‖template‖`` in the kept band. ``batch_size``:
-    images per FFT batch (default: as many as keep the correlation maps near 256 MB).
+    ``max_shift_px``; the highest peak wins (:func:`template_peaks` gives every template's peak).
+    ``size``: correlate only the central ``size × size`` Fourier coefficients (a Fourier crop:
+    ``L/size`` times fewer operations, shifts on a grid of ``L/size`` px). ``score``: the peak over
+    ``‖image‖ ‖template‖`` in the kept band. ``batch_size``: images per FFT batch (default: as many as
+    keep the correlation maps near 256 MB).
+    """
+    x, single = _as_stack(images)
+    score, shifts = template_peaks(x, templates, max_shift_px=max_shift_px, size=size, batch_size=batch_size)
+    r = np.arange(x.shape[0])
+    index = score.argmax(axis=1)
+    out = TemplateMatch(shifts[r, index], index, score[r, index])
+    if single:
+        return TemplateMatch(out.shifts_px[0], out.template[0], out.score[0])
+    return out
+
+
+def template_peaks(images: np.ndarray, templates: np.ndarray, max_shift_px: float | None = None,
+                   size: int | None = None, batch_size: int | None = None):
+    """Peak of the cross-correlation of every image with every template: ``(score, shifts)``.
+
+    ``score[i, k]``: normalised correlation peak (over ``‖image‖ ‖template‖`` in the kept band) within
+    ``max_shift_px``; ``shifts[i, k]`` (x, y): ``image_i ≈ fourier_shift(templates[k], t)``, refined
+    by a parabola through the peak and its neighbours. ``size`` and ``batch_size`` as in
+    :func:`align_templates`.
     """
     import scipy.fft as sfft
 
     from cryoprism.fourier.core import WORKERS
 
-    x, single = _as_stack(images)
+    x, _ = _as_stack(images)
     T = np.asarray(templates, dtype=np.float64)
     n, L, _ = x.shape
     Ls = L if size is None else int(size)
@@ -239,34 +259,29 @@ def align_templates(images: np.ndarray, templates: np.ndarray, max_shift_px: flo
     widx = np.flatnonzero(win)
     if batch_size is None:
         batch_size = max(1, int(2**28 // (nt * Ls * Ls * 12)))   # float32 maps + complex64 products
-    shifts = np.zeros((n, 2))
-    index = np.zeros(n, dtype=np.int64)
-    score = np.zeros(n)
+    shifts = np.zeros((n, nt, 2))
+    score = np.zeros((n, nt))
     for a in range(0, n, batch_size):
         b = min(n, a + batch_size)
         m = b - a
-        r = np.arange(m)
         FX = fft2c(x[a:b] - x[a:b].mean(axis=(1, 2), keepdims=True))[band]
         norm = np.sqrt((np.abs(FX) ** 2).sum(axis=(1, 2)))
         prod = sfft.ifftshift(FX, axes=(-2, -1))[..., :h].astype(np.complex64)[:, None] * FTc[None]
-        cc = sfft.irfft2(prod, s=(Ls, Ls), workers=WORKERS, overwrite_x=True)  # (m, nt, Ls, Ls)
-        k = cc.reshape(m, nt, Ls * Ls)[:, :, widx].reshape(m, -1).argmax(axis=1)
-        t_i, w = np.divmod(k, widx.size)
+        cc = sfft.irfft2(prod, s=(Ls, Ls), workers=WORKERS, overwrite_x=True).reshape(m * nt, Ls, Ls)
+        w = cc.reshape(m * nt, Ls * Ls)[:, widx].argmax(axis=1)
         py, px = np.divmod(widx[w], Ls)
-        best = cc[r, t_i]                                                      # (m, Ls, Ls)
-        c0_ = best[r, py, px]
+        r = np.arange(m * nt)
+        c0_ = cc[r, py, px]
         # parabola through the peak and its neighbours along x and y (sub-grid position)
         fine = []
         for dy, dx in ((0, 1), (1, 0)):
-            cm = best[r, (py - dy) % Ls, (px - dx) % Ls]
-            cp = best[r, (py + dy) % Ls, (px + dx) % Ls]
+            cm = cc[r, (py - dy) % Ls, (px - dx) % Ls]
+            cp = cc[r, (py + dy) % Ls, (px + dx) % Ls]
             den = cm - 2 * c0_ + cp
             ok = den < 0
             fine.append(np.where(ok, 0.5 * (cm - cp) / np.where(ok, den, -1.0), 0.0))
-        shifts[a:b] = (np.stack([wrap[px], wrap[py]], axis=1) + np.clip(np.stack(fine, 1), -0.5, 0.5)) * scale
-        index[a:b] = t_i
+        t = (np.stack([wrap[px], wrap[py]], axis=1) + np.clip(np.stack(fine, 1), -0.5, 0.5)) * scale
+        shifts[a:b] = t.reshape(m, nt, 2)
         # ifft2 normalises by Ls²; Parseval in the kept band: peak = Σ FX conj(FT) / Ls²
-        score[a:b] = c0_ * Ls**2 / np.where(norm > 0, norm, 1.0)
-    if single:
-        return TemplateMatch(shifts[0], index[0], score[0])
-    return TemplateMatch(shifts, index, score)
+        score[a:b] = c0_.reshape(m, nt) * Ls**2 / np.where(norm > 0, norm, 1.0)[:, None]
+    return score, shifts
