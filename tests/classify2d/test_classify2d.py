@@ -274,7 +274,8 @@ def test_class_templates_are_the_class_average_rotated_and_mirrored():
 
 
 def test_class_search_rescues_images_whose_centring_failed():
-    """Images whose start is 5.5 px off (beyond the 4 px local step) are brought back by the class search.
+    """Images whose start is 5.5 px off (beyond the 4 px local step) are brought back by the class search
+    (the default synchronised one better than the plain one).
 
     On this toy particle (six blobs, so many views look alike) the search also matches some images to
     a wrong view; the real-map numbers are in docs/classify2d.md."""
@@ -298,11 +299,13 @@ def test_class_search_rescues_images_whose_centring_failed():
 
     kw = dict(rounds=2, n_neighbors=20, m=20, rescue_classes=20)
     fixed = error(refine_centre_shifts(lambda a, c: imgs[a:c], n, b, start, rescue=True, **kw))
+    plain = error(refine_centre_shifts(lambda a, c: imgs[a:c], n, b, start, rescue=True, synchronise=False, **kw))
     kept = error(refine_centre_shifts(lambda a, c: imgs[a:c], n, b, start, rescue=False, **kw))
     assert np.mean(kept[bad] < 1.5) < 0.1          # local steps alone cannot bring them back
-    assert np.mean(fixed[bad] < 1.5) > 0.6         # the search brings most back (69 % on this toy set)
+    assert np.mean(plain[bad] < 1.5) > 0.6         # unsynchronised class search: most (72 % on this set)
+    assert np.mean(fixed[bad] < 1.5) > 0.9         # synchronised + full-resolution refinement: all here
     assert np.median(fixed[~bad]) < 0.5
-    assert np.mean(fixed[~bad] > 1.5) < 0.1        # and moves few of the good ones away
+    assert np.mean(fixed[~bad] > 1.5) < 0.05       # and moves (almost) none of the good ones away
 
 
 def test_centring_resumes_from_its_last_saved_round(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ BANDLIMIT_SSNR = 0.02
 #: What ``prepare(centre=True)`` does with its defaults (part of every checkpoint fingerprint, so shifts
 #: from another centring rule are never resumed).
 CENTRING_RULE = ("rotational average; 4 rounds of MFVDM neighbour references x 3 local steps, "
-                 "synchronised class-average search (all images) after the first 3; "
+                 "synchronised class-average search (> 1.5 px) after the first 3; "
                  "translation-tolerant pair search 1 px / 0.5 px")
 
 #: Joint rotation-translation pair search after centring (``prepare(centre=True)``): candidate pairs
@@ -245,7 +245,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
                          spca_threshold: float = 1.0, batch_size: int = 512, progress: bool = False,
                          weight_power: float = RID_WEIGHT_POWER, inner_iterations: int = 3,
                          rescue: bool = True, rescue_classes: int = 40, rescue_rotations: int = 36,
-                         rescue_threshold_px: float | None = None, max_shift_px: float | None = None,
+                         rescue_threshold_px: float = 1.5, max_shift_px: float | None = None,
                          synchronise: bool = True, first_round: int = 0, on_round=None) -> np.ndarray:
     """Refine centring shifts against each image's own neighbour average (one MFVDM pass per round).
 
@@ -263,8 +263,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     0.2 L; on the central half of the spectrum, :func:`cryoprism.image.align.align_templates`). With
     ``synchronise`` (default) the class averages are first put on a common centre
     (:func:`synchronised_class_templates`) and the match is refined at full resolution against the
-    chosen template; a match more than ``rescue_threshold_px`` away replaces the image's shift
-    (default 0 with ``synchronise``: every image takes its class's centre; 1.5 px without).
+    chosen template; a match more than ``rescue_threshold_px`` away replaces the image's shift.
 
     ``first_round`` / ``on_round(round, shifts)``: resume after ``first_round`` finished rounds (with
     their ``shifts``); ``on_round`` is called after every finished round (checkpointing).
@@ -330,8 +329,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
 
             t = np.concatenate(map_batches(search, ranges, progress=progress,
                                            desc=f"re-centring {it}: class search"), axis=0)
-            thr = (0.0 if synchronise else 1.5) if rescue_threshold_px is None else float(rescue_threshold_px)
-            far = np.hypot(t[:, 0], t[:, 1]) > thr
+            far = np.hypot(t[:, 0], t[:, 1]) > rescue_threshold_px
             shifts[far] += t[far]
             shifts -= shifts.mean(axis=0)
         if on_round is not None:
@@ -430,6 +428,9 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
     CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
     ``bandlimit``: FB band limit in cycles/px, or ``"auto"`` (default): from the whitened spectral SNR
     (:func:`ssnr_bandlimit`; the SSNR per shell is in ``extras["ssnr"]``). Ignored when ``basis`` is given.
+    ``shift_search_px``: ``(radius, step)`` of the translation grid of the final pair search
+    (:func:`shifted_projections`, kept in ``Prepared.shifted``); default :data:`SHIFT_SEARCH_PX` with
+    ``centre``, none without; ``(0, 0)`` switches it off.
     """
     from cryoprism.ctf.correct import phase_flip
     from cryoprism.image.whiten import noise_power_spectrum, whiten

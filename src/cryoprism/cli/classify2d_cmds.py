@@ -88,9 +88,10 @@ def register(app: typer.Typer) -> None:
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore CTF parameters (no phase flip)."),
         centre: bool = typer.Option(False, "--centre", help="Centre the images first (particles with random "
                                     "shifts): on their rotationally averaged mean, then 4 rounds against each "
-                                    "image's aligned neighbour average, with a search over class averages for "
-                                    "images that failed (helps at moderate SNR; costs ~4 neighbour searches "
-                                    "and 3 class searches; see docs/classify2d.md)."),
+                                    "image's aligned neighbour average and 3 searches over synchronised class "
+                                    "averages; the final pair search also tries 12 translations within 1 px "
+                                    "(helps at moderate SNR; costs ~4 neighbour searches and 3 class "
+                                    "searches; see docs/classify2d.md)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in OUT/checkpoints "
                                     "(same particles and settings)."),
         as_json: bool = JSON_OPTION,
