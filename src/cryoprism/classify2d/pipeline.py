@@ -163,12 +163,21 @@ def _aligned_neighbour_sum(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, r
 def class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, n_classes: int,
                     n_rotations: int = 36) -> np.ndarray:
     """Images of ``n_classes`` neighbour averages at ``n_rotations`` in-plane angles, unreflected and
-    reflected: ``(2 · n_rotations · n_classes, L, L)``.
+    reflected: ``(2 · n_rotations · n_classes, L, L)``, ordered (reflection, rotation, class).
 
     Class centres from :func:`choose_class_centres`; each average is the centre's coefficients plus
     its neighbours' brought into its frame. Rotations and the reflection are exact in FB space."""
+    _, avg = _class_means(basis, coefs, nb, n_classes)
+    return _rotated_templates(basis, avg, n_rotations)
+
+
+def _class_means(basis: FBBasis2D, coefs: np.ndarray, nb: Neighbors, n_classes: int):
+    """``(centres, averages)``: greedy class centres and each one's mean with its aligned neighbours."""
     centres = choose_class_centres(nb, n_classes)
-    avg = (_aligned_neighbour_sum(basis, coefs, nb, centres) + coefs[centres]) / (nb.s + 1)
+    return centres, (_aligned_neighbour_sum(basis, coefs, nb, centres) + coefs[centres]) / (nb.s + 1)
+
+
+def _rotated_templates(basis: FBBasis2D, avg: np.ndarray, n_rotations: int) -> np.ndarray:
     th = 2 * np.pi * np.arange(int(n_rotations)) / int(n_rotations)
     T = np.stack([avg, basis.reflect(avg)])                                  # (2, C, n_coef)
     T = basis.rotate(T[:, None], th[None, :, None])                          # (2, R, C, n_coef)
@@ -199,34 +208,29 @@ def synchronised_class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighb
     """
     from cryoprism.image.align import template_peaks
 
-    centres = choose_class_centres(nb, n_classes)
+    centres, avg = _class_means(basis, coefs, nb, n_classes)
     C, R, L = len(centres), int(n_rotations), basis.L
-    avg = (_aligned_neighbour_sum(basis, coefs, nb, centres) + coefs[centres]) / (nb.s + 1)
     th = 2 * np.pi * np.arange(R) / R
-    T = np.stack([avg, basis.reflect(avg)])
-    T = basis.evaluate(basis.rotate(T[:, None], th[None, :, None]).reshape(-1, avg.shape[1]).astype(np.complex64))
-    A = basis.evaluate(avg.astype(np.complex64))
+    T = _rotated_templates(basis, avg, R)
+    k = min(int(edges_per_class), C - 1)
+    if k < 1:
+        return T, np.zeros((C, 2)), centres
     ms = 0.2 * L if max_shift_px is None else float(max_shift_px)
-    score, shifts = template_peaks(A, T, max_shift_px=ms)
+    score, shifts = template_peaks(basis.evaluate(avg.astype(np.complex64)), T, max_shift_px=ms)
     score = score.reshape(C, 2 * R, C)
     shifts = shifts.reshape(C, 2 * R, C, 2)
     best = score.argmax(axis=1)                                         # (C, C) over rotations × reflection
-    cc = np.arange(C)[:, None]
     S = np.take_along_axis(score, best[:, None, :], 1)[:, 0]
-    t = shifts[cc, best, np.arange(C)[None, :]]                         # (C, C, 2)
+    t = shifts[np.arange(C)[:, None], best, np.arange(C)[None, :]]      # (C, C, 2)
     M = _rot_refl(th[best % R], best >= R)                              # (C, C, 2, 2)
     S[np.arange(C), np.arange(C)] = -np.inf
-    k = min(int(edges_per_class), C - 1)
-    rows, cols, tv, Mv = [], [], [], []
-    for c in range(C):
-        for d in np.argsort(-S[c])[:k]:
-            rows.append(c), cols.append(d), tv.append(t[c, d]), Mv.append(M[c, d])
-    E = len(rows)
+    edges = [(c, d) for c in range(C) for d in np.argsort(-S[c])[:k]]
+    E = len(edges)
     G = np.zeros((2 * E, 2 * C))
-    for e, (c, d, m_) in enumerate(zip(rows, cols, Mv)):
+    for e, (c, d) in enumerate(edges):
         G[2 * e:2 * e + 2, 2 * c:2 * c + 2] = np.eye(2)
-        G[2 * e:2 * e + 2, 2 * d:2 * d + 2] -= m_
-    y = np.concatenate(tv)
+        G[2 * e:2 * e + 2, 2 * d:2 * d + 2] -= M[c, d]
+    y = np.concatenate([t[c, d] for c, d in edges])
     w = np.ones(E)
     for _ in range(4):                                                  # Huber IRLS
         sw = np.repeat(np.sqrt(w), 2)
