@@ -52,3 +52,30 @@ def test_cli_bad_method(tmp_path):
     from cryoprism.cli.main import main
 
     assert main(["abinitio", str(tmp_path / "missing.star"), "-o", str(tmp_path), "--method", "x"]) == 2
+
+
+def test_cli_refine_init_reaches_the_pipeline(tmp_path, rng, monkeypatch):
+    """--refine-init sample is passed to run_abinitio; an unknown value is a clear error (exit 2)."""
+    import cryoprism.abinitio.pipeline as P
+    from cryoprism.cli.main import main
+    from cryoprism.forward.simulate import simulate_particles
+
+    L, px = 16, 5.0
+    mix = gmm.GaussianMixture(rng.normal(scale=[15, 10, 6], size=(6, 3)), 1 / 40.0, np.ones(6) / 6)
+    star = tmp_path / "p.star"
+    simulate_particles(gmm.render_volume(mix, L, px), 4, px, snr=None, ctf=False, rng=1, out_star=star,
+                       out_mrcs=tmp_path / "p.mrcs", progress=False)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(*a, **k):
+        seen.update(k)
+        raise Stop
+
+    monkeypatch.setattr(P, "run_abinitio", fake)
+    with pytest.raises(Stop):
+        main(["abinitio", str(star), "-o", str(tmp_path / "o"), "--refine-init", "sample"])
+    assert seen["refine_init"] == "sample"
+    assert main(["abinitio", str(star), "-o", str(tmp_path / "o"), "--refine-init", "median"]) == 2

@@ -65,6 +65,11 @@ def abinitio_command(
                                "(default 20 for gibbs, 60 for hmc)."),
     max_images: int = typer.Option(200, "--max-images", min=1, help="Use at most this many images "
                                                                     "(the first ones)."),
+    refine_init: str = typer.Option("reconstruction", "--refine-init",
+                                    help="Start of the refinement mixture: reconstruction (fit K components "
+                                         "to the map reconstructed from the best restart's rotations) or "
+                                         "sample (draw them from the best restart's mixture, the thesis' "
+                                         "protocol)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in OUT/checkpoints."),
     processes: bool = typer.Option(False, "--processes", help="Run restarts in worker processes (dask)."),
@@ -89,6 +94,8 @@ def abinitio_command(
 
     if method not in ("gibbs", "hmc"):
         raise InputError(f"--method {method!r}: expected gibbs or hmc")
+    if refine_init not in ("reconstruction", "sample"):
+        raise InputError(f"--refine-init {refine_init!r}: expected reconstruction or sample")
     stack = read_particles(input_star)
     n = min(stack.n, max_images)
     idx = np.arange(n)
@@ -109,7 +116,8 @@ def abinitio_command(
                        K_refine=components, restarts=restarts, initial_box=initial_box,
                        refine_box=refine_box, n_counts_initial=counts, n_counts_refine=refine_counts,
                        n_alternations=alternations, n_rotations=n_rotations, refine_sweeps=sweeps,
-                       seed=seed, workdir=out / "checkpoints", resume=resume, processes=processes)
+                       seed=seed, workdir=out / "checkpoints", resume=resume, processes=processes,
+                       refine_init=refine_init)
     write_mrc(out / "initial_model.mrc", res.volume, res.pixel_size_A)
     write_mixture_csv(out / "mixture.csv", res.mixture)
     table = stack.table.iloc[:n].copy()
@@ -123,7 +131,7 @@ def abinitio_command(
     write_star(out / "rotations.star", table, stack.optics)
     _trace_png(out / "log_posterior.png", res.initial_traces, res.refinement_trace, res.best_restart)
     figures = {
-        "images": n, "method": method, "components": components, "restarts": restarts,
+        "images": n, "method": method, "components": components, "restarts": restarts, "refine_init": refine_init,
         "best_restart": res.best_restart, "restart_log_posteriors": res.restart_log_posteriors,
         "sigma_A": res.mixture.sigma_A, "pixel_size_A": res.pixel_size_A, "box": int(res.volume.shape[0]),
         "initial_stage_s": res.timings_s["initial_stage_s"], "refinement_s": res.timings_s["refinement_s"],
