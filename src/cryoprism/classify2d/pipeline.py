@@ -224,13 +224,14 @@ def synchronised_class_templates(basis: FBBasis2D, coefs: np.ndarray, nb: Neighb
     t = shifts[np.arange(C)[:, None], best, np.arange(C)[None, :]]      # (C, C, 2)
     M = _rot_refl(th[best % R], best >= R)                              # (C, C, 2, 2)
     S[np.arange(C), np.arange(C)] = -np.inf
-    edges = [(c, d) for c in range(C) for d in np.argsort(-S[c])[:k]]
-    E = len(edges)
-    G = np.zeros((2 * E, 2 * C))
-    for e, (c, d) in enumerate(edges):
-        G[2 * e:2 * e + 2, 2 * c:2 * c + 2] = np.eye(2)
-        G[2 * e:2 * e + 2, 2 * d:2 * d + 2] -= M[c, d]
-    y = np.concatenate([t[c, d] for c, d in edges])
+    ec = np.repeat(np.arange(C), k)                                    # edge e: (ec, ed)
+    ed = np.argsort(-S, axis=1)[:, :k].ravel()
+    E = ec.size
+    G = np.zeros((E, 2, C, 2))                                          # rows (e, i), columns (class, j)
+    G[np.arange(E), :, ec, :] = np.eye(2)
+    G[np.arange(E), :, ed, :] -= M[ec, ed]
+    G = G.reshape(2 * E, 2 * C)
+    y = t[ec, ed].ravel()
     w = np.ones(E)
     for _ in range(4):                                                  # Huber IRLS
         sw = np.repeat(np.sqrt(w), 2)
@@ -266,7 +267,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     at ``rescue_rotations`` angles × reflection over all shifts within ``max_shift_px`` (default
     0.2 L; on the central half of the spectrum, :func:`cryoprism.image.align.align_templates`). With
     ``synchronise`` (default) the class averages are first put on a common centre
-    (:func:`synchronised_class_templates`) and the match is refined at full resolution against the
+    (:func:`synchronised_class_templates`). The match is refined at full resolution against the
     chosen template; a match more than ``rescue_threshold_px`` away replaces the image's shift.
 
     ``first_round`` / ``on_round(round, shifts)``: resume after ``first_round`` finished rounds (with
@@ -324,9 +325,7 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
             def search(rng, shifts=shifts, T=T):
                 x = centred(rng, shifts)
                 mt = align_templates(x, T, max_shift_px=max_shift, size=max(8, L // 2))
-                if not synchronise:
-                    return mt.shifts_px
-                # full-resolution refinement against the chosen template
+                # the coarse search runs on half the spectrum: refine at full resolution on the chosen template
                 fine = align_translation(fourier_shift(x, -mt.shifts_px), T[mt.template],
                                          max_shift_px=2.0, upsample=4).shifts_px
                 return mt.shifts_px + fine

@@ -232,12 +232,16 @@ def rid_neighbors(feats: list, n_neighbors: int, n_candidates: int | None = None
     inv = invariant_features(feats, bispectrum_components=bispectrum_components)
     cand = candidate_neighbors(inv, M, progress=progress)
     ii = np.repeat(np.arange(n), cand.shape[1])
-    ang, refl, score = align_pairs(feats, ii, cand.ravel(), n_angles=n_angles, metric=metric)
-    for fg in (shifted or []):
-        both = [np.concatenate([a, b]) for a, b in zip(feats, fg)]
-        a_g, r_g, s_g = align_pairs(both, ii, cand.ravel() + n, n_angles=n_angles, metric=metric)
-        better = s_g > score
-        ang, refl, score = (np.where(better, a_g, ang), np.where(better, r_g, refl), np.where(better, s_g, score))
+    G = 1 + len(shifted or [])
+    if G > 1:   # rows g·n … (g+1)·n − 1 hold copy g (0: as it is); every pair against every copy of j
+        feats_all = [np.concatenate([feats[k]] + [fg[k] for fg in shifted]) for k in range(len(feats))]
+        jj = (cand.ravel()[None, :] + n * np.arange(G)[:, None]).ravel()
+        ang, refl, score = (v.reshape(G, -1) for v in align_pairs(feats_all, np.tile(ii, G), jj,
+                                                                     n_angles=n_angles, metric=metric))
+        g = score.argmax(axis=0)                       # ties keep the untranslated copy
+        ang, refl, score = (np.take_along_axis(v, g[None], 0)[0] for v in (ang, refl, score))
+    else:
+        ang, refl, score = align_pairs(feats, ii, cand.ravel(), n_angles=n_angles, metric=metric)
     score = score.reshape(n, -1)
     top = np.argsort(-score, axis=1)[:, :s]
     take = lambda a: np.take_along_axis(a.reshape(n, -1), top, axis=1)  # noqa: E731
