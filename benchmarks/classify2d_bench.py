@@ -176,12 +176,14 @@ def run_aspire(sim, n_neighbors, aspire_python, timeout_s=3600):
 
 
 def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False, centre_refine_rounds=None,
-            bandlimit="auto"):
+            bandlimit="auto", centre_sync_rounds=None):
     from cryoprism.classify2d.pipeline import mfvdm_denoise, neighbors, prepare, spca_denoise
 
     out = {}
     t0 = time.perf_counter()
     kw = {} if centre_refine_rounds is None else {"centre_refine_rounds": centre_refine_rounds}
+    if centre_sync_rounds is not None:
+        kw["centre_sync_rounds"] = centre_sync_rounds
     prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None, centre=centre,
                    bandlimit=bandlimit, **kw)
     t_prep = time.perf_counter() - t0
@@ -258,12 +260,14 @@ def main(argv=None):
             rob["shift_sigma_px"] = 4.0
             rob["mfvdm_frac_within_10deg_centred"] = base["mfvdm"]["frac_within_10deg"]
             rob["rir_frac_within_10deg_centred"] = base["rir"]["frac_within_10deg"]
-            # no centring; centring on the rotational average only; the default --centre (refined
-            # against neighbour averages)
-            for key, centre, rounds in (("no_centring", False, None), ("rotational_average_centring", True, 0),
-                                        ("with_centring", True, None)):
+            # no centring; centring on the rotational average only; that + the shift synchronisation;
+            # the default --centre (refined against neighbour averages and class averages, synchronised)
+            for key, centre, rounds, sync in (("no_centring", False, None, None),
+                                              ("rotational_average_centring", True, 0, 0),
+                                              ("rotational_average_and_sync", True, 0, None),
+                                              ("with_centring", True, None, None)):
                 r, p = run_one(sim, ["rir", "mfvdm"], a.neighbors, a.k_max, a.m, with_denoise=False, centre=centre,
-                               centre_refine_rounds=rounds)
+                               centre_refine_rounds=rounds, centre_sync_rounds=sync)
                 q = {"mfvdm_frac_within_10deg_shifted": r["mfvdm"]["frac_within_10deg"],
                      "mfvdm_shift_retention": r["mfvdm"]["frac_within_10deg"]
                      / max(base["mfvdm"]["frac_within_10deg"], 1e-9),

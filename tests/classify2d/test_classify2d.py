@@ -309,7 +309,8 @@ def test_class_search_rescues_images_whose_centring_failed():
 
 
 def test_centring_resumes_from_its_last_saved_round(tmp_path, monkeypatch):
-    """Round 1 saved, then resumed to 2 rounds: the same shifts as 2 rounds in one go, stage 1 not rerun."""
+    """Saved after refinement round 1, then after synchronisation round 1; each resumed run ends with
+    the same shifts as the uninterrupted one and does not redo the stages before."""
     import cryoprism.classify2d.pipeline as P
     from cryoprism.io.checkpoint import Checkpoints
 
@@ -319,16 +320,31 @@ def test_centring_resumes_from_its_last_saved_round(tmp_path, monkeypatch):
     clean = project_blobs_shifted(rots, rng.uniform(-3, 3, (n, 2)))
     imgs = (clean + rng.normal(0, 0.3 * clean.std(), clean.shape)).astype(np.float32)
     kw = dict(centre=True, centre_options={"rescue": False})
-    full = prepare(imgs, centre_refine_rounds=2, **kw).extras["centre_shifts_px"]
-    fp = {"test": "centring"}
-    first = prepare(imgs, centre_refine_rounds=1, checkpoints=Checkpoints(tmp_path, fp), **kw)
+
+    def no_stage(*a, **k):
+        raise AssertionError("a finished stage ran again")
+
+    # refinement rounds (no synchronisation)
+    full = prepare(imgs, centre_refine_rounds=2, centre_sync_rounds=0, **kw).extras["centre_shifts_px"]
+    first = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=0,
+                    checkpoints=Checkpoints(tmp_path / "a", {"test": "a"}), **kw)
     assert not np.allclose(first.extras["centre_shifts_px"], full, atol=1e-3)   # one round is not two
+    with monkeypatch.context() as mp:
+        mp.setattr(P, "centre_shifts", no_stage)
+        resumed = prepare(imgs, centre_refine_rounds=2, centre_sync_rounds=0,
+                          checkpoints=Checkpoints(tmp_path / "a", {"test": "a"}, resume=True), **kw)
+    assert np.allclose(resumed.extras["centre_shifts_px"], full, atol=1e-6)
 
-    def no_stage_1(*a, **k):
-        raise AssertionError("stage 1 ran again")
-
-    monkeypatch.setattr(P, "centre_shifts", no_stage_1)
-    resumed = prepare(imgs, centre_refine_rounds=2, checkpoints=Checkpoints(tmp_path, fp, resume=True), **kw)
+    # synchronisation rounds after one refinement round (the damping's anchor is saved too)
+    full = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=2, **kw).extras["centre_shifts_px"]
+    first = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=1,
+                    checkpoints=Checkpoints(tmp_path / "b", {"test": "b"}), **kw)
+    assert not np.allclose(first.extras["centre_shifts_px"], full, atol=1e-3)
+    with monkeypatch.context() as mp:
+        mp.setattr(P, "centre_shifts", no_stage)
+        mp.setattr(P, "refine_centre_shifts", no_stage)
+        resumed = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=2,
+                          checkpoints=Checkpoints(tmp_path / "b", {"test": "b"}, resume=True), **kw)
     assert np.allclose(resumed.extras["centre_shifts_px"], full, atol=1e-6)
 
 
@@ -392,3 +408,67 @@ def test_synchronised_class_templates_agree_with_each_other():
             assert np.median(err) < 0.3 and err.max() < 0.6
         else:
             assert np.median(err) > 1.0                                        # the test can fail
+
+
+def test_synchronise_shifts_solves_the_relative_shift_equations():
+    """Exact edges d_i = M_ij (δ_ij + d_j) with random rotations/reflections, 10 % of them wrong:
+    the robust least squares recovers the displacements (mean removed); plain averaging does not."""
+    from cryoprism.classify2d import Neighbors
+    from cryoprism.classify2d.pipeline import _rot_refl, synchronise_shifts
+
+    rng = np.random.default_rng(3)
+    n, s = 300, 12
+    d = rng.normal(0, 1.0, (n, 2))
+    j = np.stack([rng.choice(np.delete(np.arange(n), i), s, replace=False) for i in range(n)])
+    ang = rng.uniform(-np.pi, np.pi, (n, s))
+    refl = rng.random((n, s)) < 0.5
+    M = _rot_refl(ang, refl)                                           # (n, s, 2, 2)
+    delta = np.einsum("isba,isb->isa", M, np.repeat(d[:, None], s, 1)) - d[j]   # M^T d_i − d_j
+    wrong = rng.random((n, s)) < 0.1
+    delta[wrong] = rng.uniform(-3, 3, (wrong.sum(), 2))
+    nb = Neighbors(j=j, angle=ang, reflected=refl, score=-np.arange(s) * np.ones((n, 1)), shift_px=delta)
+    est = synchronise_shifts(nb, edges_per_image=s, damp=0.05)
+    err = np.hypot(*((est - (d - d.mean(axis=0))).T))
+    assert np.median(err) < 0.05 and np.percentile(err, 95) < 0.15
+    plain = synchronise_shifts(nb, edges_per_image=s, damp=0.05, reweight=1)    # no reweighting: the wrong edges pull
+    assert np.median(np.hypot(*((plain - (d - d.mean(axis=0))).T))) > 2 * np.median(err)
+    with pytest.raises(ValueError, match="translation-tolerant"):
+        synchronise_shifts(Neighbors(j=j, angle=ang, reflected=refl, score=ang))
+    # a second round on the corrected images, anchored on the first correction, is (nearly) a fixed
+    # point with the strong default damping; without the anchor the damped solution moves on
+    def exact(dd):
+        return Neighbors(j=j, angle=ang, reflected=refl, score=nb.score,
+                         shift_px=np.einsum("isba,isb->isa", M, np.repeat(dd[:, None], s, 1)) - dd[j])
+
+    d1 = synchronise_shifts(exact(d), edges_per_image=s)
+    nb2 = exact(d - d1)                                                # what is left in the images
+    anchored = synchronise_shifts(nb2, edges_per_image=s, anchor=d1)
+    free = synchronise_shifts(nb2, edges_per_image=s)
+    assert np.median(np.hypot(*anchored.T)) < 0.02 < np.median(np.hypot(*free.T))
+
+
+def test_shift_synchronisation_makes_the_centring_of_neighbouring_views_consistent():
+    """Blob projections displaced by up to 1 px: after the tolerant search + synchronisation the
+    displacements left are (nearly) a common 3-D translation projected into each view."""
+    from cryoprism.classify2d.pipeline import sync_centre_shifts
+
+    rng = np.random.default_rng(8)
+    n = 300
+    rots = uniform_rotations(n, rng)
+    t = rng.uniform(-1, 1, (n, 2))
+    clean = project_blobs_shifted(rots, t)
+    imgs = (clean + rng.normal(0, 0.3 * clean.std(), clean.shape)).astype(np.float32)
+    b = fb_basis_2d(L, radius_px=L // 2)
+    sh = sync_centre_shifts(lambda a, c: imgs[a:c], n, b, np.zeros((n, 2)), rounds=2, n_neighbors=20,
+                            edges_per_image=10)
+
+    def left(resid):
+        # remove the gauge: a common 3-D translation c projected into each view, (A c)_xy
+        A = rots[:, :2, :].reshape(2 * n, 3)
+        c = np.linalg.lstsq(A, resid.ravel(), rcond=None)[0]
+        return np.hypot(*(resid - (A @ c).reshape(n, 2)).T)
+
+    before, after = left(t - t.mean(axis=0)), left(t - sh)
+    assert np.median(before) > 0.5                     # the test can fail
+    assert np.median(after) < 0.6 * np.median(before)  # 0.77 → 0.42 px here
+    assert np.median(left(t + sh)) > np.median(before)  # the correction's sign matters

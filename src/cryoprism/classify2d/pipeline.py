@@ -34,14 +34,23 @@ BANDLIMIT_SSNR = 0.02
 #: from another centring rule are never resumed).
 CENTRING_RULE = ("rotational average; 4 rounds of MFVDM neighbour references x 3 local steps, "
                  "synchronised class-average search (> 1.5 px) after the first 3; "
-                 "translation-tolerant pair search 1 px / 0.5 px")
+                 "2 rounds of shift synchronisation over 20 tolerant matches; "
+                 "translation-tolerant candidates and pair search 1 px / 0.5 px")
 
 #: Joint rotation-translation pair search after centring (``prepare(centre=True)``): candidate pairs
 #: are also scored with image j translated by every offset of a square grid of this step (px) within
 #: this radius (px), tolerating the residual centring error (docs/classify2d.md, "Shifts").
 SHIFT_SEARCH_PX = (1.0, 0.5)
 
+#: Shift synchronisation after the refinement rounds (``prepare(centre=True)``): rounds of
+#: translation-tolerant pair search + robust least squares over the graph (:func:`synchronise_shifts`),
+#: using each image's best ``SYNC_EDGES`` matches (docs/classify2d.md, "Shift synchronisation").
+SYNC_ROUNDS = 3
+SYNC_EDGES = 20
+SYNC_DAMP = 1.0
+
 __all__ = ["Prepared", "shift_offsets", "shifted_projections", "synchronised_class_templates",
+           "synchronise_shifts", "sync_centre_shifts",
            "prepare", "whitened_ssnr", "ssnr_bandlimit", "centre_shifts", "refine_centre_shifts",
            "neighbour_references", "class_templates", "neighbors", "effective_ctf_profiles", "coefficient_images",
            "mfvdm_denoise", "spca_denoise", "class_averages", "choose_class_centres", "run_pipeline",
@@ -340,6 +349,95 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     return shifts
 
 
+def synchronise_shifts(nb: Neighbors, edges_per_image: int = SYNC_EDGES, huber_px: float = 0.5,
+                       damp: float = SYNC_DAMP, reweight: int = 5, anchor: np.ndarray | None = None) -> np.ndarray:
+    """Corrections ``(n, 2)`` (x, y px) that make the translation-tolerant matches of ``nb`` consistent.
+
+    ``nb`` comes from the translation-tolerant pair search (``nb.shift_px``): image i matches image j
+    rotated and reflected by ``M_ij`` (:func:`_rot_refl`) after translating j by ``δ_ij``. If image i's
+    content is displaced by ``d_i`` from a common centre of the views, a match of the same view needs
+    ``d_i = M_ij (δ_ij + d_j)``. The best ``edges_per_image`` matches of every image give
+    ``d_i − M_ij d_j = M_ij δ_ij``, solved in least squares (LSQR with Tikhonov ``damp``: the system
+    fixes the displacements only up to a common translation projected into every view and determines
+    smooth variations over the views poorly; those are left at the smallest correction) with
+    ``reweight`` Huber reweightings (scale ``huber_px``) against wrong matches. ``anchor``: the
+    corrections of earlier rounds (n, 2); the damping then applies to the total correction, so
+    repeated rounds cannot drift along the poorly determined directions. Adding the result to the
+    centring shifts (``shifts += d``) removes it from the images (docs/classify2d.md, "Shift
+    synchronisation").
+    """
+    import scipy.sparse as sps
+    from scipy.sparse.linalg import lsqr
+
+    if nb.shift_px is None:
+        raise ValueError("synchronise_shifts needs neighbours from the translation-tolerant search (shift_px)")
+    n = nb.n
+    k = min(int(edges_per_image), nb.s)
+    i = np.repeat(np.arange(n), k)
+    j = nb.j[:, :k].ravel()
+    M = _rot_refl(nb.angle[:, :k].ravel(), nb.reflected[:, :k].ravel())
+    b = np.einsum("eab,eb->ea", M, nb.shift_px[:, :k].reshape(-1, 2))
+    E = len(i)
+    row = np.arange(2 * E).reshape(E, 2)
+    # row (e, a): d_i[a] − Σ_c M_e[a, c] d_j[c]
+    rows = np.concatenate([row[:, 0], row[:, 1]] + [row[:, a] for a in range(2) for _ in range(2)])
+    cols = np.concatenate([2 * i, 2 * i + 1] + [2 * j + c for _ in range(2) for c in range(2)])
+    vals = np.concatenate([np.ones(2 * E)] + [-M[:, a, c] for a in range(2) for c in range(2)])
+    A = sps.csr_matrix((vals, (rows, cols)), shape=(2 * E, 2 * n))
+    c0 = np.zeros(2 * n) if anchor is None else np.asarray(anchor, dtype=np.float64).reshape(2 * n)
+    rhs = b.ravel() + A @ c0                 # in the total correction y = c0 + d: A y ≈ b + A c0, |y| damped
+    w = np.ones(E)
+    d = np.zeros((n, 2))
+    for _ in range(max(1, int(reweight))):
+        W = sps.diags(np.repeat(w, 2))
+        y = lsqr(W @ A, W @ rhs, damp=float(damp), atol=1e-8, btol=1e-8, iter_lim=4 * n)[0]
+        d = (y - c0).reshape(n, 2)
+        r = np.hypot(*(A @ d.ravel() - b.ravel()).reshape(E, 2).T)
+        w = np.sqrt(np.minimum(1.0, float(huber_px) / np.maximum(r, 1e-12)))
+    return d - d.mean(axis=0)
+
+
+def sync_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarray, rounds: int = SYNC_ROUNDS,
+                       shift_search_px: tuple = SHIFT_SEARCH_PX, n_neighbors: int = 50,
+                       edges_per_image: int = SYNC_EDGES, spca_threshold: float = 1.0,
+                       weight_power: float = RID_WEIGHT_POWER, batch_size: int = 512, progress: bool = False,
+                       first_round: int = 0, on_round=None, start_shifts: np.ndarray | None = None) -> np.ndarray:
+    """Rounds of translation-tolerant pair search and shift synchronisation (:func:`synchronise_shifts`).
+
+    Each round: FB-expand the images at the current shifts, refit sPCA, expand the copies translated
+    by the offsets of ``shift_search_px`` (:func:`shifted_projections`), find the RID neighbours with
+    the joint rotation-translation search, add the synchronised corrections to the shifts. The
+    damping applies to the total correction since ``start_shifts`` (the shifts before the first round;
+    default ``shifts``), so the rounds converge instead of drifting.
+    ``first_round`` / ``on_round(round, shifts)`` as in :func:`refine_centre_shifts`.
+    """
+    shifts = np.array(shifts, dtype=np.float64)
+    start = shifts.copy() if start_shifts is None else np.asarray(start_shifts, dtype=np.float64)
+    ranges = batch_ranges(n, batch_size)
+    offsets = shift_offsets(*shift_search_px)
+    if not len(offsets):
+        raise ValueError("shift synchronisation needs a translation grid (shift_search_px)")
+    s = min(int(n_neighbors), n - 1)
+    for it in range(int(first_round), int(rounds)):
+        def centred(a, b, shifts=shifts):
+            return fourier_shift(white_flipped(a, b), -shifts[a:b])
+
+        def expand(rng, centred=centred):
+            return basis.expand(centred(*rng).astype(np.float32)).astype(np.complex64)
+
+        coefs = np.concatenate(map_batches(expand, ranges, progress=progress, desc=f"shift sync {it}: FB"), axis=0)
+        spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
+        shifted = shifted_projections(basis, spca, centred, n, offsets, batch_size=batch_size, progress=progress)
+        nb = rid_neighbors(rid_features(spca, coefs, weight_power), s, progress=progress,
+                           shifted=[_weighted(spca, P, weight_power) for P in shifted], shift_offsets_px=offsets)
+        total = (shifts - shifts.mean(axis=0)) - (start - start.mean(axis=0))
+        shifts = shifts + synchronise_shifts(nb, edges_per_image=edges_per_image, anchor=total)
+        shifts -= shifts.mean(axis=0)
+        if on_round is not None:
+            on_round(it, shifts)
+    return shifts
+
+
 def whitened_ssnr(images, nps: np.ndarray, batch_size: int = 512, progress: bool = False) -> np.ndarray:
     """Spectral SNR of the whitened images by integer shell ``0 … L//2``: ``mean |F|²/L² − 1``.
 
@@ -417,15 +515,18 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
             centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
             centre_refine_rounds: int = 4, centre_options: dict | None = None, checkpoints=None,
-            shift_search_px: tuple | None = None) -> Prepared:
+            shift_search_px: tuple | None = None, centre_sync_rounds: int = SYNC_ROUNDS) -> Prepared:
     """Noise spectrum from the background, then per batch: whiten, phase-flip, (centre,) FB-expand; fit sPCA.
 
     ``centre``: translate each whitened, phase-flipped image onto the rotationally averaged mean of
     the stack (:func:`centre_shifts`), then refine the shifts ``centre_refine_rounds`` times against
     each image's neighbour average (:func:`refine_centre_shifts`, further settings in
-    ``centre_options``); the shifts are in ``extras["centre_shifts_px"]``. With ``checkpoints`` (a
+    ``centre_options``), then synchronise them ``centre_sync_rounds`` times over the graph of
+    translation-tolerant matches (:func:`sync_centre_shifts`, on the grid of ``shift_search_px``); the
+    shifts are in ``extras["centre_shifts_px"]``. With ``checkpoints`` (a
     :class:`cryoprism.io.checkpoint.Checkpoints`) the centring shifts are saved after stage 1 and after
-    every refinement round (``centring``), and a resumed run continues from the last saved round.
+    every refinement and synchronisation round (``centring``), and a resumed run continues from the
+    last saved round.
 
     ``images``: ``(n, L, L)`` array or memory map. ``ctf``: parameters of the n particles (None: no
     CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
@@ -466,8 +567,11 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
     if centre:
         ck = checkpoints
         got = ck.load("centring") if ck is not None else None
+        sync_start = None
         if got is not None:
             shifts, done = np.asarray(got[0]["shifts_px"], dtype=np.float64), int(got[1]["rounds_done"])
+            if "sync_start_px" in got[0]:
+                sync_start = np.asarray(got[0]["sync_start_px"], dtype=np.float64)
         else:
             shifts = centre_shifts(white_flipped, n, L, max_shift_px=centre_max_shift_frac * L,
                                    n_iter=centre_iterations, batch_size=batch_size, progress=progress)
@@ -476,7 +580,10 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
                 ck.save("centring", {"shifts_px": shifts}, rounds_done=0)
 
         def saved(it, sh):
-            ck.save("centring", {"shifts_px": sh}, rounds_done=it + 1)
+            arrays = {"shifts_px": sh}
+            if sync_start is not None:
+                arrays["sync_start_px"] = sync_start
+            ck.save("centring", arrays, rounds_done=it + 1)
 
         if centre_refine_rounds > done and n > 2:
             shifts = refine_centre_shifts(white_flipped, n, basis, shifts, rounds=centre_refine_rounds,
@@ -484,6 +591,17 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
                                           progress=progress, first_round=done,
                                           on_round=saved if ck is not None else None,
                                           **(centre_options or {}))
+        R0 = int(centre_refine_rounds)
+        grid = SHIFT_SEARCH_PX if shift_search_px is None or not len(shift_offsets(*shift_search_px)) \
+            else shift_search_px
+        if centre_sync_rounds > 0 and R0 + centre_sync_rounds > done and n > 2:
+            if sync_start is None:
+                sync_start = shifts.copy()
+            shifts = sync_centre_shifts(white_flipped, n, basis, shifts, rounds=centre_sync_rounds,
+                                        shift_search_px=grid, spca_threshold=spca_threshold,
+                                        batch_size=batch_size, progress=progress, first_round=max(0, done - R0),
+                                        on_round=(lambda it, sh: saved(R0 + it, sh)) if ck is not None else None,
+                                        start_shifts=sync_start)
 
     def centred(a, b):
         x = white_flipped(a, b)
@@ -517,13 +635,13 @@ def neighbors(prep: Prepared, method: str = "mfvdm", n_neighbors: int = 50, k_ma
     """
     return _neighbor_list(prep.spca, prep.coefs, method, n_neighbors, k_max=k_max, m=m,
                           n_candidates=n_candidates, progress=progress, initial=initial,
-                          weight_power=weight_power, shifted=prep.shifted)
+                          weight_power=weight_power, shifted=prep.shifted, shift_offsets_px=prep.shift_offsets_px)
 
 
 def _neighbor_list(spca: SteerablePCA, coefs: np.ndarray, method: str, n_neighbors: int, k_max: int = 10,
                    m: int = 50, n_candidates: int | None = None, progress: bool = False,
                    initial: Neighbors | None = None, weight_power: float = RID_WEIGHT_POWER,
-                   shifted: tuple = ()) -> Neighbors:
+                   shifted: tuple = (), shift_offsets_px: np.ndarray | None = None) -> Neighbors:
     """RID list from the weighted sPCA features (unless ``initial`` is given), then VDM / MFVDM on it.
 
     ``shifted``: sPCA projections of translated copies (:func:`shifted_projections`) for the joint
@@ -533,7 +651,8 @@ def _neighbor_list(spca: SteerablePCA, coefs: np.ndarray, method: str, n_neighbo
     nb0 = initial
     if nb0 is None:
         nb0 = rid_neighbors(rid_features(spca, coefs, weight_power), n_neighbors, n_candidates=n_candidates,
-                            progress=progress, shifted=[_weighted(spca, P, weight_power) for P in shifted])
+                            progress=progress, shifted=[_weighted(spca, P, weight_power) for P in shifted],
+                            shift_offsets_px=shift_offsets_px)
     if method == "rir":
         return nb0
     return mfvdm_neighbors(nb0, n_neighbors, k_max=1 if method == "vdm" else k_max, m=m, progress=progress)
@@ -675,11 +794,15 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
 
 
 def _neighbors_arrays(nb: Neighbors) -> dict:
-    return {"j": nb.j, "angle": nb.angle, "reflected": nb.reflected, "score": nb.score}
+    out = {"j": nb.j, "angle": nb.angle, "reflected": nb.reflected, "score": nb.score}
+    if nb.shift_px is not None:
+        out["shift_px"] = nb.shift_px
+    return out
 
 
 def _neighbors_from(arrays: dict) -> Neighbors:
-    return Neighbors(j=arrays["j"], angle=arrays["angle"], reflected=arrays["reflected"], score=arrays["score"])
+    return Neighbors(j=arrays["j"], angle=arrays["angle"], reflected=arrays["reflected"], score=arrays["score"],
+                     shift_px=arrays["shift_px"] if "shift_px" in arrays else None)
 
 
 def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_neighbors: int = 50,

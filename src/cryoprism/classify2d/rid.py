@@ -46,6 +46,9 @@ class Neighbors:
     angle: np.ndarray        # (n, s) radians: I_i ≈ R_angle J^refl I_j
     reflected: np.ndarray    # (n, s) bool
     score: np.ndarray        # (n, s) float, larger = more similar
+    #: (n, s, 2) translation (x, y px) of image j in the best match (``I_i ≈ R_angle J^refl T_shift I_j``),
+    #: from the translation-tolerant search; None where translations were not searched
+    shift_px: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -129,17 +132,29 @@ def invariant_features(feats: list, bispectrum_components: int = 2, bispectrum_k
 
 
 def candidate_neighbors(features: np.ndarray, n_candidates: int, batch_size: int = 1024,
-                        progress: bool = False) -> np.ndarray:
-    """Top ``n_candidates`` by cosine similarity of the invariant features (self excluded): ``(n, M)``."""
+                        progress: bool = False, translated: list | None = None) -> np.ndarray:
+    """Top ``n_candidates`` by cosine similarity of the invariant features (self excluded): ``(n, M)``.
+
+    ``translated``: invariant features of translated copies of the images (like ``features``); the
+    similarity of a pair is then the best of image j as it is and each of its copies.
+    """
     f = np.asarray(features, dtype=np.float32)
-    f = f - f.mean(axis=0, keepdims=True)
-    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-30)
+    mu = f.mean(axis=0, keepdims=True)
+
+    def unit(a):
+        a = np.asarray(a, dtype=np.float32) - mu
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+
+    f = unit(f)
+    others = [unit(t) for t in (translated or [])]
     n = f.shape[0]
     M = min(int(n_candidates), n - 1)
 
     def one(rng):
         a, b = rng
         S = f[a:b] @ f.T
+        for t in others:
+            np.maximum(S, f[a:b] @ t.T, out=S)
         S[np.arange(b - a), np.arange(a, b)] = -np.inf
         idx = np.argpartition(-S, M - 1, axis=1)[:, :M]
         order = np.argsort(-np.take_along_axis(S, idx, axis=1), axis=1)
@@ -218,21 +233,27 @@ def align_pairs(feats: list, i: np.ndarray, j: np.ndarray, n_angles: int = 256,
 
 def rid_neighbors(feats: list, n_neighbors: int, n_candidates: int | None = None,
                   bispectrum_components: int = 2, n_angles: int = 256, progress: bool = False,
-                  metric: str = "cosine", shifted: list | None = None) -> Neighbors:
+                  metric: str = "cosine", shifted: list | None = None,
+                  shift_offsets_px: np.ndarray | None = None) -> Neighbors:
     """Initial neighbour list: invariant candidates re-ranked by the exact rotationally invariant distance.
 
-    ``shifted``: feature lists (like ``feats``) of the same images translated by a few small offsets.
-    A candidate pair's score is then the best over "image j as it is" and "image j translated by each
-    offset" (rotation, reflection and translation searched jointly), which tolerates residual
-    centring errors of the size of the offsets. The invariant candidate search itself is unchanged.
+    ``shifted``: feature lists (like ``feats``) of the same images translated by the offsets
+    ``shift_offsets_px`` (``(G, 2)``, x, y px). Both stages then tolerate residual centring errors of
+    the size of the offsets: a pair's invariant similarity is the best over "image j as it is" and
+    each translated copy, and its exact score the best over the copies too (rotation, reflection and
+    translation searched jointly); the translation of the best match is in ``Neighbors.shift_px``.
     """
     n = feats[0].shape[0]
     s = min(int(n_neighbors), n - 1)
     M = min(n - 1, int(n_candidates) if n_candidates else max(CANDIDATES_PER_NEIGHBOUR * s, 100))
     inv = invariant_features(feats, bispectrum_components=bispectrum_components)
-    cand = candidate_neighbors(inv, M, progress=progress)
+    shifted = list(shifted or [])
+    translated = [invariant_features(fg, bispectrum_components=bispectrum_components) for fg in shifted]
+    cand = candidate_neighbors(inv, M, progress=progress, translated=translated)
+    del inv, translated
     ii = np.repeat(np.arange(n), cand.shape[1])
-    G = 1 + len(shifted or [])
+    G = 1 + len(shifted)
+    g = None
     if G > 1:   # rows g·n … (g+1)·n − 1 hold copy g (0: as it is); every pair against every copy of j
         feats_all = [np.concatenate([feats[k]] + [fg[k] for fg in shifted]) for k in range(len(feats))]
         jj = (cand.ravel()[None, :] + n * np.arange(G)[:, None]).ravel()
@@ -245,4 +266,12 @@ def rid_neighbors(feats: list, n_neighbors: int, n_candidates: int | None = None
     score = score.reshape(n, -1)
     top = np.argsort(-score, axis=1)[:, :s]
     take = lambda a: np.take_along_axis(a.reshape(n, -1), top, axis=1)  # noqa: E731
-    return Neighbors(j=take(cand), angle=take(ang), reflected=take(refl), score=take(score))
+    shift = None
+    if g is not None:
+        if shift_offsets_px is None:
+            raise ValueError("shift_offsets_px is needed with shifted")
+        offs = np.vstack([np.zeros((1, 2)), np.asarray(shift_offsets_px, dtype=np.float64).reshape(-1, 2)])
+        if len(offs) != G:
+            raise ValueError(f"{len(shifted)} translated copies but {len(offs) - 1} offsets")
+        shift = offs[take(g)]
+    return Neighbors(j=take(cand), angle=take(ang), reflected=take(refl), score=take(score), shift_px=shift)
