@@ -116,6 +116,7 @@ def test_classify2d_centre_checkpoints_and_resumes(star, tmp_path, monkeypatch):
 
     monkeypatch.setattr(P, "centre_shifts", no_centring)
     monkeypatch.setattr(P, "refine_centre_shifts", no_centring)
+    monkeypatch.setattr(P, "sync_centre_shifts", no_centring)
     assert main(args + ["--resume"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "neighbors.csv"), first)
     # the translated copies for the translation-tolerant pair search are saved with the prepare stage
