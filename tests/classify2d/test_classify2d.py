@@ -375,6 +375,10 @@ def test_translation_tolerant_search_finds_translated_copies():
         res[key] = np.mean(nb.j[:n, 0] == np.arange(n) + n)
     assert res["plain"] < 0.2
     assert res["tolerant"] > 0.9
+    # the best match records the translation: image i is its copy translated back by −t
+    found = nb.j[:n, 0] == np.arange(n) + n
+    assert np.mean(np.all(np.abs(nb.shift_px[:n, 0][found] + t[found]) < 1e-9, axis=1)) > 0.9
+    assert nb.shift_px.shape == (2 * n, 5, 2)
 
 
 def test_synchronised_class_templates_agree_with_each_other():

@@ -246,8 +246,14 @@ def rid_neighbors(feats: list, n_neighbors: int, n_candidates: int | None = None
     n = feats[0].shape[0]
     s = min(int(n_neighbors), n - 1)
     M = min(n - 1, int(n_candidates) if n_candidates else max(CANDIDATES_PER_NEIGHBOUR * s, 100))
-    inv = invariant_features(feats, bispectrum_components=bispectrum_components)
     shifted = list(shifted or [])
+    if shifted:
+        if shift_offsets_px is None:
+            raise ValueError("shift_offsets_px is needed with shifted")
+        offs = np.vstack([np.zeros((1, 2)), np.asarray(shift_offsets_px, dtype=np.float64).reshape(-1, 2)])
+        if len(offs) != 1 + len(shifted):
+            raise ValueError(f"{len(shifted)} translated copies but {len(offs) - 1} offsets")
+    inv = invariant_features(feats, bispectrum_components=bispectrum_components)
     translated = [invariant_features(fg, bispectrum_components=bispectrum_components) for fg in shifted]
     cand = candidate_neighbors(inv, M, progress=progress, translated=translated)
     del inv, translated
@@ -266,12 +272,5 @@ def rid_neighbors(feats: list, n_neighbors: int, n_candidates: int | None = None
     score = score.reshape(n, -1)
     top = np.argsort(-score, axis=1)[:, :s]
     take = lambda a: np.take_along_axis(a.reshape(n, -1), top, axis=1)  # noqa: E731
-    shift = None
-    if g is not None:
-        if shift_offsets_px is None:
-            raise ValueError("shift_offsets_px is needed with shifted")
-        offs = np.vstack([np.zeros((1, 2)), np.asarray(shift_offsets_px, dtype=np.float64).reshape(-1, 2)])
-        if len(offs) != G:
-            raise ValueError(f"{len(shifted)} translated copies but {len(offs) - 1} offsets")
-        shift = offs[take(g)]
+    shift = None if g is None else offs[take(g)]
     return Neighbors(j=take(cand), angle=take(ang), reflected=take(refl), score=take(score), shift_px=shift)

@@ -89,8 +89,9 @@ def register(app: typer.Typer) -> None:
         centre: bool = typer.Option(False, "--centre", help="Centre the images first (particles with random "
                                     "shifts): on their rotationally averaged mean, then 4 rounds against each "
                                     "image's aligned neighbour average and 3 searches over synchronised class "
-                                    "averages; the final pair search also tries 12 translations within 1 px "
-                                    "(helps at moderate SNR; costs ~4 neighbour searches and 3 class "
+                                    "averages, then 3 rounds synchronising the shifts over the pair matches "
+                                    "that try 12 translations within 1 px, as the final pair search does "
+                                    "(helps at moderate SNR; costs ~7 neighbour searches and 3 class "
                                     "searches; see docs/classify2d.md)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in OUT/checkpoints "
                                     "(same particles and settings)."),
