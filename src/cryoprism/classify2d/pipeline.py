@@ -142,6 +142,19 @@ def shifted_projections(basis: FBBasis2D, spca: SteerablePCA, images, n: int, of
                  for g in range(len(offsets)))
 
 
+def _centred(white_flipped, shifts: np.ndarray):
+    """``(a, b) -> images a:b`` of ``white_flipped`` translated by minus their centring shifts."""
+    return lambda a, b: fourier_shift(white_flipped(a, b), -shifts[a:b])
+
+
+def _expand(images, basis: FBBasis2D, n: int, batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    """FB coefficients ``(n, n_coef)`` complex64 of ``images(a, b)``, batch by batch."""
+    def one(rng):
+        return basis.expand(images(*rng).astype(np.float32)).astype(np.complex64)
+
+    return np.concatenate(map_batches(one, batch_ranges(n, batch_size), progress=progress, desc=desc), axis=0)
+
+
 def _weighted(spca: SteerablePCA, proj: list, weight_power: float) -> list:
     ww = spca.wiener_weights
     return [proj[k] * (np.asarray(ww[k]) ** float(weight_power))[None, :] for k in range(len(proj))]
@@ -292,14 +305,10 @@ def refine_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.nda
     max_shift = 0.2 * L if max_shift_px is None else float(max_shift_px)
 
     def centred(rng, shifts):
-        a, b = rng
-        return fourier_shift(white_flipped(a, b), -shifts[a:b])
+        return _centred(white_flipped, shifts)(*rng)
 
     def expand_all(shifts, desc):
-        def expand(rng):
-            return basis.expand(centred(rng, shifts).astype(np.float32)).astype(np.complex64)
-
-        return np.concatenate(map_batches(expand, ranges, progress=progress, desc=desc), axis=0)
+        return _expand(_centred(white_flipped, shifts), basis, n, batch_size, progress, desc)
 
     for it in range(int(first_round), int(rounds)):
         coefs = expand_all(shifts, f"re-centring {it}: FB")
@@ -413,19 +422,13 @@ def sync_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarr
     """
     shifts = np.array(shifts, dtype=np.float64)
     start = shifts.copy() if start_shifts is None else np.asarray(start_shifts, dtype=np.float64)
-    ranges = batch_ranges(n, batch_size)
     offsets = shift_offsets(*shift_search_px)
     if not len(offsets):
         raise ValueError("shift synchronisation needs a translation grid (shift_search_px)")
     s = min(int(n_neighbors), n - 1)
     for it in range(int(first_round), int(rounds)):
-        def centred(a, b, shifts=shifts):
-            return fourier_shift(white_flipped(a, b), -shifts[a:b])
-
-        def expand(rng, centred=centred):
-            return basis.expand(centred(*rng).astype(np.float32)).astype(np.complex64)
-
-        coefs = np.concatenate(map_batches(expand, ranges, progress=progress, desc=f"shift sync {it}: FB"), axis=0)
+        centred = _centred(white_flipped, shifts)
+        coefs = _expand(centred, basis, n, batch_size, progress, f"shift sync {it}: FB")
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
         shifted = shifted_projections(basis, spca, centred, n, offsets, batch_size=batch_size, progress=progress)
         nb = rid_neighbors(rid_features(spca, coefs, weight_power), s, progress=progress,
@@ -592,8 +595,9 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
                                           on_round=saved if ck is not None else None,
                                           **(centre_options or {}))
         R0 = int(centre_refine_rounds)
-        grid = SHIFT_SEARCH_PX if shift_search_px is None or not len(shift_offsets(*shift_search_px)) \
-            else shift_search_px
+        # the synchronisation needs a translation grid even where the final search has none
+        grid = shift_search_px if shift_search_px is not None and len(shift_offsets(*shift_search_px)) \
+            else SHIFT_SEARCH_PX
         if centre_sync_rounds > 0 and R0 + centre_sync_rounds > done and n > 2:
             if sync_start is None:
                 sync_start = shifts.copy()
@@ -603,15 +607,8 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
                                         on_round=(lambda it, sh: saved(R0 + it, sh)) if ck is not None else None,
                                         start_shifts=sync_start)
 
-    def centred(a, b):
-        x = white_flipped(a, b)
-        return x if shifts is None else fourier_shift(x, -shifts[a:b])
-
-    def one(rng):
-        return basis.expand(centred(*rng).astype(np.float32)).astype(np.complex64)
-
-    coefs = np.concatenate(map_batches(one, batch_ranges(n, batch_size), progress=progress,
-                                       desc="FB expansion"), axis=0)
+    centred = white_flipped if shifts is None else _centred(white_flipped, shifts)
+    coefs = _expand(centred, basis, n, batch_size, progress, "FB expansion")
     spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=spca_threshold)
     H = _profiles(basis, ctf, pixel_size_A, nps, n)
     if shifts is not None:
