@@ -273,6 +273,7 @@ def test_class_templates_are_the_class_average_rotated_and_mirrored():
     assert np.abs(T[4] - mirror_y).max() < 1e-3 * np.abs(avg).max()
 
 
+@pytest.mark.slow  # a scientific validation of 10–50 s: make test-all
 def test_class_search_rescues_images_whose_centring_failed():
     """Images whose start is 5.5 px off (beyond the 4 px local step) are brought back by the class search
     (the default synchronised one better than the plain one).
@@ -308,6 +309,7 @@ def test_class_search_rescues_images_whose_centring_failed():
     assert np.mean(fixed[~bad] > 1.5) < 0.05       # and moves (almost) none of the good ones away
 
 
+@pytest.mark.slow  # a scientific validation of 10–50 s: make test-all
 def test_centring_resumes_from_its_last_saved_round(tmp_path, monkeypatch):
     """Saved after refinement round 1, then after synchronisation round 1; each resumed run ends with
     the same shifts as the uninterrupted one and does not redo the stages before."""
@@ -451,6 +453,7 @@ def test_synchronise_shifts_solves_the_relative_shift_equations():
     assert np.median(np.hypot(*anchored.T)) < 0.02 < np.median(np.hypot(*free.T))
 
 
+@pytest.mark.slow  # a scientific validation of 10–50 s: make test-all
 def test_shift_synchronisation_makes_the_centring_of_neighbouring_views_consistent():
     """Blob projections displaced by up to 1 px: after the tolerant search + synchronisation the
     displacements left are (nearly) a common 3-D translation projected into each view."""

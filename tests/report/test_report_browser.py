@@ -10,6 +10,9 @@ import pytest
 
 from cryoprism.report import Report, fsc_figure, gallery_figure, histogram_figure, volume_slices_figure
 
+# installing Chromium on a fresh machine takes about a minute: with the scientific validations
+pytestmark = pytest.mark.slow
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"]
