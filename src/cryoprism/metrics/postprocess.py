@@ -278,6 +278,7 @@ def local_resolution(half1, half2, pixel_size_A: float, mask=None, *, radius_px:
         for i, cv in zip(sel, curves):
             res[i] = resolution_at(FSCResult(freq_invA=freq, curve=cv, n_voxels=n_vox,
                                              pixel_size_A=float(pixel_size_A), box=W), threshold)
+    res[todo] = np.clip(res[todo], 2.0 * pixel_size_A, W * pixel_size_A)  # no worse than the first shell
     grid = res.reshape(n, n, n)
     filled = grid.copy()
     holes = np.isnan(filled)
