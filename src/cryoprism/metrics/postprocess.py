@@ -3,7 +3,8 @@
 * Masked FSC corrected for the mask by phase randomisation (Chen et al. 2013): the phases of both
   half-maps are randomised beyond the shell where the unmasked FSC falls below ``randomize_at_fsc``
   (0.8, as RELION), the randomised maps are masked, and beyond that shell
-  ``FSC_true = (FSC_masked − FSC_random) / (1 − FSC_random)``.
+  ``FSC_true = (FSC_masked − FSC_random) / (1 − FSC_random)`` (from the third randomised shell on, as
+  RELION: next to the cut the randomised curve is dominated by leakage of the intact neighbour shells).
 * Sharpening (Rosenthal & Henderson 2003): the masked average is weighted by the figure of merit
   ``√(2 FSC / (1 + FSC))``, a line is fitted to its Guinier plot between ``d_low_A`` (10 Å) and the
   resolution, the map is multiplied by ``exp(−B s²/4)`` with the fitted ``B`` (negative: sharpening) and
@@ -34,7 +35,8 @@ class MaskedFSC:
     """The four FSC curves of post-processing, on the same shells.
 
     ``randomize_shell``: the first shell whose phases were randomised (the first shell where the
-    unmasked FSC falls below ``randomize_at_fsc``); ``corrected`` equals ``masked`` below it.
+    unmasked FSC falls below ``randomize_at_fsc``); ``corrected`` equals ``masked`` below
+    ``randomize_shell + CORRECT_AFTER``.
     """
 
     unmasked: FSCResult
@@ -86,6 +88,12 @@ def randomize_phases(volume, from_shell: int, rng=None) -> np.ndarray:
     return ifftnc(F, v.ndim).real.astype(v.dtype if np.issubdtype(v.dtype, np.floating) else np.float64)
 
 
+#: The correction starts this many shells after the first randomised one (RELION's choice): at the cut
+#: the randomised maps' FSC is mostly the mask's leakage of the intact shell below, and leaked and own
+#: power no longer add as the correction assumes (measured: a systematic dip of ~0.05 at the cut).
+CORRECT_AFTER = 2
+
+
 def correct_fsc(masked, randomized, from_shell: int) -> np.ndarray:
     """``(FSC_m − FSC_r) / (1 − FSC_r)`` for shells ``k ≥ from_shell``, ``FSC_m`` below (Chen et al. 2013)."""
     m = np.asarray(masked, dtype=np.float64)
@@ -115,7 +123,7 @@ def mask_corrected_fsc(half1, half2, mask, pixel_size_A: float, randomize_at_fsc
         rnd = fsc(r1, r2, pixel_size_A, mask=mask)
     else:  # the FSC never drops below the threshold: nothing to randomise
         rnd = ms
-    corr = correct_fsc(ms.curve, rnd.curve, k0)
+    corr = correct_fsc(ms.curve, rnd.curve, k0 + CORRECT_AFTER)
     corrected = FSCResult(freq_invA=un.freq_invA, curve=corr, n_voxels=un.n_voxels,
                           pixel_size_A=un.pixel_size_A, box=un.box)
     return MaskedFSC(unmasked=un, masked=ms, randomized=rnd, corrected=corrected, randomize_shell=k0)
@@ -274,7 +282,7 @@ def local_resolution(half1, half2, pixel_size_A: float, mask=None, *, radius_px:
         curves = _window_fsc(wins[0], wins[1], onehot)
         if rnd_from is not None and rnd_from < n_sh:
             rc = _window_fsc(wins[2], wins[3], onehot)
-            curves = np.stack([correct_fsc(m, q, rnd_from) for m, q in zip(curves, rc)])
+            curves = np.stack([correct_fsc(m, q, rnd_from + CORRECT_AFTER) for m, q in zip(curves, rc)])
         for i, cv in zip(sel, curves):
             res[i] = resolution_at(FSCResult(freq_invA=freq, curve=cv, n_voxels=n_vox,
                                              pixel_size_A=float(pixel_size_A), box=W), threshold)
