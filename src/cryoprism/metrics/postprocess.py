@@ -18,6 +18,7 @@ See docs/postprocess.md for the derivations and the measured results.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -72,6 +73,13 @@ def randomize_shell(curve, randomize_at_fsc: float = 0.8) -> int:
     return int(below[0]) + 1 if below.size else len(c)
 
 
+@lru_cache(maxsize=4)
+def _shell_index(shape) -> np.ndarray:
+    k = radial_index(shape)
+    k.flags.writeable = False
+    return k
+
+
 def randomize_phases(volume, from_shell: int, rng=None) -> np.ndarray:
     """``volume`` with the phases of every Fourier voxel in shells ``k ≥ from_shell`` replaced by random
     ones (amplitudes kept).
@@ -82,8 +90,8 @@ def randomize_phases(volume, from_shell: int, rng=None) -> np.ndarray:
     rng = np.random.default_rng(rng)
     v = np.asarray(volume)
     F = fftnc(v, v.ndim)
-    N = fftnc(rng.standard_normal(v.shape), v.ndim)
-    beyond = radial_index(v.shape) >= from_shell
+    N = fftnc(rng.standard_normal(v.shape, dtype=np.float32), v.ndim)
+    beyond = _shell_index(v.shape) >= from_shell
     F[beyond] *= np.exp(1j * np.angle(N[beyond]))
     return ifftnc(F, v.ndim).real.astype(v.dtype if np.issubdtype(v.dtype, np.floating) else np.float64)
 
@@ -261,7 +269,7 @@ def local_resolution(half1, half2, pixel_size_A: float, mask=None, *, radius_px:
         rng = np.random.default_rng(rng)
         maps += [randomize_phases(a, k_global, rng), randomize_phases(b, k_global, rng)]
     padded = [np.pad(m, pads) for m in maps]
-    kk = np.fft.ifftshift(radial_index((W, W, W))).ravel()
+    kk = np.fft.ifftshift(_shell_index((W, W, W))).ravel()
     n_sh = W // 2 + 1
     keep = kk < n_sh
     onehot = np.zeros((W ** 3, n_sh), np.float32)
