@@ -237,8 +237,8 @@ def local_resolution(half1, half2, pixel_size_A: float, mask=None, *, radius_px:
     ``step_px`` (default ``radius/2``) through the box centre. Only centres where ``mask ≥ 0.5`` are
     computed (all with ``mask=None``). Each window's FSC gives a resolution at ``threshold``; with
     ``randomize_from_freq_invA`` the windowed FSC is corrected by phase randomisation beyond that
-    frequency as the global one. The grid values (holes filled with the nearest computed value) are
-    interpolated trilinearly to every voxel.
+    frequency as the global one (off by default: it correlated less with the local truth). The grid
+    values (holes filled with the nearest computed value) are interpolated trilinearly to every voxel.
     """
     from scipy import ndimage
 
@@ -369,8 +369,9 @@ def postprocess(half1, half2, pixel_size_A: float, mask=None, *, bfactor_A2: flo
     sharp = sharpen(weighted, pixel_size_A, B, res) * m
     lr = None
     if locres:
-        lr = local_resolution(a, b, pixel_size_A, m, threshold=threshold,
-                              randomize_from_freq_invA=curves.randomize_freq_invA, rng=rng, progress=progress)
+        # no phase-randomisation correction in the windows: measured closer to the local truth without
+        # (docs/postprocess.md §4)
+        lr = local_resolution(a, b, pixel_size_A, m, threshold=threshold, progress=progress)
     out = PostprocessResult(fsc=curves, resolution_A=res, bfactor_A2=B, guinier=fit, mask=m,
                             sharpened=sharp.astype(np.float32), locres=lr, auto_mask=is_auto)
     if job is not None:
