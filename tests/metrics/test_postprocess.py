@@ -207,3 +207,11 @@ def test_cli_postprocess_outputs_and_bad_input(tmp_path, capsys, noisy_pair):
         err = capsys.readouterr().err.strip()
         assert err.startswith("cryoprism: error:") and "\n" not in err
         assert not target.exists()
+
+
+def test_cli_map_without_density_is_refused_without_output(tmp_path, capsys):
+    flat = np.random.default_rng(0).standard_normal((L, L, L))
+    a = _write(tmp_path / "a.mrc", flat, PX)
+    target = tmp_path / "out"
+    assert main(["postprocess", a, a, "-o", str(target), "--mask", _write(tmp_path / "z.mrc", 0 * flat, PX)]) == 2
+    assert "mask" in capsys.readouterr().err and not target.exists()

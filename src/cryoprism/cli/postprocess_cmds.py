@@ -74,7 +74,7 @@ def postprocess_cmd(
     from cryoprism.errors import InputError
     from cryoprism.io.checkpoint import digest
     from cryoprism.io.job import Job
-    from cryoprism.metrics.postprocess import postprocess
+    from cryoprism.metrics.postprocess import postprocess, write_outputs
 
     b = _parse_bfactor(bfactor)
     v1, v2, px = _load_pair(half1, half2, pixel_size_A)
@@ -83,12 +83,15 @@ def postprocess_cmd(
     m = None if mask is None else _read_mask(mask, v1.shape)
     settings = {"bfactor": b, "locres": locres, "randomize_at_fsc": randomize_at_fsc, "pixel_size_A": px,
                 "mask": None if mask is None else str(mask)}
-    job = Job(out, "postprocess", settings, {"half1": digest(v1), "half2": digest(v2)})
-    try:
+    try:  # compute everything first, so that bad data leaves nothing half-written
         r = postprocess(v1, v2, px, m, bfactor_A2=b, locres=locres, randomize_at_fsc=randomize_at_fsc,
-                        job=job, progress=not as_json)
+                        progress=not as_json)
     except ValueError as e:  # e.g. an automatic mask that finds no density
         raise InputError(str(e), half1)
+    job = Job(out, "postprocess", settings, {"half1": digest(v1), "half2": digest(v2)})
+    write_outputs(r, px, job)
+    job.log.info("phases randomised from shell %d; resolution %.2f Å; B-factor applied %.1f Å²",
+                 r.fsc.randomize_shell, r.resolution_A, r.bfactor_A2)
     job.record(half1=str(half1), half2=str(half2), pixel_size_A=px, box=v1.shape[0],
                outputs=sorted(p.name for p in Path(out).iterdir() if p.is_file()))
     summary = job.finish()
