@@ -91,8 +91,9 @@ def randomize_phases(volume, from_shell: int, rng=None) -> np.ndarray:
     v = np.asarray(volume)
     F = fftnc(v, v.ndim)
     N = fftnc(rng.standard_normal(v.shape, dtype=np.float32), v.ndim)
-    beyond = _shell_index(v.shape) >= from_shell
-    F[beyond] *= np.exp(1j * np.angle(N[beyond]))
+    absN = np.abs(N)
+    unit = np.divide(N, absN, out=np.ones_like(N), where=absN > 0)  # e^{iφ} without trigonometry
+    F *= np.where(_shell_index(v.shape) >= from_shell, unit, 1)
     return ifftnc(F, v.ndim).real.astype(v.dtype if np.issubdtype(v.dtype, np.floating) else np.float64)
 
 
