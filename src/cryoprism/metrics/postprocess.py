@@ -58,9 +58,7 @@ class MaskedFSC:
     def table(self) -> dict:
         """Columns for ``fsc.csv``: shell, frequency (1/Å), resolution (Å) and the four curves."""
         r = self.unmasked
-        with np.errstate(divide="ignore"):
-            res = np.where(r.freq_invA > 0, 1.0 / np.maximum(r.freq_invA, 1e-300), np.inf)
-        return {"shell": np.arange(len(r.curve)), "freq_invA": r.freq_invA, "resolution_A": res,
+        return {"shell": np.arange(len(r.curve)), "freq_invA": r.freq_invA, "resolution_A": r.resolution_A,
                 "fsc_unmasked": r.curve, "fsc_masked": self.masked.curve,
                 "fsc_phase_randomized_masked": self.randomized.curve, "fsc_corrected": self.corrected.curve,
                 "n_voxels": r.n_voxels}
@@ -407,7 +405,7 @@ def write_outputs(result: PostprocessResult, pixel_size_A: float, job) -> None:
     figures = {"resolution_A": result.resolution_A, "bfactor_A2": result.bfactor_A2,
                "randomize_shell": result.fsc.randomize_shell,
                "randomize_resolution_A": 1.0 / result.fsc.randomize_freq_invA
-               if result.fsc.randomize_freq_invA > 0 else None,
+               if result.fsc.randomize_shell < len(result.fsc.unmasked.curve) else None,
                "resolution_unmasked_A": resolution_at(result.fsc.unmasked, 0.143),
                "resolution_masked_A": resolution_at(result.fsc.masked, 0.143),
                "mask": "auto" if result.auto_mask else "given",
