@@ -6,7 +6,8 @@ Data (made here from ``--map``, default EMD-3488 haemoglobin, 100³ at 1.05 Å/p
 * global set: ``half_i = blur(truth, B) + σ·noise_i`` (white noise, σ = ``--noise`` × the blurred map's
   standard deviation). The truth's resolution is where the FSC between the masked half-map average and
   the masked truth falls to 0.5 (the full-map criterion equivalent to the half-map FSC at 0.143,
-  Rosenthal & Henderson 2003); the truth's B-factor is the Guinier fit of the masked, noise-free
+  Rosenthal & Henderson 2003; ``resolution_error_shells`` = claimed minus true frequency in Fourier
+  shells, positive = claims finer than the truth); the truth's B-factor is the Guinier fit of the masked, noise-free
   ``blur(truth, B)`` between 10 Å and that resolution (sharpening B = minus that).
 * local set: the same with an extra blur ``--extra-blur`` on one side of the box only
   (``w(x) = 1/(1 + exp(−x/3 px))`` mixes the sharp and the blurred map). Local resolution should be
