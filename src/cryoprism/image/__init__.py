@@ -31,13 +31,21 @@ from cryoprism.image.filters import (
     lowpass,
     lowpass_profile,
 )
-from cryoprism.image.masks import circular_mask, radial_mask, soft_edge, spherical_mask
+from cryoprism.image.masks import (
+    auto_mask,
+    circular_mask,
+    mask_threshold,
+    radial_mask,
+    soft_edge,
+    spherical_mask,
+)
 from cryoprism.image.normalize import background_mask, background_stats, normalize
 from cryoprism.image.transform import fourier_shift, rotate, rotation_matrix_2d, shift_phases
 from cryoprism.image.whiten import noise_power_spectrum, recolour, whiten
 
 __all__ = [
-    "Alignment", "TemplateMatch", "align_rotation_translation", "align_templates", "align_translation",
+    "Alignment", "TemplateMatch", "auto_mask", "mask_threshold", "align_rotation_translation", "align_templates",
+    "align_translation",
     "template_peaks", "apply_radial_filter",
     "background_mask", "background_stats", "bandpass", "circular_mask", "crop", "cross_correlation",
     "downsample", "fourier_shift", "gaussian_blur", "highpass", "lowpass", "lowpass_profile",
