@@ -68,7 +68,8 @@ class ParticleSource(Protocol):
     ``n`` particles of ``box × box`` pixels of ``pixel_size_A`` Å, images of ``dtype``; ``table`` (the
     particle DataFrame, RELION column names) and ``optics`` (the optics DataFrame or None). Indices
     are 0-based rows; ``None`` means all. ``ctf_params``/``rotations`` raise :class:`InputError` when
-    the table has no defocus/angles (``Batch.ctf``/``Batch.rotations`` are None then).
+    the table has no defocus/angles (``has_ctf`` says which; ``Batch.ctf``/``Batch.rotations`` are
+    None then).
     """
 
     n: int
@@ -79,6 +80,8 @@ class ParticleSource(Protocol):
 
     @property
     def pixel_size_A(self) -> float: ...
+    @property
+    def has_ctf(self) -> bool: ...
     def ctf_params(self, indices=None) -> CTFParams: ...
     def rotations(self, indices=None) -> np.ndarray: ...
     def origins_A(self, indices=None) -> np.ndarray: ...
