@@ -68,9 +68,8 @@ def test_auto_regularization_estimates_noise_and_beats_plain_ls():
     from cryoprism.forward import simulate_particles
 
     sim = simulate_particles(vol, n, px, snr=0.05, rng=21, progress=False, n_defocus_groups=8)
-    args = (_src(sim.images, sim.rotations, sim.origins_A / px, sim.ctf, px),)
-    plain = reconstruct_mean(*args, regularization=0.0, maxiter=60, progress=False)
-    auto = reconstruct_mean(*args, regularization="auto", progress=False)
+    plain = reconstruct_mean(sim.particles, regularization=0.0, maxiter=60, progress=False)
+    auto = reconstruct_mean(sim.particles, regularization="auto", progress=False)
     assert abs(auto.info["noise_var_per_pixel"] / sim.noise_sigma**2 - 1) < 0.1
     e_plain = np.linalg.norm(plain.volume - vol) / np.linalg.norm(vol)
     e_auto = np.linalg.norm(auto.volume - vol) / np.linalg.norm(vol)
