@@ -483,10 +483,10 @@ def open_checkpoints(checkpoint_dir, resume: bool, source: ParticleSource, every
 
 
 def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
-    """Half-set labels 0/1: ``rlnRandomSubset`` (1/2) when the table has it, else a seeded split."""
+    """Half-set labels 0/1: ``rlnRandomSubset`` (1/2) when the table has both, else a seeded split."""
     if table is not None and "rlnRandomSubset" in getattr(table, "columns", ()):
         v = np.asarray(table["rlnRandomSubset"], np.int64)
-        if set(np.unique(v)) <= {1, 2}:
+        if set(np.unique(v)) == {1, 2}:  # both halves present (a subset may hold one)
             return v - 1
     lab = np.zeros(n, np.int64)
     lab[np.random.default_rng(seed).permutation(n)[n // 2:]] = 1
