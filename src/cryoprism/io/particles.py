@@ -77,6 +77,7 @@ class ParticleSource(Protocol):
     dtype: np.dtype
     table: pd.DataFrame
     optics: pd.DataFrame | None
+    path: Path | None  # the particle file (None in memory), for messages
 
     @property
     def pixel_size_A(self) -> float: ...

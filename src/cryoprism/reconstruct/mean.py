@@ -365,7 +365,7 @@ def auto_batch_size(n: int, L: int, workers: int) -> int:
 def checked_source(source: ParticleSource) -> ParticleSource:
     """``source`` after checking that it has particles and poses (``InputError`` otherwise)."""
     if source.n == 0:
-        raise InputError("no particles: expected at least one row with an image", getattr(source, "path", None))
+        raise InputError("no particles: expected at least one row with an image", source.path)
     source.rotations()  # InputError without poses
     return source
 
