@@ -39,6 +39,7 @@ CORRECT_DEG = 10.0       # a rotation counts as correct within this many degrees
 from cryoprism.abinitio import gibbs, gmm, hmc, pipeline, so3  # noqa: E402
 from cryoprism.ctf.model import CTFParams, ctf_2d  # noqa: E402
 from cryoprism.geometry.rotations import angular_distance_deg, uniform_rotations  # noqa: E402
+from cryoprism.io import ParticleStack  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ unit
@@ -245,7 +246,8 @@ def exp_full_gibbs(truth, px, n, restarts, K_ref, alternations, sweeps, rng, ref
     R = uniform_rotations(n, rng)
     imgs = project(truth, R)
     t = time.perf_counter()
-    res = pipeline.run_abinitio(imgs, px, method="gibbs", K_initial=100, K_refine=K_ref, restarts=restarts,
+    src = ParticleStack.from_arrays(imgs, pixel_size_A=px)
+    res = pipeline.run_abinitio(src, method="gibbs", K_initial=100, K_refine=K_ref, restarts=restarts,
                                 n_alternations=alternations, refine_sweeps=sweeps, n_counts_refine=20000,
                                 thin=5, seed=1, progress=False, refine_init=refine_init)
     out = {"n_images": n, "restarts": restarts, "K_initial": 100, "K_refine": K_ref,
@@ -267,9 +269,9 @@ def exp_hmc_ctf(truth, px, n, restarts, K_ref, alternations, sweeps, rng):
     sim = simulate_particles(truth.astype(np.float32), n, px, snr=10.0, rng=rng, progress=False,
                              defocus_range_A=(1.0e4, 2.5e4))
     imgs = sim.images.astype(np.float64)
-    ctf = ctf_2d(imgs.shape[-1], px, sim.ctf).astype(np.float64)
+    src = ParticleStack.from_arrays(imgs, pixel_size_A=px, ctf=sim.ctf)
     t = time.perf_counter()
-    res = pipeline.run_abinitio(imgs, px, ctf=ctf, method="hmc", K_initial=100, K_refine=K_ref,
+    res = pipeline.run_abinitio(src, method="hmc", K_initial=100, K_refine=K_ref,
                                 restarts=restarts, n_alternations=alternations, refine_sweeps=sweeps,
                                 refine_box=64, refine_init="reconstruction", seed=2, progress=False)
     out = {"n_images": n, "snr": 10.0, "snr_definition": "mean square of the clean CTF-affected "

@@ -175,6 +175,14 @@ def run_aspire(sim, n_neighbors, aspire_python, timeout_s=3600):
             "time_wall_s": wall, **timing}
 
 
+def _source(sim, fac=None):
+    """The simulated images (scaled by ``fac``) with their CTF as a ParticleSource."""
+    from cryoprism.io import ParticleStack
+
+    imgs = sim["noisy"] if fac is None else sim["noisy"] * np.float32(fac)
+    return ParticleStack.from_arrays(imgs, pixel_size_A=sim["pixel_size_A"], ctf=sim["ctf"])
+
+
 def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False, centre_refine_rounds=None,
             bandlimit="auto", centre_sync_rounds=None):
     from cryoprism.classify2d.pipeline import mfvdm_denoise, neighbors, prepare, spca_denoise
@@ -184,7 +192,7 @@ def run_one(sim, methods, n_neighbors, k_max, m, with_denoise=True, centre=False
     kw = {} if centre_refine_rounds is None else {"centre_refine_rounds": centre_refine_rounds}
     if centre_sync_rounds is not None:
         kw["centre_sync_rounds"] = centre_sync_rounds
-    prep = prepare(sim["noisy"], sim["ctf"], sim["pixel_size_A"], mask_radius_px=None, centre=centre,
+    prep = prepare(_source(sim), mask_radius_px=None, centre=centre,
                    bandlimit=bandlimit, **kw)
     t_prep = time.perf_counter() - t0
     out["spca_ranks_total"] = int(prep.spca.ranks.sum())
@@ -291,7 +299,7 @@ def main(argv=None):
         ref = None
         same = {}
         for fac in (1.0, 1e-4, 1e4):
-            p = prepare(sim["noisy"] * np.float32(fac), sim["ctf"], sim["pixel_size_A"])
+            p = prepare(_source(sim, fac))
             nb = neighbors(p, "mfvdm", a.neighbors, k_max=a.k_max, m=a.m)
             if ref is None:
                 ref = nb

@@ -35,17 +35,19 @@ def run_one(sim, mask_radius_px):
     from cryoprism.classify2d.pipeline import prepare, spca_denoise
     from cryoprism.ctf.correct import phase_flip
     from cryoprism.denoise.cwf import cwf_denoise
+    from cryoprism.io import ParticleStack
 
     noisy, clean, ctf, px = sim["noisy"], sim["clean"], sim["ctf"], sim["pixel_size_A"]
     c0 = _zero_mean(clean)
+    src = ParticleStack.from_arrays(noisy, pixel_size_A=px, ctf=ctf)
     out = {}
     t = time.perf_counter()
-    den, model = cwf_denoise(noisy, ctf, px, mask_radius_px=mask_radius_px, return_model=True)
+    den, model = cwf_denoise(src, mask_radius_px=mask_radius_px, return_model=True)
     t_cwf = time.perf_counter() - t
     out["cwf"] = {**denoise_metrics(_zero_mean(den), c0), "seconds": round(t_cwf, 2),
                   "rank_total": int(model.ranks.sum()), "defocus_groups": int(len(model.counts))}
     t = time.perf_counter()
-    sp = spca_denoise(prepare(noisy, ctf, px, mask_radius_px=mask_radius_px))
+    sp = spca_denoise(prepare(src, mask_radius_px=mask_radius_px))
     t_sp = time.perf_counter() - t
     out["spca"] = {**denoise_metrics(_zero_mean(sp), c0), "seconds": round(t_sp, 2)}
     m = min(1000, len(noisy))

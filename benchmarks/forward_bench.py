@@ -162,7 +162,7 @@ def main() -> None:
     from cryoprism.forward import backproject, gaussian_blob_volume, project, simulate_particles
     from cryoprism.fourier import downsample
     from cryoprism.geometry import uniform_rotations
-    from cryoprism.io import read_mrc, read_particles
+    from cryoprism.io import ParticleStack, read_mrc, read_particles
     from cryoprism.metrics.fsc import fsc
     from cryoprism.reconstruct import reconstruct_mean
 
@@ -235,7 +235,8 @@ def main() -> None:
     pr = CTFParams(rng.uniform(1e4, 3e4, n_real), rng.uniform(1e4, 3e4, n_real), rng.uniform(0, 180, n_real))
     imgs = project(vol50s, Ar, orr, ctf_2d(Lr, px50s, pr))
     t0 = time.perf_counter()
-    rec = reconstruct_mean(imgs, Ar, orr, pr, px50s, tol=1e-5, maxiter=100, progress=False)
+    src = ParticleStack.from_arrays(imgs, pixel_size_A=px50s, rotations=Ar, origins_A=orr * px50s, ctf=pr)
+    rec = reconstruct_mean(src, tol=1e-5, maxiter=100, progress=False)
     t_real = time.perf_counter() - t0
     f = fsc(rec.volume, vol50s, px50s)
     k09 = int(np.floor(0.9 * (Lr // 2)))

@@ -134,12 +134,11 @@ def simulate_star(vols, px, n, snr_het, folder, seed=0, n_defocus=4, defocus=(1.
 def run_cryoprism(star, n_res, method="lowrank", classes="auto", seed=0, reconstruct=False):
     from cryoprism.heterogeneity.pipeline import analyze
     from cryoprism.io import read_particles
-    from cryoprism.reconstruct import as_source
 
     t0 = time.perf_counter()
     c0 = time.process_time()
     stack = read_particles(star)
-    res = analyze(as_source(stack), n_res, method=method, classes=classes, seed=seed, reconstruct=reconstruct,
+    res = analyze(stack, n_res, method=method, classes=classes, seed=seed, reconstruct=reconstruct,
                   progress=False)
     wall = time.perf_counter() - t0
     return res, wall, time.process_time() - c0

@@ -105,13 +105,14 @@ def oracle_accuracy(imgs, clean, lab, N):
 def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruct=True, cg_iterations=10):
     from cryoprism.heterogeneity.classify import matched_accuracy
     from cryoprism.heterogeneity.pipeline import analyze
-    from cryoprism.reconstruct import as_source
+    from cryoprism.io import ParticleStack
 
     imgs, rot, ctf, lab, sigma2, clean = simulate(vols, px, n, snr, seed)
     orc = oracle_accuracy(imgs, clean, lab, n_res)
     del clean
     t0 = time.perf_counter()
-    res = analyze(as_source(imgs, rot, None, ctf, px), n_res, method=method, classes=classes,
+    src = ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=rot, ctf=ctf)
+    res = analyze(src, n_res, method=method, classes=classes,
                   cg_iterations=cg_iterations, reconstruct=reconstruct, seed=seed, progress=False)
     wall = time.perf_counter() - t0
     C = res.n_states

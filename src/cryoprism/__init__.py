@@ -1,6 +1,6 @@
 """cryoprism — cryo-EM single-particle analysis.
 
-Sub-packages, from the bottom layer up: io, parallel → fourier, image, ctf, geometry, metrics →
+Sub-packages, from the bottom layer up: parallel, fourier → io → image, ctf, geometry, metrics →
 forward → reconstruct, basis → heterogeneity, classify2d, denoise, abinitio, micrograph → report, cli.
 Conventions (axes, FFT centring, RELION Euler angles, origins, CTF) are in docs/conventions.md.
 """

@@ -6,6 +6,7 @@ import pytest
 from cryoprism.abinitio import gibbs, gmm, hmc, pipeline, so3
 from cryoprism.ctf.model import CTFParams, ctf_2d
 from cryoprism.geometry.rotations import angular_distance_deg, quaternion_to_matrix, uniform_rotations
+from cryoprism.io import ParticleStack
 
 J = np.diag([1.0, 1.0, -1.0])
 
@@ -279,15 +280,19 @@ def test_reconstruction_mixture_recovers_map(rng):
     mix = gmm.GaussianMixture(rng.normal(scale=[12, 8, 6], size=(K, 3)), 1 / 25.0, np.full(K, 1.0 / K))
     R = uniform_rotations(n, rng)
     t = rng.normal(scale=6.0, size=(n, 2))
-    ctf = ctf_2d(L, px, CTFParams(rng.uniform(8e3, 1.5e4, n), rng.uniform(8e3, 1.5e4, n),
-                                  rng.uniform(0, 180, n))).astype(np.float64)
+    p = CTFParams(rng.uniform(8e3, 1.5e4, n), rng.uniform(8e3, 1.5e4, n), rng.uniform(0, 180, n))
+    ctf = ctf_2d(L, px, p, dtype=np.float64)
     y = hmc.model_images(mix.means_A, mix.precision_invA2, R, t, L, px, ctf)
     y = y + 0.05 * y.std() * rng.standard_normal(y.shape)
-    fit = pipeline.reconstruction_mixture(y, px, R, K, ctf=ctf, shifts_A=t, n_iter=40, rng=0)
+
+    def source(shifts_A):  # HMC translations t are minus the RELION origins
+        return ParticleStack.from_arrays(y, pixel_size_A=px, rotations=R, origins_A=-shifts_A, ctf=p)
+
+    fit = pipeline.reconstruction_mixture(source(t), K, n_iter=40, rng=0)
     assert fit.K == K
     ref = gmm.render_volume(mix, L, px).ravel()
     cc = np.corrcoef(gmm.render_volume(fit, L, px).ravel(), ref)[0, 1]
     assert cc > 0.95
     # wrong shifts (sign flipped) give a worse map: the translations are used
-    bad = pipeline.reconstruction_mixture(y, px, R, K, ctf=ctf, shifts_A=-t, n_iter=40, rng=0)
+    bad = pipeline.reconstruction_mixture(source(-t), K, n_iter=40, rng=0)
     assert np.corrcoef(gmm.render_volume(bad, L, px).ravel(), ref)[0, 1] < 0.9

@@ -5,11 +5,17 @@ import pytest
 
 from cryoprism.basis import fb_basis_2d
 from cryoprism.classify2d import align_pairs, neighbors, prepare
+from cryoprism.io import ParticleStack
 
 L = 32
 CENTRES = np.array([[0, 0, 0], [7, 2, -3], [-5, 6, 2], [2, -8, 4], [-3, -2, -7], [9, -4, 5.0]])
 SIGMAS = np.array([4.0, 2.5, 3.0, 2.0, 2.5, 1.8])
 AMPS = np.array([1.0, 0.9, 0.7, 1.2, 0.8, 1.0])
+
+
+def _src(imgs):
+    """Images without CTF as a ParticleSource (pixel size 1 Å: the 2-D pipeline is scale-free)."""
+    return ParticleStack.from_arrays(imgs, pixel_size_A=1.0)
 
 
 def uniform_rotations(n, rng):
@@ -58,7 +64,7 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def prepared(dataset):
-    return prepare(dataset[1], mask_radius_px=14)
+    return prepare(_src(dataset[1]), mask_radius_px=14)
 
 
 def test_align_pairs_recovers_rotation_and_reflection():
@@ -135,7 +141,7 @@ def test_scale_invariance(dataset):
     noisy = dataset[1][:200]
     ref = None
     for fac in (1.0, 1e-4, 1e4):
-        p = prepare(noisy * np.float32(fac), mask_radius_px=14)
+        p = prepare(_src(noisy * np.float32(fac)), mask_radius_px=14)
         nb = neighbors(p, "mfvdm", 6, k_max=4, m=10)
         assert np.isfinite(nb.score).all()
         if ref is None:
@@ -175,8 +181,8 @@ def test_centring_recovers_known_translations(rounds):
     base = project_blobs(rots)
     noise = rng.normal(0, 0.3 * base.std(), (n, L, L))   # SNR ≈ 11: limited by the method, not the noise
     kw = dict(centre=True, centre_refine_rounds=rounds)
-    s0 = prepare((base + noise).astype(np.float32), **kw).extras["centre_shifts_px"]
-    s1 = prepare((project_blobs_shifted(rots, t) + noise).astype(np.float32), **kw).extras["centre_shifts_px"]
+    s0 = prepare(_src((base + noise).astype(np.float32)), **kw).extras["centre_shifts_px"]
+    s1 = prepare(_src((project_blobs_shifted(rots, t) + noise).astype(np.float32)), **kw).extras["centre_shifts_px"]
     d = (s1 - s0) - (t - t.mean(axis=0))
     d -= d.mean(axis=0)
     assert np.median(np.hypot(d[:, 0], d[:, 1])) < 0.5
@@ -240,13 +246,13 @@ def test_whitened_ssnr_finds_the_band_of_a_low_pass_signal():
     sig = np.fft.ifft2(np.fft.fft2(sig) * lp).real                 # particle inside the disk, band < cut
     imgs = (3.0 * sig + rng.standard_normal((n, Ls, Ls))).astype(np.float32)
     nps = noise_power_spectrum(imgs, 0.4 * Ls)
-    e = whitened_ssnr(imgs, nps)
+    e = whitened_ssnr(_src(imgs), nps)
     r_cut = int(round(cut * Ls))
     assert e[2:r_cut - 2].min() > 0.1                               # signal band
     assert np.abs(e[r_cut + 2:]).max() < 0.05                       # noise only beyond the cut
     bl = ssnr_bandlimit(e, Ls)
     assert cut - 3 / Ls <= bl <= cut + 3 / Ls
-    prep = prepare(imgs)                                            # "auto" is the default
+    prep = prepare(_src(imgs))                                            # "auto" is the default
     assert prep.basis.bandlimit == pytest.approx(bl)
     np.testing.assert_allclose(prep.extras["ssnr"], e)
 
@@ -327,25 +333,25 @@ def test_centring_resumes_from_its_last_saved_round(tmp_path, monkeypatch):
         raise AssertionError("a finished stage ran again")
 
     # refinement rounds (no synchronisation)
-    full = prepare(imgs, centre_refine_rounds=2, centre_sync_rounds=0, **kw).extras["centre_shifts_px"]
-    first = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=0,
+    full = prepare(_src(imgs), centre_refine_rounds=2, centre_sync_rounds=0, **kw).extras["centre_shifts_px"]
+    first = prepare(_src(imgs), centre_refine_rounds=1, centre_sync_rounds=0,
                     checkpoints=Checkpoints(tmp_path / "a", {"test": "a"}), **kw)
     assert not np.allclose(first.extras["centre_shifts_px"], full, atol=1e-3)   # one round is not two
     with monkeypatch.context() as mp:
         mp.setattr(P, "centre_shifts", no_stage)
-        resumed = prepare(imgs, centre_refine_rounds=2, centre_sync_rounds=0,
+        resumed = prepare(_src(imgs), centre_refine_rounds=2, centre_sync_rounds=0,
                           checkpoints=Checkpoints(tmp_path / "a", {"test": "a"}, resume=True), **kw)
     assert np.allclose(resumed.extras["centre_shifts_px"], full, atol=1e-6)
 
     # synchronisation rounds after one refinement round (the damping's anchor is saved too)
-    full = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=2, **kw).extras["centre_shifts_px"]
-    first = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=1,
+    full = prepare(_src(imgs), centre_refine_rounds=1, centre_sync_rounds=2, **kw).extras["centre_shifts_px"]
+    first = prepare(_src(imgs), centre_refine_rounds=1, centre_sync_rounds=1,
                     checkpoints=Checkpoints(tmp_path / "b", {"test": "b"}), **kw)
     assert not np.allclose(first.extras["centre_shifts_px"], full, atol=1e-3)
     with monkeypatch.context() as mp:
         mp.setattr(P, "centre_shifts", no_stage)
         mp.setattr(P, "refine_centre_shifts", no_stage)
-        resumed = prepare(imgs, centre_refine_rounds=1, centre_sync_rounds=2,
+        resumed = prepare(_src(imgs), centre_refine_rounds=1, centre_sync_rounds=2,
                           checkpoints=Checkpoints(tmp_path / "b", {"test": "b"}, resume=True), **kw)
     assert np.allclose(resumed.extras["centre_shifts_px"], full, atol=1e-6)
 
@@ -372,7 +378,7 @@ def test_translation_tolerant_search_finds_translated_copies():
     imgs = (clean + rng.normal(0, 0.2 * clean.std(), clean.shape)).astype(np.float32)
     res = {}
     for key, search in (("plain", (0.0, 0.0)), ("tolerant", (1.0, 0.5))):
-        prep = prepare(imgs, mask_radius_px=14, shift_search_px=search)
+        prep = prepare(_src(imgs), mask_radius_px=14, shift_search_px=search)
         nb = neighbors(prep, "rir", 5)
         res[key] = np.mean(nb.j[:n, 0] == np.arange(n) + n)
     assert res["plain"] < 0.2

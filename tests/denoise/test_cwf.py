@@ -8,6 +8,7 @@ import pytest
 from cryoprism.basis import fb_basis_2d
 from cryoprism.ctf.model import CTFParams, ctf_2d
 from cryoprism.denoise.cwf import CWFModel, ctf_blocks, cwf_denoise, fit_cwf
+from cryoprism.io import ParticleStack
 
 MAP = Path(__file__).resolve().parents[1] / "data" / "maps" / "50S_states" / "vol_018.mrc"
 PX = 6.55 * 2        # 64³ map resampled to 32³
@@ -128,10 +129,10 @@ def test_cwf_beats_phase_flip_and_spca(sim):
     from cryoprism.ctf.correct import phase_flip
 
     noisy, clean, ctf = sim["noisy"], sim["clean"], sim["ctf"]
-    den = cwf_denoise(noisy, ctf, PX, mask_radius_px=12.8)
+    den = cwf_denoise(ParticleStack.from_arrays(noisy, pixel_size_A=PX, ctf=ctf), mask_radius_px=12.8)
     flipped = phase_flip(noisy, ctf, PX)
     # sPCA on whitened phase-flipped images, Wiener-type CTF correction (the existing pipeline)
-    prep = prepare(noisy, ctf, PX, mask_radius_px=12.8)
+    prep = prepare(ParticleStack.from_arrays(noisy, pixel_size_A=PX, ctf=ctf), mask_radius_px=12.8)
     sp = spca_denoise(prep)
     # scores against the clean CTF-free projections, compared with their mean removed (the sPCA
     # pipeline subtracts each image's mean)
@@ -147,8 +148,8 @@ def test_cwf_beats_phase_flip_and_spca(sim):
 def test_cwf_scale_equivariant(sim):
     x = sim["noisy"][:400]
     ctf = sim["ctf"].take(np.arange(400))
-    d1 = cwf_denoise(x, ctf, PX, mask_radius_px=12.8)
-    d2 = cwf_denoise(x * 1e3, ctf, PX, mask_radius_px=12.8)
+    d1 = cwf_denoise(ParticleStack.from_arrays(x, pixel_size_A=PX, ctf=ctf), mask_radius_px=12.8)
+    d2 = cwf_denoise(ParticleStack.from_arrays(x * 1e3, pixel_size_A=PX, ctf=ctf), mask_radius_px=12.8)
     assert np.allclose(d2, d1 * 1e3, rtol=1e-3, atol=1e-3 * 1e3 * np.abs(d1).max())
 
 
@@ -172,6 +173,7 @@ def test_denoise_cli_cwf(sim, tmp_path):
     st = read_particles(out / "denoised.star")
     assert st.n == n and st.box == 32
     assert (st.star.particles["rlnMyTag"].to_numpy() == np.arange(n)).all()
-    ref = cwf_denoise(x, sim["ctf"].take(np.arange(n)), PX, mask_radius_px=12.8)
+    src = ParticleStack.from_arrays(x, pixel_size_A=PX, ctf=sim["ctf"].take(np.arange(n)))
+    ref = cwf_denoise(src, mask_radius_px=12.8)
     got = st.images(np.arange(n))
     assert np.allclose(got, ref, atol=1e-4 * np.abs(ref).max())

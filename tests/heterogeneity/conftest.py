@@ -6,6 +6,13 @@ import pytest
 from cryoprism.ctf.model import CTFParams, ctf_2d
 from cryoprism.forward import gaussian_blob_volume, project
 from cryoprism.geometry import uniform_rotations
+from cryoprism.io import ParticleStack
+
+
+def as_particles(imgs, rot, org, p, px):
+    """Simulated arrays (origins in pixels) as a ParticleSource."""
+    return ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=rot,
+                                     origins_A=None if org is None else np.asarray(org) * px, ctf=p)
 
 
 def blob_states(L: int) -> np.ndarray:

@@ -17,16 +17,15 @@ from cryoprism.heterogeneity.covariance import (
 from cryoprism.heterogeneity.data import compute_residuals, prepare
 from cryoprism.heterogeneity.pipeline import open_checkpoints
 from cryoprism.io.checkpoint import load_npz
-from cryoprism.reconstruct import as_source
 
-from .conftest import blob_states, simulate
+from .conftest import as_particles, blob_states, simulate
 
 
 @pytest.fixture(scope="module")
 def small():
     vols = blob_states(12)
     imgs, rot, org, p, lab, sigma2, px = simulate(vols, 300, 0.5, seed=4)
-    return as_source(imgs, rot, org, p, px)
+    return as_particles(imgs, rot, org, p, px)
 
 
 def _prepared(src, N, oversample=1.0):

@@ -17,13 +17,13 @@ from cryoprism.heterogeneity.covariance import (
 )
 from cryoprism.heterogeneity.data import compute_residuals, prepare, subspace_statistics
 from cryoprism.heterogeneity.pipeline import analyze
-from cryoprism.reconstruct import as_source, kernel_spatial
+from cryoprism.reconstruct import kernel_spatial
 
-from .conftest import blob_states, simulate
+from .conftest import as_particles, blob_states, simulate
 
 
 def _prepared(imgs, rot, org, p, px, N, oversample=1.0):
-    d = prepare(as_source(imgs, rot, org, p, px), N, oversample=oversample, progress=False)
+    d = prepare(as_particles(imgs, rot, org, p, px), N, oversample=oversample, progress=False)
     A = estimate_mean(d, progress=False)
     compute_residuals(d, A.mean, progress=False)
     return d, A
@@ -36,7 +36,7 @@ def _unit(v):
 
 def test_noise_variance_from_background(two_state_16):
     vols, imgs, rot, org, p, lab, sigma2, px = two_state_16
-    d = prepare(as_source(imgs, rot, org, p, px), 8, progress=False)
+    d = prepare(as_particles(imgs, rot, org, p, px), 8, progress=False)
     # signal leaks little into the corners of a 16-px box with blobs of radius ~6 px
     assert d.info["noise_var_L"] == pytest.approx(sigma2, rel=0.08)
     assert d.noise_var == pytest.approx(d.info["noise_var_L"] * (8 / 16) ** 2)
@@ -45,7 +45,7 @@ def test_noise_variance_from_background(two_state_16):
 def test_batched_operators_equal_forward_model():
     vols = blob_states(16)
     imgs, rot, org, p, lab, sigma2, px = simulate(vols, 120, 1.0, seed=1, origins_std_px=1.0)
-    d = prepare(as_source(imgs, rot, org, p, px), 9, progress=False)
+    d = prepare(as_particles(imgs, rot, org, p, px), 9, progress=False)
     d.residuals = d.images.copy()
     V = np.random.default_rng(0).standard_normal((3, 9, 9, 9))
     G, c = subspace_statistics(d, V, progress=False)
@@ -71,7 +71,7 @@ def test_batched_operators_equal_forward_model():
 
 def test_lowrank_eigenvector_and_classes(two_state_16):
     vols, imgs, rot, org, p, lab, sigma2, px = two_state_16
-    res = analyze(as_source(imgs, rot, org, p, px), 8, method="lowrank", reconstruct=False,
+    res = analyze(as_particles(imgs, rot, org, p, px), 8, method="lowrank", reconstruct=False,
                   n_boot=10, progress=False)
     diff = _unit(downsample(vols[1] - vols[0], 8, ndim=3)[0])
     u = res.covariance.eigenvolumes[0]
@@ -103,7 +103,7 @@ def test_homogeneous_data_gives_one_state():
     rng = np.random.default_rng(0)
     clean = project(vols[0], rot, None, None)
     imgs = (clean + rng.standard_normal(clean.shape) * clean.std() * 3).astype(np.float32)
-    res = analyze(as_source(imgs, rot, None, None, px), 8, method="lowrank", reconstruct=False,
+    res = analyze(as_particles(imgs, rot, None, None, px), 8, method="lowrank", reconstruct=False,
                   n_boot=5, progress=False)
     assert res.n_states == 1
 

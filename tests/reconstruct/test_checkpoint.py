@@ -9,9 +9,17 @@ from cryoprism.ctf.model import CTFParams, ctf_2d
 from cryoprism.errors import InputError
 from cryoprism.forward import gaussian_blob_volume, project
 from cryoprism.geometry import uniform_rotations
+from cryoprism.io import ParticleStack
 from cryoprism.io.checkpoint import Checkpoints, load_npz
 from cryoprism.reconstruct import CGState, conjugate_gradient, reconstruct_mean
 from cryoprism.reconstruct.mean import CGCheckpoint
+
+
+def _src(imgs, A, org, p, px):
+    """The particles as a ParticleSource (origins given in pixels)."""
+    return ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=A,
+                                     origins_A=None if org is None else np.asarray(org) * px, ctf=p)
+
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +87,16 @@ def test_cg_continued_from_any_iteration_equals_uninterrupted(precond):
 def test_resume_to_6_equals_uninterrupted_6(particles, tmp_path, monkeypatch):
     imgs, A, org, p, px = particles
     kw = dict(regularization=0.0, tol=0.0, progress=False)
-    ref = reconstruct_mean(imgs, A, org, p, px, maxiter=6, **kw)
+    ref = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=6, **kw)
     assert ref.iterations == 6
     ck = tmp_path / "ck"
-    r3 = reconstruct_mean(imgs, A, org, p, px, maxiter=3, checkpoint_dir=ck, checkpoint_every_s=0, **kw)
+    r3 = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=3, checkpoint_dir=ck, checkpoint_every_s=0, **kw)
     assert r3.iterations == 3
     a, meta = load_npz(ck / "full.ckpt.npz")
     assert meta["iteration"] == 3 and set(a) == {"x", "r", "p"}
     assert (ck / "normal_equations.ckpt.npz").exists()
     count = _Interrupt(monkeypatch)
-    r6 = reconstruct_mean(imgs, A, org, p, px, maxiter=6, checkpoint_dir=ck, resume=True, **kw)
+    r6 = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=6, checkpoint_dir=ck, resume=True, **kw)
     assert r6.iterations == 6 and count.calls == 3  # only iterations 4..6 were run
     np.testing.assert_allclose(r6.volume, ref.volume, rtol=0, atol=1e-10 * np.abs(ref.volume).max())
     assert abs(r6.residual - ref.residual) <= 1e-10 * ref.residual
@@ -97,18 +105,18 @@ def test_resume_to_6_equals_uninterrupted_6(particles, tmp_path, monkeypatch):
 def test_keyboard_interrupt_leaves_last_complete_checkpoint(particles, tmp_path, monkeypatch):
     imgs, A, org, p, px = particles
     kw = dict(regularization=0.0, tol=0.0, maxiter=6, progress=False)
-    ref = reconstruct_mean(imgs, A, org, p, px, **kw)
+    ref = reconstruct_mean(_src(imgs, A, org, p, px), **kw)
     ck = tmp_path / "ck"
     # from x0 = 0 the k-th kernel application is CG iteration k: interrupt inside iteration 4
     _Interrupt(monkeypatch, at=4)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct_mean(imgs, A, org, p, px, checkpoint_dir=ck, checkpoint_every_s=0, **kw)
+        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, checkpoint_every_s=0, **kw)
     monkeypatch.undo()
     _, meta = load_npz(ck / "full.ckpt.npz")
     assert meta["iteration"] == 3
     assert not [f for f in ck.iterdir() if ".part" in f.name]  # no half-written checkpoint left
     count = _Interrupt(monkeypatch)
-    res = reconstruct_mean(imgs, A, org, p, px, checkpoint_dir=ck, resume=True, **kw)
+    res = reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, resume=True, **kw)
     assert count.calls == 3
     np.testing.assert_allclose(res.volume, ref.volume, rtol=0, atol=1e-10 * np.abs(ref.volume).max())
 
@@ -116,16 +124,16 @@ def test_keyboard_interrupt_leaves_last_complete_checkpoint(particles, tmp_path,
 def test_auto_with_halfmaps_resumes_exactly(particles, tmp_path, monkeypatch):
     imgs, A, org, p, px = particles
     kw = dict(regularization="auto", halfmaps=True, tol=0.0, maxiter=5, auto_iterations=4, progress=False)
-    ref = reconstruct_mean(imgs, A, org, p, px, **kw)
+    ref = reconstruct_mean(_src(imgs, A, org, p, px), **kw)
     ck = tmp_path / "ck"
     # pilots: 2 × (4 iterations + 1 residual), half 1: 1 + 5; half 2: 1 + 1 done, stop in its 2nd
     _Interrupt(monkeypatch, at=19)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct_mean(imgs, A, org, p, px, checkpoint_dir=ck, checkpoint_every_s=0, **kw)
+        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, checkpoint_every_s=0, **kw)
     monkeypatch.undo()
     assert (ck / "half2.ckpt.npz").exists() and not (ck / "full.ckpt.npz").exists()
     count = _Interrupt(monkeypatch)
-    res = reconstruct_mean(imgs, A, org, p, px, checkpoint_dir=ck, resume=True, **kw)
+    res = reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, resume=True, **kw)
     assert count.calls == 12  # pilot residuals 2, half 2: iterations 2..5, full: 1 + 5
     for got, want in [(res.volume, ref.volume), *zip(res.half_maps, ref.half_maps)]:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
@@ -136,18 +144,18 @@ def test_checkpoint_from_other_inputs_is_refused(particles, tmp_path):
     imgs, A, org, p, px = particles
     kw = dict(regularization=0.0, tol=0.0, maxiter=2, progress=False)
     ck = tmp_path / "ck"
-    reconstruct_mean(imgs, A, org, p, px, checkpoint_dir=ck, **kw)
+    reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, **kw)
     A2 = A.copy()
     A2[7] = A2[7] @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])
     with pytest.raises(InputError, match="poses_ctf_digest"):
-        reconstruct_mean(imgs, A2, org, p, px, checkpoint_dir=ck, resume=True, **kw)
+        reconstruct_mean(_src(imgs, A2, org, p, px), checkpoint_dir=ck, resume=True, **kw)
     with pytest.raises(InputError, match=r"n_images \(checkpoint 150, now 149\)"):
-        reconstruct_mean(imgs[:-1], A[:-1], org[:-1], p.take(np.arange(149)), px, checkpoint_dir=ck,
+        reconstruct_mean(_src(imgs[:-1], A[:-1], org[:-1], p.take(np.arange(149)), px), checkpoint_dir=ck,
                          resume=True, **kw)
     with pytest.raises(InputError, match="regularization"):
-        reconstruct_mean(imgs, A, org, p, px, checkpoint_dir=ck, resume=True, **{**kw, "regularization": 1.0})
+        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, resume=True, **{**kw, "regularization": 1.0})
     with pytest.raises(InputError, match="no checkpoint"):
-        reconstruct_mean(imgs, A, org, p, px, checkpoint_dir=tmp_path / "empty", resume=True, **kw)
+        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=tmp_path / "empty", resume=True, **kw)
 
 
 def test_checkpoints_throttle_and_fresh_start(tmp_path):

@@ -6,7 +6,15 @@ import pytest
 from cryoprism.ctf.model import CTFParams, ctf_2d
 from cryoprism.forward import backproject, gaussian_blob_volume, project
 from cryoprism.geometry import uniform_rotations
+from cryoprism.io import ParticleStack
 from cryoprism.reconstruct import apply_kernel, conjugate_gradient, mean_kernel, reconstruct_mean
+
+
+def _src(imgs, A, org, p, px):
+    """The particles as a ParticleSource (origins given in pixels)."""
+    return ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=A,
+                                     origins_A=None if org is None else np.asarray(org) * px, ctf=p)
+
 
 
 def _sym_ctf(rng, n, L):
@@ -44,11 +52,11 @@ def test_reconstruct_blob_from_noiseless_projections_with_ctf(rng):
     org = rng.normal(0, 1.5, (n, 2))
     p = CTFParams(rng.uniform(8e3, 2e4, n), rng.uniform(8e3, 2e4, n), rng.uniform(0, 180, n))
     imgs = project(vol, A, org, ctf_2d(L, px, p))
-    res = reconstruct_mean(imgs, A, org, p, px, tol=1e-6, maxiter=200, progress=False)
+    res = reconstruct_mean(_src(imgs, A, org, p, px), tol=1e-6, maxiter=200, progress=False)
     err = np.linalg.norm(res.volume - vol) / np.linalg.norm(vol)
     assert err < 2e-3, err
     # half-maps reconstruct the same blob from disjoint halves
-    res2 = reconstruct_mean(imgs, A, org, p, px, halfmaps=True, tol=1e-6, maxiter=200, progress=False)
+    res2 = reconstruct_mean(_src(imgs, A, org, p, px), halfmaps=True, tol=1e-6, maxiter=200, progress=False)
     for h in res2.half_maps:
         assert np.linalg.norm(h - vol) / np.linalg.norm(vol) < 5e-3
 
@@ -60,9 +68,8 @@ def test_auto_regularization_estimates_noise_and_beats_plain_ls():
     from cryoprism.forward import simulate_particles
 
     sim = simulate_particles(vol, n, px, snr=0.05, rng=21, progress=False, n_defocus_groups=8)
-    args = (sim.images, sim.rotations, sim.origins_A / px, sim.ctf, px)
-    plain = reconstruct_mean(*args, regularization=0.0, maxiter=60, progress=False)
-    auto = reconstruct_mean(*args, regularization="auto", progress=False)
+    plain = reconstruct_mean(sim.particles, regularization=0.0, maxiter=60, progress=False)
+    auto = reconstruct_mean(sim.particles, regularization="auto", progress=False)
     assert abs(auto.info["noise_var_per_pixel"] / sim.noise_sigma**2 - 1) < 0.1
     e_plain = np.linalg.norm(plain.volume - vol) / np.linalg.norm(vol)
     e_auto = np.linalg.norm(auto.volume - vol) / np.linalg.norm(vol)

@@ -6,8 +6,15 @@ import pytest
 from cryoprism.ctf.model import CTFParams, ctf_2d
 from cryoprism.forward import gaussian_blob_volume, project, simulate_particles
 from cryoprism.geometry import uniform_rotations
-from cryoprism.io import read_particles
+from cryoprism.io import ParticleStack, read_particles
 from cryoprism.reconstruct import reconstruct
+
+
+def _src(imgs, A, org, p, px):
+    """The particles as a ParticleSource (origins given in pixels)."""
+    return ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=A,
+                                     origins_A=None if org is None else np.asarray(org) * px, ctf=p)
+
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +32,7 @@ def blob_data():
                                                         ("sirt", 0.999, 0.02), ("cg", 0.99999, 1e-3)])
 def test_methods_recover_blob(blob_data, method, min_corr, scale_tol):
     vol, imgs, A, org, p, px = blob_data
-    r = reconstruct(imgs, A, org, p, px, method=method, maxiter=60, progress=False)
+    r = reconstruct(_src(imgs, A, org, p, px), method=method, maxiter=60, progress=False)
     corr = np.corrcoef(r.volume.ravel(), vol.ravel())[0, 1]
     scale = np.vdot(r.volume, vol) / np.vdot(vol, vol)
     assert corr > min_corr

@@ -19,6 +19,7 @@ from cryoprism.abinitio import gibbs, hmc
 from cryoprism.abinitio.gmm import GaussianMixture, fit_mixture_em, render_volume
 from cryoprism.fourier.resample import downsample
 from cryoprism.io.atomic import atomic_path
+from cryoprism.io.particles import ParticleSource, ParticleStack
 from cryoprism.parallel.core import map_batches
 
 
@@ -134,11 +135,11 @@ def run_restart(job: RestartJob):
     return st, hmc.log_posterior(st, data, pri), time.perf_counter() - t0
 
 
-def reconstruction_mixture(images, pixel_size_A: float, rotations, K: int, *, ctf=None, shifts_A=None,
-                           n_iter: int = 30, threshold_sd: float = 2.0, rng=None) -> GaussianMixture:
-    """A ``K``-component mixture fitted to the reconstruction from ``images`` ``(n, L, L)`` with the
-    given ``rotations`` (RELION, volume → particle) and HMC translations ``shifts_A`` (``t = −origin``,
-    Å; default 0): the least-squares map with the Wiener regularisation estimated from the data
+def reconstruction_mixture(source: ParticleSource, K: int, *, n_iter: int = 30, threshold_sd: float = 2.0,
+                           rng=None) -> GaussianMixture:
+    """A ``K``-component mixture fitted to the reconstruction from the particles of ``source`` with
+    their rotations (RELION, volume → particle) and origins (the HMC translations are ``t = −origin``,
+    Å): the least-squares map with the Wiener regularisation estimated from the data
     (:func:`cryoprism.reconstruct.reconstruct_mean`, ``regularization="auto"``, CTF included),
     thresholded at the median plus ``threshold_sd`` standard deviations of the voxels outside the
     inscribed sphere (solvent), then fitted by MAP-EM (:func:`gmm.fit_mixture_em`, ``n_iter`` steps).
@@ -149,11 +150,8 @@ def reconstruction_mixture(images, pixel_size_A: float, rotations, K: int, *, ct
     from cryoprism.image.masks import spherical_mask
     from cryoprism.reconstruct.mean import reconstruct_mean
 
-    images = np.asarray(images, dtype=np.float64)
-    L = images.shape[-1]
-    org = None if shifts_A is None else -np.asarray(shifts_A, dtype=np.float64) / pixel_size_A
-    vol = np.asarray(reconstruct_mean(images, rotations, org, ctf, pixel_size_A, regularization="auto",
-                                      progress=False).volume, dtype=np.float64)
+    L, pixel_size_A = source.box, source.pixel_size_A
+    vol = np.asarray(reconstruct_mean(source, regularization="auto", progress=False).volume, dtype=np.float64)
     bg = vol[spherical_mask(L, L // 2 - 2) == 0]
     thr = float(np.median(bg) + threshold_sd * bg.std())
     return fit_mixture_em(vol, pixel_size_A, K, n_iter=n_iter, threshold=thr, rng=rng)
@@ -181,19 +179,40 @@ def _crop_ctf(ctf, L_from, L_to):
     return np.asarray(ctf, dtype=np.float64)[..., a:a + L_to, a:a + L_to]
 
 
+def read_cropped(source: ParticleSource, boxes, with_ctf: bool, batch_size: int = 256):
+    """Every image of ``source`` Fourier-cropped to each box in ``boxes`` (:func:`fourier_crop`,
+    float64) and, with ``with_ctf``, its CTF grid at the source's box cropped to the same frequencies
+    (None without); read batch by batch, so the full-size images are never held together.
+    Returns ``({box: images}, {box: ctf or None})``."""
+    L = source.box
+    imgs: dict = {B: [] for B in boxes}
+    ctfs: dict = {B: [] for B in boxes}
+    for b in source.batches(batch_size):
+        x = np.asarray(b.images, dtype=np.float64)
+        c = b.ctf_grid(np.float32) if with_ctf else None
+        for B in boxes:
+            imgs[B].append(fourier_crop(x, B))
+            if c is not None:
+                ctfs[B].append(_crop_ctf(np.asarray(c, dtype=np.float64).reshape(-1, L, L), L, B))
+    return ({B: np.concatenate(v) for B, v in imgs.items()},
+            {B: np.concatenate(v) if v else None for B, v in ctfs.items()})
+
+
 #: Refinement sweeps and thinning per method when not given (benchmarked settings, docs/abinitio.md).
 REFINE_DEFAULTS = {"gibbs": (20, 5), "hmc": (60, 10)}
 
 
-def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs", K_initial: int = 100,
+def run_abinitio(source: ParticleSource, *, method: str = "gibbs", K_initial: int = 100,
                  K_refine: int = 1000, restarts: int = 4, initial_box: int = 32,
                  refine_box: int = 64, n_counts_initial: int = 1000, n_counts_refine: int = 20000,
                  n_alternations: int | None = None, n_rotations: int = 1000, refine_sweeps: int | None = None,
                  burn_in: int | None = None, thin: int | None = None, seed: int = 0, workdir=None,
                  resume: bool = False, processes: bool = False, scheduler: str | None = None,
                  progress: bool = True, refine_init: str = "reconstruction") -> AbinitioResult:
-    """The whole protocol on images ``(n, L, L)`` (Å pixel size). ``ctf`` is ``(n, L, L)`` centred CTF
-    grids (HMC only; the Gibbs count model needs CTF-corrected non-negative images).
+    """The whole protocol on the particles of ``source`` (``io.ParticleSource``; their poses are not
+    used). The images are read once, in batches, and Fourier-cropped to the two stage boxes. HMC uses
+    the particles' CTF when they have one; the Gibbs count model needs CTF-corrected non-negative
+    images (e.g. class averages) and ignores it.
 
     ``refine_init``: ``"reconstruction"`` starts the refinement mixture from
     :func:`reconstruction_mixture` (the map from the best restart's rotations at the refinement box,
@@ -205,8 +224,7 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
     ``burn_in`` to half the sweeps."""
     import time
 
-    images = np.asarray(images, dtype=np.float64)
-    n, L, _ = images.shape
+    L, pixel_size_A = source.box, source.pixel_size_A
     if method not in REFINE_DEFAULTS:
         raise ValueError("method must be 'gibbs' or 'hmc'")
     refine_sweeps = REFINE_DEFAULTS[method][0] if refine_sweeps is None else refine_sweeps
@@ -222,8 +240,9 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
     wd = Path(workdir) if workdir is not None else None
     if wd is not None:
         wd.mkdir(parents=True, exist_ok=True)
-    small = fourier_crop(images, Li)
-    ctf_i = _crop_ctf(ctf, L, Li) if method == "hmc" else None
+    use_ctf = method == "hmc" and source.has_ctf
+    cropped, ctfs = read_cropped(source, sorted({Li, Lr}), use_ctf)
+    small, ctf_i = cropped[Li], ctfs[Li]
     jobs = [RestartJob(method, small, px_i, ctf_i, K_initial, n_counts_initial, seed * 1000 + r,
                        n_alternations, n_rotations,
                        str(wd / f"restart_{r}.npz") if wd is not None else None, resume)
@@ -237,7 +256,7 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
     init = outs[best][0]
     # refinement
     t0 = time.perf_counter()
-    big = fourier_crop(images, Lr)
+    big = cropped[Lr]
     burn_in = refine_sweeps // 2 if burn_in is None else burn_in
     ck = wd / "refine.npz" if wd is not None else None
     rng = np.random.default_rng(seed * 1000 + 999)
@@ -250,8 +269,9 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
         pri = gibbs.default_priors(data)
         if state is None:
             if refine_init == "reconstruction":
-                mix = reconstruction_mixture(big, px_r, init.rotations, K_refine, shifts_A=init.shifts_A,
-                                             rng=rng)
+                src_r = ParticleStack.from_arrays(big, pixel_size_A=px_r, rotations=init.rotations,
+                                                  origins_A=-np.asarray(init.shifts_A))
+                mix = reconstruction_mixture(src_r, K_refine, rng=rng)
                 # counts sit at pixel centres: the count model's σ² carries px²/12 more per axis
                 s0 = 1.0 / (mix.sigma_A ** 2 + px_r ** 2 / 12.0)
                 state = gibbs.ChainState(mix.means_A.copy(), s0, mix.weights.copy(),
@@ -261,13 +281,15 @@ def run_abinitio(images, pixel_size_A: float, *, ctf=None, method: str = "gibbs"
         state, samples = gibbs.run_refinement(data, state, pri, rng, refine_sweeps, burn_in, thin,
                                               checkpoint=save, samples=samples)
     else:
-        data = hmc.GaussData(big, px_r, _crop_ctf(ctf, L, Lr))
+        data = hmc.GaussData(big, px_r, ctfs[Lr])
         pri = hmc.default_priors(data)
         if state is None:
             K0 = init.means_A.shape[0]
             if refine_init == "reconstruction":
-                mix = reconstruction_mixture(data.images, px_r, init.rotations, K_refine, ctf=data.ctf,
-                                             shifts_A=init.shifts_A, rng=rng)
+                src_r = ParticleStack.from_arrays(data.images, pixel_size_A=px_r, rotations=init.rotations,
+                                                  origins_A=-np.asarray(init.shifts_A),
+                                                  ctf=source.ctf_params() if use_ctf else None)
+                mix = reconstruction_mixture(src_r, K_refine, rng=rng)
                 means, s0 = mix.means_A, mix.precision_invA2
             else:
                 means = gibbs.sample_mixture(init.mixture, K_refine, rng)

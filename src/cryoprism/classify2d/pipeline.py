@@ -20,6 +20,7 @@ from cryoprism.classify2d.rid import Neighbors, rid_features, rid_neighbors
 from cryoprism.ctf.model import CTFParams, ctf_on_grid
 from cryoprism.denoise.spca import SteerablePCA, fit_spca
 from cryoprism.image.transform import fourier_shift
+from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import batch_ranges, map_batches
 
 #: sPCA components enter the rotation-invariant neighbour search weighted by their Wiener weights to
@@ -441,7 +442,8 @@ def sync_centre_shifts(white_flipped, n: int, basis: FBBasis2D, shifts: np.ndarr
     return shifts
 
 
-def whitened_ssnr(images, nps: np.ndarray, batch_size: int = 512, progress: bool = False) -> np.ndarray:
+def whitened_ssnr(source: ParticleSource, nps: np.ndarray, batch_size: int = 512,
+                  progress: bool = False) -> np.ndarray:
     """Spectral SNR of the whitened images by integer shell ``0 … L//2``: ``mean |F|²/L² − 1``.
 
     Each image has its mean removed and is whitened by ``nps`` (:func:`cryoprism.image.whiten.whiten`),
@@ -452,10 +454,10 @@ def whitened_ssnr(images, nps: np.ndarray, batch_size: int = 512, progress: bool
     from cryoprism.image.whiten import whiten
     from cryoprism.parallel import map_reduce
 
-    n, L = images.shape[0], images.shape[-1]
+    n, L = source.n, source.box
 
     def one(rng):
-        x = _take(images, *rng)
+        x = _take(source, *rng)
         x = whiten(x - x.mean(axis=(1, 2), keepdims=True), nps)
         return power_spectrum(x.astype(np.float64)).sum(axis=0)
 
@@ -483,9 +485,13 @@ def ssnr_bandlimit(ssnr: np.ndarray, L: int, threshold: float = BANDLIMIT_SSNR,
     return float(np.clip((r + 1) / float(L), min_bandlimit, 0.5))
 
 
-def _take(images, a, b):
-    x = np.asarray(images[a:b], dtype=np.float32)
-    return x
+def _take(source: ParticleSource, a, b):
+    return np.asarray(source.images(np.arange(a, b)), dtype=np.float32)
+
+
+def source_ctf(source: ParticleSource, use_ctf: bool = True) -> CTFParams | None:
+    """The CTF parameters of ``source`` (None without them or with ``use_ctf=False``)."""
+    return source.ctf_params() if use_ctf and source.has_ctf else None
 
 
 def _ctf_take(ctf, a, b):
@@ -512,7 +518,7 @@ def _profiles(basis: FBBasis2D, ctf: CTFParams | None, pixel_size_A, nps, n, n_a
     return (C / np.sqrt(np.maximum(nps_r, 1e-300))[None, :]).astype(np.float32)
 
 
-def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = None,
+def prepare(source: ParticleSource, use_ctf: bool = True,
             mask_radius_px: float | None = None, basis: FBBasis2D | None = None,
             bandlimit: float | str = "auto",
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
@@ -531,8 +537,9 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
     every refinement and synchronisation round (``centring``), and a resumed run continues from the
     last saved round.
 
-    ``images``: ``(n, L, L)`` array or memory map. ``ctf``: parameters of the n particles (None: no
-    CTF). ``mask_radius_px``: particle radius; the background outside it gives the noise spectrum.
+    ``source``: the particles (``io.ParticleSource``, read in batches); their CTF is corrected (phase
+    flip) unless ``use_ctf=False`` or they have none. ``mask_radius_px``: particle radius; the
+    background outside it gives the noise spectrum.
     ``bandlimit``: FB band limit in cycles/px, or ``"auto"`` (default): from the whitened spectral SNR
     (:func:`ssnr_bandlimit`; the SSNR per shell is in ``extras["ssnr"]``). Ignored when ``basis`` is given.
     ``shift_search_px``: ``(radius, step)`` of the translation grid of the final pair search
@@ -542,23 +549,22 @@ def prepare(images, ctf: CTFParams | None = None, pixel_size_A: float | None = N
     from cryoprism.ctf.correct import phase_flip
     from cryoprism.image.whiten import noise_power_spectrum, whiten
 
-    n, L = images.shape[0], images.shape[-1]
+    n, L = source.n, source.box
     R = float(mask_radius_px if mask_radius_px is not None else 0.4 * L)
-    if ctf is not None and pixel_size_A is None:
-        raise ValueError("pixel_size_A is needed with a CTF")
-    nps = noise_power_spectrum(images, R, batch_size=batch_size, progress=progress)
+    ctf, pixel_size_A = source_ctf(source, use_ctf), source.pixel_size_A
+    nps = noise_power_spectrum(source, R, batch_size=batch_size, progress=progress)
     extras = {}
     if basis is None:
         if isinstance(bandlimit, str):
             if bandlimit != "auto":
                 raise ValueError(f"bandlimit must be a number or 'auto', got {bandlimit!r}")
-            ssnr = whitened_ssnr(images, nps, batch_size=batch_size, progress=progress)
+            ssnr = whitened_ssnr(source, nps, batch_size=batch_size, progress=progress)
             extras["ssnr"] = ssnr
             bandlimit = ssnr_bandlimit(ssnr, L)
         basis = fb_basis_2d(L, radius_px=L // 2, bandlimit=float(bandlimit))
 
     def white_flipped(a, b):
-        x = _take(images, a, b)
+        x = _take(source, a, b)
         x = x - x.mean(axis=(1, 2), keepdims=True)
         x = whiten(x, nps)
         c = _ctf_take(ctf, a, b)
@@ -747,14 +753,14 @@ def class_averages(prep: Prepared, nb: Neighbors, centres, wiener_eps: float = 0
     return coefficient_images(prep, C, Hc, wiener_eps=wiener_eps)
 
 
-def run_pipeline(images, ctf=None, pixel_size_A=None, method="mfvdm", n_neighbors=50, mask_radius_px=None,
+def run_pipeline(source: ParticleSource, use_ctf: bool = True, method="mfvdm", n_neighbors=50, mask_radius_px=None,
                  k_max=10, m=50, denoise=True, progress=False, timings=None):
     """Convenience: prepare → neighbours (→ MFVDM denoising). Returns (prep, neighbours, denoised|None)."""
     import time
 
     t = timings if timings is not None else {}
     t0 = time.perf_counter()
-    prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, progress=progress)
+    prep = prepare(source, use_ctf, mask_radius_px=mask_radius_px, progress=progress)
     t["prepare_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     nb = neighbors(prep, method, n_neighbors, k_max=k_max, m=m, progress=progress)
@@ -767,7 +773,7 @@ def run_pipeline(images, ctf=None, pixel_size_A=None, method="mfvdm", n_neighbor
     return prep, nb, den
 
 
-def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
+def classify_fingerprint(source: ParticleSource, use_ctf: bool = True, **settings) -> dict:
     """Fingerprint of a 2-D run for :class:`cryoprism.io.checkpoint.Checkpoints`.
 
     Particle count, box, a digest of the first and last 256 images, of the CTF table and pixel size,
@@ -778,10 +784,10 @@ def classify_fingerprint(images, ctf, pixel_size_A, **settings) -> dict:
     """
     from cryoprism.io.checkpoint import digest
 
-    n = images.shape[0]
-    head = np.asarray(images[0:min(n, 256)], dtype=np.float32)
-    tail = np.asarray(images[max(0, n - 256):n], dtype=np.float32)
-    fp = {"n": int(n), "box": int(images.shape[-1]), "images": digest(head, tail),
+    n = source.n
+    head, tail = _take(source, 0, min(n, 256)), _take(source, max(0, n - 256), n)
+    ctf, pixel_size_A = source_ctf(source, use_ctf), source.pixel_size_A
+    fp = {"n": int(n), "box": int(source.box), "images": digest(head, tail),
           "ctf": digest(ctf, None if pixel_size_A is None else float(pixel_size_A)),
           "rid_weight_power": RID_WEIGHT_POWER, "bandlimit_ssnr": BANDLIMIT_SSNR}
     if settings.get("centre"):
@@ -802,7 +808,7 @@ def _neighbors_from(arrays: dict) -> Neighbors:
                      shift_px=arrays["shift_px"] if "shift_px" in arrays else None)
 
 
-def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_neighbors: int = 50,
+def run_neighbors(source: ParticleSource, use_ctf: bool = True, method: str = "mfvdm", n_neighbors: int = 50,
                   k_max: int = 10, m: int = 50, mask_radius_px=None, centre: bool = False,
                   checkpoints=None, progress: bool = False):
     """prepare → RID neighbours → VDM/MFVDM neighbours, each stage checkpointed. Returns ``(prep, nb)``.
@@ -830,7 +836,7 @@ def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_
                         mask_radius_px=float(meta["mask_radius_px"]), extras=extras,
                         shifted=shifted, shift_offsets_px=offsets)
     else:
-        prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, centre=centre, progress=progress,
+        prep = prepare(source, use_ctf, mask_radius_px=mask_radius_px, centre=centre, progress=progress,
                        checkpoints=ck)
         if ck is not None:
             sh = {}

@@ -98,21 +98,10 @@ def abinitio_command(
         raise InputError(f"--refine-init {refine_init!r}: expected reconstruction or sample")
     stack = read_particles(input_star)
     n = min(stack.n, max_images)
-    idx = np.arange(n)
-    images, ctf = [], []
-    for b in stack.batches(256, indices=idx):
-        images.append(np.asarray(b.images, dtype=np.float64))
-        if method == "hmc" and b.ctf is not None:
-            from cryoprism.ctf.model import ctf_2d
-
-            ctf.append(np.asarray(ctf_2d(stack.box, stack.pixel_size_A, b.ctf), dtype=np.float64)
-                       .reshape(-1, stack.box, stack.box))
-    images = np.concatenate(images)
-    ctf = np.concatenate(ctf) if ctf else None
     if n < 3:
         raise InputError(f"{input_star}: {n} image(s); ab-initio needs at least 3", input_star)
     out.mkdir(parents=True, exist_ok=True)
-    res = run_abinitio(images, stack.pixel_size_A, ctf=ctf, method=method, K_initial=initial_components,
+    res = run_abinitio(stack.subset(np.arange(n)), method=method, K_initial=initial_components,
                        K_refine=components, restarts=restarts, initial_box=initial_box,
                        refine_box=refine_box, n_counts_initial=counts, n_counts_refine=refine_counts,
                        n_alternations=alternations, n_rotations=n_rotations, refine_sweeps=sweeps,

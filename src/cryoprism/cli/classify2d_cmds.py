@@ -11,42 +11,18 @@ import typer
 from cryoprism.cli.common import JSON_OPTION, emit
 
 
-class _StackView:
-    """Array-like view ``(n, L, L)`` of a ParticleStack: slicing reads a batch (memory-mapped files)."""
-
-    def __init__(self, stack):
-        self.stack = stack
-        self.shape = (stack.n, stack.box, stack.box)
-        self.ndim = 3
-
-    def __len__(self):
-        return self.shape[0]
-
-    def __getitem__(self, sl):
-        if not isinstance(sl, slice):
-            raise TypeError("only slices are supported")
-        a, b, _ = sl.indices(self.shape[0])
-        return np.asarray(self.stack.images(np.arange(a, b)), dtype=np.float32)
-
-
-def _open(particles: Path, radius_px, no_ctf: bool):
+def _open(particles: Path, radius_px):
     from cryoprism.errors import InputError
     from cryoprism.io import read_particles
 
     stack = read_particles(particles)
     if stack.n < 3:
         raise InputError(f"{stack.n} particles: expected at least 3", particles)
-    ctf = None
-    if not no_ctf:
-        try:
-            ctf = stack.ctf_params()
-        except InputError:
-            ctf = None
     L = stack.box
     R = float(radius_px) if radius_px is not None else 0.4 * L
     if not (0 < R < L / np.sqrt(2) - 1):
         raise InputError(f"--radius {R} px must leave background in a {L}² box", particles)
-    return stack, _StackView(stack), ctf, R
+    return stack, R
 
 
 def _gallery(path: Path, images: np.ndarray, cols: int = 10):
@@ -123,14 +99,14 @@ def register(app: typer.Typer) -> None:
         if method not in ("rir", "vdm", "mfvdm"):
             raise InputError(f"--method must be rir, vdm or mfvdm, got {method!r}")
         t0 = time.perf_counter()
-        stack, view, ctf, R = _open(particles, radius_px, no_ctf)
+        stack, R = _open(particles, radius_px)
         out.mkdir(parents=True, exist_ok=True)
         s = min(n_neighbors, stack.n - 1)
         m = min(m, 2 * stack.n - 3)
-        fp = classify_fingerprint(view, ctf, stack.pixel_size_A, method=method, neighbors=s, k_max=k_max, m=m,
+        fp = classify_fingerprint(stack, not no_ctf, method=method, neighbors=s, k_max=k_max, m=m,
                                   radius_px=R, centre=centre)
         ck = Checkpoints(out / "checkpoints", fp, resume)
-        prep, nb = run_neighbors(view, ctf, stack.pixel_size_A, method, s, k_max=k_max, m=m, mask_radius_px=R,
+        prep, nb = run_neighbors(stack, not no_ctf, method, s, k_max=k_max, m=m, mask_radius_px=R,
                                  centre=centre, checkpoints=ck, progress=True)
         i, j, ang, refl, score = nb.pairs()
         table = pd.DataFrame({"i": i, "j": j, "angle_deg": np.round(np.rad2deg(ang), 4),
@@ -175,17 +151,16 @@ def register(app: typer.Typer) -> None:
         if method not in ("spca", "cwf", "mfvdm"):
             raise InputError(f"--method must be spca, cwf or mfvdm, got {method!r}")
         t0 = time.perf_counter()
-        stack, view, ctf, R = _open(particles, radius_px, no_ctf)
+        stack, R = _open(particles, radius_px)
         out.mkdir(parents=True, exist_ok=True)
         if method == "cwf":
             from cryoprism.denoise.cwf import cwf_denoise
 
-            den = cwf_denoise(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True)
+            den = cwf_denoise(stack, not no_ctf, mask_radius_px=R, progress=True)
         elif method == "spca":
-            den = spca_denoise(prepare(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True),
-                               progress=True)
+            den = spca_denoise(prepare(stack, not no_ctf, mask_radius_px=R, progress=True), progress=True)
         else:
-            prep = prepare(view, ctf, stack.pixel_size_A, mask_radius_px=R, progress=True)
+            prep = prepare(stack, not no_ctf, mask_radius_px=R, progress=True)
             s = min(n_neighbors, stack.n - 1)
             nb = neighbors(prep, "mfvdm", s, k_max=k_max, m=min(m, 2 * stack.n - 3), progress=True)
             den = mfvdm_denoise(prep, nb, progress=True)

@@ -229,7 +229,7 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 raise InputError(f"--regularization must be 'auto' or a number, got {regularization!r}")
         stack = read_particles(particles)
-        r = reconstruct(stack, ctf=False if no_ctf else None, method=method, regularization=reg,
+        r = reconstruct(stack, use_ctf=not no_ctf, method=method, regularization=reg,
                         maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
                         mask_radius_px=mask_radius, checkpoint_dir=checkpoint_dir, resume=resume)
         px = stack.pixel_size_A

@@ -87,7 +87,6 @@ def register(app: typer.Typer) -> None:
         from cryoprism.errors import InputError
         from cryoprism.heterogeneity.pipeline import analyze, resolve_nres, write_outputs
         from cryoprism.io import read_particles
-        from cryoprism.reconstruct import as_source
 
         if not particles.exists():
             raise InputError("file not found", particles)
@@ -107,9 +106,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"{stack.n} particles: too few for a covariance estimate", particles)
         px = float(stack.pixel_size_A)
         N = resolve_nres(stack.box, px, nres, max_res_A)
-        src = as_source(stack)
         out.mkdir(parents=True, exist_ok=True)
-        res = analyze(src, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
+        res = analyze(stack, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
                       reconstruct=not no_reconstruct, seed=seed, checkpoint_dir=out / "checkpoints",
                       resume=resume, support_radius=support or None)
         star = stack.star

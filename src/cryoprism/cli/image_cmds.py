@@ -259,22 +259,14 @@ def register(app: typer.Typer) -> None:
         if not inp.exists():
             raise InputError("file not found", inp)
         if inp.suffix.lower() in _STAR_SUFFIXES:
-            ps = read_particles(inp)
-
-            class _View:  # (n, L, L) slicing over the STAR's images
-                shape = (ps.n, ps.box, ps.box)
-                ndim = 3
-
-                def __getitem__(self, sl):
-                    return ps.images(np.arange(ps.n)[sl])
-            src = _View()
+            src = read_particles(inp)
         else:
             info = read_mrc_header(inp)
             if _mrc_kind(inp, info, None if inp.suffix.lower() == ".mrcs" else "stack") != "stack":
                 raise InputError("whiten needs a stack of images (.mrcs) or a STAR file", inp)
             st = MrcStack(inp, info)
 
-            class _View:  # noqa: F811
+            class _View:
                 shape = (st.n, st.shape[0], st.shape[1])
                 ndim = 3
 

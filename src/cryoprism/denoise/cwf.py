@@ -39,6 +39,7 @@ import numpy as np
 from cryoprism.basis.fb2d import FBBasis2D, fb_basis_2d
 from cryoprism.ctf.model import CTFParams, ctf_on_grid
 from cryoprism.denoise.spca import _debias
+from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import batch_ranges, map_batches, map_reduce
 
 __all__ = ["CWFModel", "ctf_blocks", "defocus_groups", "fit_cwf", "cwf_denoise"]
@@ -223,33 +224,34 @@ def fit_cwf(coefs: np.ndarray, labels: np.ndarray, basis: FBBasis2D, H: list, sc
     return CWFModel(basis=basis, H=H, mean0=mean0, cov=cov, counts=cnt.astype(np.int64), scale=float(scale))
 
 
-def cwf_denoise(images, ctf: CTFParams | None = None, pixel_size_A: float | None = None,
-                mask_radius_px: float | None = None, basis: FBBasis2D | None = None, bandlimit: float = 0.5,
+def cwf_denoise(source: ParticleSource, use_ctf: bool = True, mask_radius_px: float | None = None,
+                basis: FBBasis2D | None = None, bandlimit: float = 0.5,
                 max_groups: int = 100, batch_size: int = 512, progress: bool = False,
                 return_model: bool = False):
     """CWF-denoised, CTF-corrected images ``(n, L, L)`` float32 in input intensity units.
 
-    ``images``: ``(n, L, L)`` array or memory map; ``ctf``: parameters of the n particles or None.
+    ``source``: the particles (``io.ParticleSource``, read in batches); their CTF is corrected unless
+    ``use_ctf=False`` or they have none.
     The noise power spectrum is estimated from the background outside ``mask_radius_px`` (default
     0.4 L); each image's background mean is subtracted before whitening.
     """
     from cryoprism.image.normalize import background_stats
     from cryoprism.image.whiten import noise_power_spectrum, whiten
 
-    n, L = images.shape[0], images.shape[-1]
+    n, L = source.n, source.box
     R = float(mask_radius_px if mask_radius_px is not None else 0.4 * L)
     if basis is None:
         basis = fb_basis_2d(L, radius_px=L // 2, bandlimit=bandlimit)
-    if ctf is not None and pixel_size_A is None:
-        raise ValueError("pixel_size_A is needed with a CTF")
-    nps = noise_power_spectrum(images, R, batch_size=batch_size, progress=progress)
+    ctf = source.ctf_params() if use_ctf and source.has_ctf else None
+    pixel_size_A = source.pixel_size_A
+    nps = noise_power_spectrum(source, R, batch_size=batch_size, progress=progress)
     scale = float(np.sqrt(np.mean(nps)))
     labels, gctf = defocus_groups(ctf, n, max_groups)
     H = ctf_blocks(basis, gctf, pixel_size_A, nps)
 
     def expand(r):
         a, b = r
-        x = np.asarray(images[a:b], dtype=np.float64)
+        x = np.asarray(source.images(np.arange(a, b)), dtype=np.float64)
         mu, _ = background_stats(x, R)
         x = whiten(x - np.asarray(mu).reshape(-1, 1, 1), nps)
         return basis.expand(x.astype(np.float32)).astype(np.complex64)

@@ -28,13 +28,16 @@ from cryoprism.ctf.model import CTFParams, ctf_2d
 from cryoprism.forward.projection import project
 from cryoprism.fourier.core import fft2c, ifft2c, radius_grid
 from cryoprism.geometry import matrix_to_euler, uniform_rotations
+from cryoprism.io.particles import ParticleStack, read_particles
 from cryoprism.parallel import map_batches
 from cryoprism.parallel.core import batch_ranges, default_workers
 
 
 @dataclass
 class SimulationResult:
-    """What was simulated. ``images`` is filled only when no output files were asked for."""
+    """What was simulated. ``images`` is filled only when no output files were asked for.
+    ``particles``: the simulated particles as a :class:`~cryoprism.io.ParticleStack` (the written
+    STAR + MRCS, or in memory; in memory its CTF is None when the images carry none)."""
 
     table: pd.DataFrame
     optics: pd.DataFrame
@@ -49,6 +52,7 @@ class SimulationResult:
     star_path: Path | None = None
     stack_path: Path | None = None
     info: dict = field(default_factory=dict)
+    particles: ParticleStack | None = None
 
 
 def noise_psd_grid(L: int, pixel_size_A: float, noise_color) -> np.ndarray | None:
@@ -236,9 +240,14 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
         for x in tqdm(stream(), total=len(ranges), desc="simulate", disable=not progress, leave=False):
             images[pos:pos + len(x)] = x
             pos += len(x)
+        particles = ParticleStack.from_arrays(images, pixel_size_A=pixel_size_A, rotations=rot, origins_A=org,
+                                              ctf=cp if ctf else None, class_numbers=st + 1,
+                                              table=table[["rlnMicrographName", "rlnRandomSubset"]])
+    if star_path is not None:
+        particles = read_particles(star_path)
     realised = None
     if snr is not None and n:
         realised = float(np.sum(powers) / (n * L * L) / sigma**2)
     return SimulationResult(table, optics, rot, org, st, cp, sigma, snr, realised, images,
                             star_path, stack_path, {"noise_color": noise_color if isinstance(noise_color, str)
-                                                    else "custom", "box": L, "states": K})
+                                                    else "custom", "box": L, "states": K}, particles)

@@ -35,6 +35,7 @@ from cryoprism.heterogeneity.data import (
     HetData,
     _nthreads,
     adjoint_of,
+    as_particle_source,
     band_ctf2_and_spectra,
     band_points,
     fourier_batch,
@@ -42,10 +43,7 @@ from cryoprism.heterogeneity.data import (
 )
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import default_workers
-from cryoprism.reconstruct import (
-    as_source,
-    conjugate_gradient,
-)
+from cryoprism.reconstruct import conjugate_gradient
 from cryoprism.reconstruct.mean import cg_checkpoint, normal_equations
 
 #: largest precomputed array set (6-D kernel, Galerkin statistics) kept in a checkpoint folder
@@ -107,8 +105,7 @@ def estimate_mean(d: HetData, *, regularization: float = 1e-3, maxiter: int = 40
     ``regularization``: λ relative to the largest eigenvalue of ``Ā`` (the kernel's peak). The
     right-hand side and kernel come from :func:`cryoprism.reconstruct.accumulate_normal_equations`.
     """
-    src = as_source(d.images, d.rotations, d.origins_px, d.ctf, d.pixel_size_A)
-    rhs, kernels, _ = normal_equations(src, None, n_workers=n_workers, progress=progress,
+    rhs, kernels, _ = normal_equations(as_particle_source(d), None, n_workers=n_workers, progress=progress,
                                        checkpoints=checkpoints, name="mean_normal_equations")
     kh = kernels[0].kernel_hat / d.n
     lam = regularization * float(np.max(np.abs(kh)))

@@ -22,6 +22,7 @@ from cryoprism.forward import backproject, project
 from cryoprism.fourier.core import fft2c
 from cryoprism.fourier.resample import downsample
 from cryoprism.image.normalize import background_stats
+from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import batch_ranges, default_workers
 
@@ -35,12 +36,13 @@ def _nthreads(workers: int) -> int:
 
 @dataclass
 class HetData:
-    """Particles at the effective resolution: images ``(n, N, N)``, poses, CTF, noise level."""
+    """The analysis' precomputed state, built from a particle source by :func:`prepare`: images
+    Fourier-cropped to ``(n, N, N)``, poses, CTF parameters, noise level (and residuals later)."""
 
     images: np.ndarray  # (n, N, N) float32, Fourier-cropped
     rotations: np.ndarray  # (n, 3, 3)
     origins_px: np.ndarray | None  # (n, 2) [x, y] in pixels of the N grid
-    ctf: CTFParams | np.ndarray | None  # CTFParams over n, or an (n, N, N) centred grid
+    ctf: CTFParams | None  # over n particles
     pixel_size_A: float  # of the N grid
     L: int  # original box
     noise_var: float  # white noise variance per pixel of the N-grid images
@@ -64,10 +66,8 @@ class HetData:
         """Centred CTF grids ``(b − a, N, N)`` of particles ``a:b`` (None without CTF)."""
         if self.ctf is None:
             return None
-        if isinstance(self.ctf, CTFParams):
-            c = ctf_2d(self.N, self.pixel_size_A, self.ctf.take(np.arange(a, b)))
-            return np.broadcast_to(c, (b - a, self.N, self.N)) if c.ndim == 2 else c
-        return np.asarray(self.ctf)[a:b]
+        c = ctf_2d(self.N, self.pixel_size_A, self.ctf.take(np.arange(a, b)))
+        return np.broadcast_to(c, (b - a, self.N, self.N)) if c.ndim == 2 else c
 
     def origins(self, a: int, b: int):
         return None if self.origins_px is None else self.origins_px[a:b]
@@ -78,11 +78,7 @@ class HetData:
     def subset(self, idx) -> "HetData":
         """The particles ``idx`` (bootstrap, half sets)."""
         idx = np.asarray(idx)
-        ctf = self.ctf
-        if isinstance(ctf, CTFParams):
-            ctf = ctf.take(idx)
-        elif ctf is not None:
-            ctf = np.asarray(ctf)[idx]
+        ctf = None if self.ctf is None else self.ctf.take(idx)
         return HetData(self.images[idx], self.rotations[idx],
                        None if self.origins_px is None else self.origins_px[idx], ctf,
                        self.pixel_size_A, self.L, self.noise_var,
@@ -96,19 +92,28 @@ def noise_variance(images: np.ndarray, radius_px: float) -> float:
     return float(np.mean(np.asarray(sd, np.float64) ** 2))
 
 
-def prepare(source, n_res: int, *, oversample: float = 1.0, background_radius: float = 0.45,
+def as_particle_source(d: HetData):
+    """The prepared particles as a :class:`~cryoprism.io.ParticleStack` (in memory, at the ``N`` grid)."""
+    from cryoprism.io.particles import ParticleStack
+
+    return ParticleStack.from_arrays(d.images, pixel_size_A=d.pixel_size_A, rotations=d.rotations,
+                                     origins_A=None if d.origins_px is None else d.origins_px * d.pixel_size_A,
+                                     ctf=d.ctf)
+
+
+def prepare(source: ParticleSource, n_res: int, *, oversample: float = 1.0, background_radius: float = 0.45,
             batch_size: int = BATCH,
             n_workers: int | None = None, progress: bool = True) -> HetData:
     """Read particles once (in batches), estimate the noise, Fourier-crop to ``n_res``.
 
-    ``source``: a :class:`cryoprism.reconstruct.Source` (``as_source(...)``) over images, poses,
-    origins and CTF. ``background_radius``: the background starts at this fraction of the box
+    ``source``: the particles with poses (``io.ParticleSource``; CTF and origins from it when it has
+    them). ``background_radius``: the background starts at this fraction of the box
     (``0.45·L`` pixels from the centre). ``oversample``: volumes and images live on a grid of
     ``ceil(oversample·n_res)`` (same field of view) while the covariance uses only the image
     frequencies of the ``n_res`` band; the finer volume grid removes the truncation error of a
     band-limited volume in the box (docs/heterogeneity.md). Returns :class:`HetData`.
     """
-    src_n, src_L = int(source.n), int(source.L)
+    src_n, src_L = int(source.n), int(source.box)
     n, L = src_n, src_L
     band = int(n_res)
     N = int(min(src_L, int(np.ceil(oversample * band))))
@@ -116,14 +121,13 @@ def prepare(source, n_res: int, *, oversample: float = 1.0, background_radius: f
         N += 1
     if not 2 <= band <= src_L:
         raise ValueError(f"n_res must be between 2 and the box {src_L}, got {N}")
-    if source.pixel_size_A is None:
-        raise ValueError("the pixel size is needed (STAR optics, MRC header or pixel_size_A)")
+    rotations = np.asarray(source.rotations(), np.float64)  # InputError without poses
     radius = background_radius * L
     workers = n_workers or default_workers()
 
     def job(r):
         a, b = r
-        im, _, _, _ = source.get(a, b)
+        im = source.images(np.arange(a, b))
         _, sd = background_stats(im, radius)
         small = im if N == L else downsample(im, N)[0]
         return [(a, small.astype(np.float32), float(np.sum(np.asarray(sd, np.float64) ** 2)))]
@@ -137,15 +141,9 @@ def prepare(source, n_res: int, *, oversample: float = 1.0, background_radius: f
         var_sum += v
     sigma2_L = var_sum / max(n, 1)
     px = float(source.pixel_size_A) * src_L / N
-    org = None if source.origins_px is None else np.asarray(source.origins_px, np.float64) * N / src_L
-    ctf = source.ctf
-    if ctf is not None and not isinstance(ctf, CTFParams):
-        c = np.asarray(ctf)
-        if c.shape[-1] != N:  # a CTF grid at L: crop its centre (same physical frequencies)
-            lo = L // 2 - N // 2
-            c = c[..., lo:lo + N, lo:lo + N]
-        ctf = c
-    return HetData(images, np.asarray(source.rotations, np.float64), org, ctf, px, L,
+    org = np.asarray(source.origins_A(), np.float64) / float(source.pixel_size_A) * N / src_L
+    ctf = source.ctf_params() if source.has_ctf else None
+    return HetData(images, rotations, org, ctf, px, L,
                    sigma2_L * (N / L) ** 2, info={"noise_var_L": sigma2_L}, band=band)
 
 

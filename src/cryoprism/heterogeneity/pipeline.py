@@ -19,6 +19,7 @@ from cryoprism.heterogeneity.covariance import (
     estimate_mean,
 )
 from cryoprism.heterogeneity.data import HetData, compute_residuals, prepare
+from cryoprism.io.particles import ParticleSource
 
 
 @dataclass
@@ -50,14 +51,15 @@ def resolve_nres(L: int, pixel_size_A: float, n_res: int | None, max_res_A: floa
     return int(min(L, 17))
 
 
-def analyze(source, n_res: int, *, method: str = "lowrank", classes: int | str = "auto", cg_iterations: int = 10,
+def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", classes: int | str = "auto",
+            cg_iterations: int = 10,
             max_states: int = 8, block: int = 8, steps: int = 3, n_boot: int = 20, wiener: bool = True,
             reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
             progress: bool = True, max_full_bytes: float = 2e9,
             oversample: float | None = None, checkpoint_dir=None, resume: bool = False,
             checkpoint_every_s: float | None = None,
             support_radius: float | None = 1.0) -> HeterogeneityResult:
-    """Run the heterogeneity analysis on a :class:`cryoprism.reconstruct.Source`.
+    """Run the heterogeneity analysis on the particles of ``source`` (``io.ParticleSource`` with poses).
 
     ``method``: ``lowrank`` (matrix-free subspace estimator, the default: it runs at any ``N_res`` and
     measured better gaps and accuracy than the dense path wherever both ran) or ``cg`` (the seed's dense
@@ -155,50 +157,27 @@ def open_checkpoints(checkpoint_dir, resume: bool, d: HetData, every_s: float | 
     return Checkpoints(checkpoint_dir, fp, resume, every_s=every_s)
 
 
-class _SubsetImages:
-    """Images of a Source restricted to ``idx`` (reads only the batch asked for)."""
-
-    def __init__(self, source, idx):
-        self.source, self.idx = source, np.asarray(idx)
-
-    def images(self, j):
-        base = self.source._images
-        k = self.idx[np.asarray(j)]
-        if hasattr(base, "images") and callable(base.images):
-            return np.asarray(base.images(k))
-        return np.asarray(base[k])
-
-
-def class_reconstructions(source, labels: np.ndarray, n_classes: int, *, regularization: float = 1e-3,
+def class_reconstructions(source: ParticleSource, labels: np.ndarray, n_classes: int, *, regularization: float = 1e-3,
                           maxiter: int = 30, n_workers: int | None = None, progress: bool = True,
                           checkpoints=None) -> list:
     """Least-squares volume of each class at the full box (reconstruct module's CG + Toeplitz kernel).
 
     ``checkpoints``: each finished class volume is kept (``class_NN``, with a digest of its members)."""
-    from cryoprism.ctf.model import CTFParams
     from cryoprism.io.checkpoint import digest
-    from cryoprism.reconstruct import Source, accumulate_normal_equations, kernel_from_spatial, solve_mean
+    from cryoprism.reconstruct import accumulate_normal_equations, kernel_from_spatial, solve_mean
 
     out = []
     for k in range(n_classes):
         idx = np.flatnonzero(labels == k)
         if idx.size == 0:
-            out.append(np.zeros((source.L,) * 3, np.float32))
+            out.append(np.zeros((source.box,) * 3, np.float32))
             continue
         name, members = f"class_{k + 1:02d}", digest(idx, regularization, maxiter)
         got = checkpoints.load(name) if checkpoints is not None else None
         if got is not None and got[1].get("members") == members:
             out.append(got[0]["volume"])
             continue
-        ctf = source.ctf
-        if isinstance(ctf, CTFParams):
-            ctf = ctf.take(idx)
-        elif ctf is not None:
-            ctf = np.asarray(ctf)[idx]
-        sub = Source(int(idx.size), source.L, source.pixel_size_A, _SubsetImages(source, idx),
-                     source.rotations[idx], None if source.origins_px is None else source.origins_px[idx],
-                     ctf, source.dtype)
-        rhs, K = accumulate_normal_equations(sub, None, n_workers=n_workers, progress=progress)
+        rhs, K = accumulate_normal_equations(source.subset(idx), None, n_workers=n_workers, progress=progress)
         ker = kernel_from_spatial(K[0])
         lam = regularization * float(np.abs(ker.kernel_hat).max())
         x, _ = solve_mean(ker, rhs[0], lam, 1e-5, maxiter, progress=progress)

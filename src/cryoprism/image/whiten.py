@@ -19,6 +19,8 @@ def noise_power_spectrum(images, radius_px: float, edge_px: float = 3.0, batch_s
                          progress: bool = False) -> np.ndarray:
     """Radial noise power spectrum (``|F|²/N`` per pixel, by integer shell) from the background.
 
+    ``images``: an ``(n, L, L)`` array, memory map or sliceable stack, or a
+    :class:`~cryoprism.io.ParticleStack` (read in batches).
     Each image has its background mean removed and is multiplied by the background window
     ``w = 1 − circular_mask(radius_px, edge_px)`` (the particle zeroed with a soft edge). The
     power spectra are averaged over all images (in batches, through :mod:`cryoprism.parallel`; a
@@ -26,9 +28,20 @@ def noise_power_spectrum(images, radius_px: float, edge_px: float = 3.0, batch_s
     rotationally averaged. Returns shells ``0 … ceil(√2·(L/2+1))`` (corners included); shell 0
     (the removed mean) is set to shell 1.
     """
-    n, L = images.shape[0], images.shape[-1]
-    if images.ndim != 3 or images.shape[1] != L:
-        raise ValueError(f"expected a stack (n, L, L), got {images.shape}")
+    from cryoprism.io.particles import ParticleStack
+
+    if isinstance(images, ParticleStack):
+        n, L = images.n, images.box
+
+        def rows(a, b):
+            return images.images(np.arange(a, b))
+    else:
+        n, L = images.shape[0], images.shape[-1]
+        if images.ndim != 3 or images.shape[1] != L:
+            raise ValueError(f"expected a stack (n, L, L), got {images.shape}")
+
+        def rows(a, b):
+            return images[a:b]
     w = 1.0 - circular_mask(L, radius_px, edge_px, dtype=np.float64)
     w2 = float(np.mean(w * w))
     if w2 <= 0:
@@ -36,7 +49,7 @@ def noise_power_spectrum(images, radius_px: float, edge_px: float = 3.0, batch_s
     bg = w > 0.999
 
     def one(rng):
-        x = np.asarray(images[rng[0]:rng[1]], dtype=np.float64)
+        x = np.asarray(rows(*rng), dtype=np.float64)
         mu = x[:, bg].mean(axis=1)
         F = fft2c((x - mu[:, None, None]) * w)
         return (F.real**2 + F.imag**2).sum(axis=0) / (L * L)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cryoprism.errors import InputError
-from cryoprism.geometry.euler import matrix_to_euler
+from cryoprism.io.euler import matrix_to_euler
 from cryoprism.io.star import StarFile
 
 _OPTICS_KEY = ("ctf/exp_group_id", "blob/psize_A", "blob/shape", "ctf/accel_kv", "ctf/cs_mm",

@@ -1,4 +1,9 @@
-"""Lazy particle stacks: a STAR (or .cs) table plus memory-mapped MRC stacks, read in batches.
+"""The one particle source: a particle table plus lazily read images, in batches.
+
+:class:`ParticleSource` is the interface every algorithm takes; :class:`ParticleStack` implements it
+with two image back-ends: memory-mapped MRC stacks named by a STAR (or .cs) table
+(:func:`read_particles`) or an in-memory array (:meth:`ParticleStack.from_arrays`, for simulations,
+tests and benchmarks). ``subset(indices)`` and ``cropped(box)`` are lazy views of either.
 
 ``read_particles(path)`` checks up front that every row names an existing image (``idx@path``,
 1-based, paths relative to the STAR file's folder, then the current directory) and that the stacks
@@ -13,16 +18,18 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
 
-from cryoprism.ctf.model import CTFParams
 from cryoprism.errors import InputError
+from cryoprism.fourier.resample import downsample
 from cryoprism.io import star as _star
 from cryoprism.io.atomic import atomic_path
 from cryoprism.io.cryosparc import read_cs
+from cryoprism.io.ctf_model import CTFParams, ctf_2d
+from cryoprism.io.euler import matrix_to_euler
 from cryoprism.io.mrc import MrcStack, MrcStackWriter, read_mrc_header
 from cryoprism.io.star import StarFile, read_star, to_relion31, write_star
 from cryoprism.parallel.core import batch_ranges
@@ -44,6 +51,54 @@ class Batch:
 
     def __len__(self):
         return len(self.indices)
+
+    def ctf_grid(self, dtype=np.float32) -> np.ndarray | None:
+        """The ``(b, L, L)`` CTF of the batch on the centred Fourier grid of its images (box and pixel
+        size of the batch), computed on each call from :attr:`ctf`; None without CTF parameters."""
+        if self.ctf is None:
+            return None
+        L = int(self.images.shape[-1])
+        c = ctf_2d(L, self.pixel_size_A, self.ctf, dtype=dtype)
+        return np.broadcast_to(c, (len(self), L, L)) if c.ndim == 2 else c
+
+
+class ParticleSource(Protocol):
+    """What an algorithm may ask of its particles; :class:`ParticleStack` is the implementation.
+
+    ``n`` particles of ``box × box`` pixels of ``pixel_size_A`` Å, images of ``dtype``; ``table`` (the
+    particle DataFrame, RELION column names) and ``optics`` (the optics DataFrame or None). Indices
+    are 0-based rows; ``None`` means all. ``ctf_params``/``rotations`` raise :class:`InputError` when
+    the table has no defocus/angles (``has_ctf`` says which; ``Batch.ctf``/``Batch.rotations`` are
+    None then).
+    """
+
+    n: int
+    box: int
+    dtype: np.dtype
+    table: pd.DataFrame
+    optics: pd.DataFrame | None
+    path: Path | None  # the particle file (None in memory), for messages
+
+    @property
+    def pixel_size_A(self) -> float: ...
+    @property
+    def has_ctf(self) -> bool: ...
+    def ctf_params(self, indices=None) -> CTFParams: ...
+    def rotations(self, indices=None) -> np.ndarray: ...
+    def origins_A(self, indices=None) -> np.ndarray: ...
+    def class_numbers(self, indices=None) -> np.ndarray | None: ...
+    def images(self, indices=None) -> np.ndarray: ...
+    def batch(self, indices) -> Batch: ...
+    def batches(self, batch_size: int = 1000, indices=None) -> Iterator[Batch]: ...
+    def subset(self, indices) -> "ParticleSource": ...
+    def cropped(self, box: int) -> "ParticleSource": ...
+
+
+def _take(v, idx):
+    """Rows ``idx`` of a per-particle value (array or :class:`CTFParams`; None stays None)."""
+    if v is None or idx is None:
+        return v
+    return v.take(idx) if isinstance(v, CTFParams) else v[idx]
 
 
 def _parse_image_names(star: StarFile) -> tuple[np.ndarray, np.ndarray]:
@@ -68,27 +123,34 @@ def _parse_image_names(star: StarFile) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int64) - 1, path_str
 
 
-class ParticleStack:
-    """Particles of a STAR/.cs file with lazily read, memory-mapped images.
+_META = ("ctf", "rot", "orig", "cls")
 
-    Attributes: ``n``, ``box`` (L), ``pixel_size_A`` (one value), ``pixel_sizes_A`` (per particle),
-    ``table`` (the particle DataFrame), ``optics``, ``star`` (the :class:`StarFile`).
+
+class ParticleStack:
+    """Particles with lazily read images: the :class:`ParticleSource` of cryoprism.
+
+    ``ParticleStack(star)`` (or :func:`read_particles`) reads memory-mapped MRC stacks named by the
+    table; :meth:`from_arrays` holds an in-memory array. :meth:`subset` and :meth:`cropped` are lazy
+    views that share the images of their parent.
+
+    Attributes: ``n``, ``box`` (L), ``dtype`` (of the images), ``pixel_size_A`` (one value),
+    ``pixel_sizes_A`` (per particle), ``table`` (the particle DataFrame), ``optics``, ``star`` (the
+    :class:`StarFile`). A cropped view keeps its parent's table: ``box`` and ``pixel_sizes_A`` are the
+    view's, and :func:`write_particles` writes them.
     """
 
     def __init__(self, star: StarFile, root=None, *, pixel_size_A: float | None = None):
-        self.star = star
-        self.table = star.particles
-        self.optics = star.optics
-        self.path = star.path
-        self.n = len(self.table)
+        self._set_table(star)
+        self.dtype = np.dtype(np.float32)
+        self._read = self._read_files
+        self._parent, self._rows = None, None
+        self._meta: dict = {}
         root = Path(root) if root is not None else (Path(star.path).parent if star.path else Path.cwd())
         local, path_str = _parse_image_names(star)
         codes, uniques = pd.factorize(pd.Series(path_str), sort=False)
         self._local = local
         self._file_id = codes.astype(np.int64)
         search = [root] + ([root.parent] if star.style == "cryosparc" else []) + [Path.cwd()]
-        self.files: list[Path] = []
-        self._stacks: list[MrcStack] = []
         box = None
         order = np.argsort(self._file_id, kind="stable")
         bounds = np.searchsorted(self._file_id[order], np.arange(len(uniques) + 1))
@@ -134,8 +196,93 @@ class ParticleStack:
             raise InputError(f"pixel size of row {row + 1} is unknown (not in the STAR/optics table, MRC "
                              f"header voxel size is 0): {_star.PIXEL_SIZE_HINT}", star.path)
         self.pixel_sizes_A = ps
-        self._cache: dict = {}
         self._lock = threading.Lock()
+
+    def _set_table(self, star: StarFile):
+        self.star = star
+        self.table = star.particles
+        self.optics = star.optics
+        self.path = star.path
+        self.n = len(self.table)
+        self.files: list[Path] = []
+        self._stacks: list[MrcStack] = []
+
+    def _view(self, star: StarFile, box: int, pixel_sizes_A: np.ndarray, read, rows=None) -> "ParticleStack":
+        """A lazy view of this stack: its per-particle values are this stack's (rows ``rows``)."""
+        v = object.__new__(ParticleStack)
+        v._set_table(star)
+        v.box, v.pixel_sizes_A, v.dtype = int(box), pixel_sizes_A, self.dtype
+        v._read, v._parent, v._rows = read, self, rows
+        v._meta, v._lock = {}, threading.Lock()
+        return v
+
+    @classmethod
+    def from_arrays(cls, images, *, pixel_size_A: float, rotations=None, origins_A=None,
+                    ctf: CTFParams | None = None, class_numbers=None, table: pd.DataFrame | None = None,
+                    ) -> "ParticleStack":
+        """An in-memory particle source: ``images`` ``(n, L, L)`` (float64 kept, anything else as
+        float32; not copied), one ``pixel_size_A``, optional ``rotations`` ``(n, 3, 3)`` RELION
+        matrices, ``origins_A`` ``(n, 2)`` [x, y] in Å, ``ctf`` (:class:`CTFParams`, scalars or arrays
+        of n), ``class_numbers`` (n) and ``table`` (extra particle columns, e.g. ``rlnRandomSubset``).
+
+        The RELION 3.1 table (one optics group with the pixel size, box, voltage, Cs and amplitude
+        contrast) is built from them, so :func:`write_particles` writes the source; the algorithms
+        read the values given here, exactly.
+        """
+        arr = np.asarray(images)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+            raise ValueError(f"images must be (n, L, L), got {arr.shape}")
+        if arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float32)
+        n, L = arr.shape[0], arr.shape[-1]
+        cols: dict = {}
+        meta: dict = {"ctf": None, "rot": None, "orig": np.zeros((n, 2)), "cls": None}
+        if rotations is not None:
+            rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+            if rot.shape[0] != n:
+                raise ValueError(f"{n} images but {rot.shape[0]} rotations")
+            meta["rot"] = rot
+            cols["rlnAngleRot"], cols["rlnAngleTilt"], cols["rlnAnglePsi"] = matrix_to_euler(rot)
+        if origins_A is not None:
+            meta["orig"] = np.broadcast_to(np.asarray(origins_A, np.float64).reshape(-1, 2), (n, 2))
+        cols["rlnOriginXAngst"], cols["rlnOriginYAngst"] = meta["orig"][:, 0], meta["orig"][:, 1]
+        optics = {"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                  "rlnImagePixelSize": [float(pixel_size_A)], "rlnImageSize": [int(L)],
+                  "rlnImageDimensionality": [2]}
+        if ctf is not None:
+            meta["ctf"] = ctf
+            for f, c in (("defocus_u_A", "rlnDefocusU"), ("defocus_v_A", "rlnDefocusV"),
+                         ("defocus_angle_deg", "rlnDefocusAngle"), ("phase_shift_deg", "rlnPhaseShift"),
+                         ("bfactor_A2", "rlnCtfBfactor"), ("scale", "rlnCtfScalefactor")):
+                cols[c] = np.broadcast_to(np.asarray(getattr(ctf, f), np.float64), (n,))
+            for f, c in (("voltage_kV", "rlnVoltage"), ("cs_mm", "rlnSphericalAberration"),
+                         ("amplitude_contrast", "rlnAmplitudeContrast")):
+                v = np.asarray(getattr(ctf, f), np.float64)
+                if v.ndim == 0 or np.all(v == v.flat[0]):
+                    optics[c] = [float(v.flat[0])]
+                else:
+                    cols[c] = v
+        if class_numbers is not None:
+            meta["cls"] = np.asarray(class_numbers).reshape(-1)
+            cols["rlnClassNumber"] = meta["cls"]
+        cols["rlnOpticsGroup"] = np.ones(n, np.int64)
+        particles = pd.DataFrame(cols, index=pd.RangeIndex(n))
+        if table is not None:
+            extra = table.reset_index(drop=True)
+            particles = pd.concat([particles, extra[[c for c in extra.columns if c not in cols]]], axis=1)
+        optics_df = pd.DataFrame(optics)
+        star = StarFile(particles=particles, optics=optics_df,
+                        blocks={"optics": optics_df, "particles": particles}, style="3.1", version=30001)
+        s = object.__new__(cls)
+        s._set_table(star)
+        s.box, s.dtype = int(L), arr.dtype
+        s.pixel_sizes_A = np.full(n, float(pixel_size_A))
+        s._read = lambda idx: arr[idx]
+        s._parent, s._rows = None, None
+        s._meta, s._lock = meta, threading.Lock()
+        return s
 
     @staticmethod
     def _resolve(name: str, search: list[Path], row: int, star_path) -> Path:
@@ -162,44 +309,84 @@ class ParticleStack:
                              f"pixel size first (or select one optics group)", self.path)
         return float(np.median(self.pixel_sizes_A))
 
-    def _all(self, key, fn):
+    def _get(self, key):
+        """A per-particle value (``_META``), computed once: from the table, or from the parent."""
         with self._lock:
-            if key not in self._cache:
-                self._cache[key] = fn()
-            return self._cache[key]
+            if key not in self._meta:
+                if self._parent is not None:
+                    self._meta[key] = _take(self._parent._get(key), self._rows)
+                elif key == "ctf":
+                    self._meta[key] = _star.ctf_params(self.star)
+                elif key == "rot":
+                    self._meta[key] = _star.rotations(self.star)
+                elif key == "orig":
+                    self._meta[key] = _star.origins_A(self.star, pixel_size_A=self.pixel_sizes_A)
+                else:
+                    self._meta[key] = _star.class_numbers(self.star)
+            return self._meta[key]
 
     def _idx(self, indices):
         return np.arange(self.n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
 
+    @property
+    def has_ctf(self) -> bool:
+        """Whether the particles have CTF parameters."""
+        return self._get("ctf") is not None
+
     def ctf_params(self, indices=None) -> CTFParams:
         """Per-particle CTF parameters (InputError if the file has no defocus)."""
-        ctf = self._all("ctf", lambda: _star.ctf_params(self.star))
+        ctf = self._get("ctf")
         if ctf is None:
             raise InputError("no CTF parameters (rlnDefocusU) in the particle table", self.path)
         return ctf if indices is None else ctf.take(self._idx(indices))
 
     def rotations(self, indices=None) -> np.ndarray:
         """``(n, 3, 3)`` RELION matrices A (InputError if the file has no angles)."""
-        rot = self._all("rot", lambda: _star.rotations(self.star))
+        rot = self._get("rot")
         if rot is None:
-            raise InputError("no particle orientations (rlnAngleRot/Tilt/Psi) in the table", self.path)
+            raise InputError("no particle orientations (rlnAngleRot/Tilt/Psi, or cryoSPARC "
+                             "alignments3D/pose) in the table", self.path)
         return rot if indices is None else rot[self._idx(indices)]
 
     def origins_A(self, indices=None) -> np.ndarray:
         """``(n, 2)`` origins [x, y] in Å (0 where the table has none)."""
-        o = self._all("orig", lambda: _star.origins_A(self.star, pixel_size_A=self.pixel_sizes_A))
+        o = self._get("orig")
         return o if indices is None else o[self._idx(indices)]
 
     def class_numbers(self, indices=None) -> np.ndarray | None:
-        c = self._all("cls", lambda: _star.class_numbers(self.star))
+        c = self._get("cls")
         return c if c is None or indices is None else c[self._idx(indices)]
 
-    # ------------------------------------------------------------------ images
-    def images(self, indices=None) -> np.ndarray:
-        """Images of rows ``indices`` (0-based; default all) as float32 ``(b, L, L)``."""
+    # ------------------------------------------------------------------ views
+    def subset(self, indices) -> "ParticleStack":
+        """A lazy view of rows ``indices`` (0-based, in that order); its table holds those rows with
+        all their columns, renumbered from 0."""
         idx = self._idx(indices)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n):
             raise IndexError(f"particle indices must be in [0, {self.n})")
+        return self._view(self.star.subset(idx), self.box, self.pixel_sizes_A[idx],
+                          lambda rows: self.images(idx[rows]), rows=idx)
+
+    def cropped(self, box: int) -> "ParticleStack":
+        """A lazy view whose images are Fourier-cropped to ``box`` (``cryoprism.fourier.downsample``):
+        pixel size × ``self.box / box``; origins in Å, CTF parameters and the table unchanged."""
+        box = int(box)
+        if box == self.box:
+            return self
+        if not 0 < box < self.box:
+            raise ValueError(f"crop box {box} must be in [1, {self.box}]")
+        return self._view(self.star, box, self.pixel_sizes_A * self.box / box,
+                          lambda rows: downsample(self.images(rows), box)[0])
+
+    # ------------------------------------------------------------------ images
+    def images(self, indices=None) -> np.ndarray:
+        """Images of rows ``indices`` (0-based; default all) as ``(b, L, L)`` of :attr:`dtype`."""
+        idx = self._idx(indices)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+            raise IndexError(f"particle indices must be in [0, {self.n})")
+        return self._read(idx)
+
+    def _read_files(self, idx) -> np.ndarray:
         fid = self._file_id[idx]
         loc = self._local[idx]
         files = np.unique(fid)
@@ -214,14 +401,10 @@ class ParticleStack:
     def batch(self, indices) -> Batch:
         """A :class:`Batch` of rows ``indices``."""
         idx = self._idx(indices)
-        ctf = self._all("ctf", lambda: _star.ctf_params(self.star))
-        rot = self._all("rot", lambda: _star.rotations(self.star))
-        cls = self.class_numbers(idx)
         ps = self.pixel_sizes_A[idx]
-        return Batch(images=self.images(idx), indices=idx,
-                     ctf=None if ctf is None else ctf.take(idx),
-                     rotations=None if rot is None else rot[idx],
-                     origins_A=self.origins_A(idx), class_number=cls,
+        return Batch(images=self.images(idx), indices=idx, ctf=_take(self._get("ctf"), idx),
+                     rotations=_take(self._get("rot"), idx), origins_A=self.origins_A(idx),
+                     class_number=self.class_numbers(idx),
                      pixel_size_A=float(np.median(ps)) if ps.size else None)
 
     def batches(self, batch_size: int = 1000, indices=None) -> Iterator[Batch]:
@@ -239,8 +422,9 @@ class ParticleStack:
         return self.n
 
     def __repr__(self):
-        return (f"ParticleStack(n={self.n}, box={self.box}, files={len(self.files)}, "
-                f"style={self.star.style!r}, path={str(self.path)!r})")
+        where = f"files={len(self.files)}" if self.files else ("view" if self._parent else "in memory")
+        return (f"ParticleStack(n={self.n}, box={self.box}, {where}, style={self.star.style!r}, "
+                f"path={str(self.path)!r})")
 
     def close(self):
         for s in self._stacks:
@@ -280,12 +464,13 @@ def _iter_image_batches(images, chunk: int = 1000) -> Iterator[np.ndarray]:
         yield item.images if isinstance(item, Batch) else np.asarray(item)
 
 
-def write_particles(star_path, stack_path, images: Iterable, table, optics: pd.DataFrame | None = None,
+def write_particles(star_path, stack_path, images: Iterable, table=None, optics: pd.DataFrame | None = None,
                     *, pixel_size_A: float | None = None) -> tuple[Path, Path]:
     """Write particle images and their table as RELION 3.1 STAR + MRCS, streaming and atomically.
 
-    ``images``: an iterable of ``(b, L, L)`` arrays or :class:`Batch` es, an ``(n, L, L)`` array, or a
-    :class:`ParticleStack`; n images in total, in table order. ``table``: a :class:`StarFile`, or a
+    ``images``: a :class:`ParticleStack` (then ``table`` and ``pixel_size_A`` default to its own), an
+    iterable of ``(b, L, L)`` arrays or :class:`Batch` es, or an ``(n, L, L)`` array; n images in
+    total, in table order. ``table``: a :class:`StarFile`, or a
     particle DataFrame (with ``optics``, a 3.1 table; without, a 3.0-style table whose optics columns
     are per row). ``pixel_size_A`` is the pixel size of the images written (defaults to the table's).
 
@@ -294,6 +479,9 @@ def write_particles(star_path, stack_path, images: Iterable, table, optics: pd.D
     that column is not there yet; ``rlnOpticsGroup`` / ``rlnOriginX/YAngst`` are appended when missing.
     """
     star_path, stack_path = Path(star_path), Path(stack_path)
+    if isinstance(images, ParticleStack):
+        table = images.star if table is None else table
+        pixel_size_A = images.pixel_size_A if pixel_size_A is None else pixel_size_A
     if isinstance(table, StarFile):
         star_in = table
     elif isinstance(table, pd.DataFrame):

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryoprism.ctf.model import CTFParams
 from cryoprism.errors import InputError
-from cryoprism.geometry.euler import euler_to_matrix
 from cryoprism.io.atomic import atomic_path
+from cryoprism.io.ctf_model import CTFParams
+from cryoprism.io.euler import euler_to_matrix
 
 # Columns that describe the optics of a RELION 3.0 file (repeated per row) and go into the
 # derived optics table.

@@ -18,21 +18,22 @@ from cryoprism.reconstruct.mean import (
     MeanResult,
     accumulate_normal_equations,
     apply_kernel,
+    checked_source,
     conjugate_gradient,
     half_set_labels,
     kernel_from_spatial,
     kernel_spatial,
     mean_kernel,
+    read_batch,
     reconstruct_mean,
     solve_groups,
     solve_mean,
 )
-from cryoprism.reconstruct.sources import Source, as_source
 
 __all__ = [
     "reconstruct_mean", "mean_kernel", "apply_kernel", "kernel_spatial", "kernel_from_spatial",
     "MeanKernel", "MeanResult", "CGInfo", "CGState", "CGCheckpoint", "conjugate_gradient", "solve_mean",
-    "accumulate_normal_equations", "half_set_labels", "solve_groups", "Source", "as_source",
+    "accumulate_normal_equations", "checked_source", "read_batch", "half_set_labels", "solve_groups",
     "reconstruct", "reconstruct_wbp", "fourier_inversion", "grid_slices", "reconstruct_fourier", "sirt",
     "METHODS",
 ]

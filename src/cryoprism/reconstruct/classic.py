@@ -28,6 +28,7 @@ import numpy as np
 
 from cryoprism.forward.projection import backproject
 from cryoprism.fourier.core import fft2c, ifft2c, ifft3c
+from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import batch_ranges, default_workers
 from cryoprism.reconstruct.mean import (
@@ -35,11 +36,12 @@ from cryoprism.reconstruct.mean import (
     MeanResult,
     _dot,
     apply_kernel,
+    checked_source,
     half_set_labels,
+    read_batch,
     reconstruct_mean,
     solve_groups,
 )
-from cryoprism.reconstruct.sources import as_source
 
 METHODS = ("cg", "fourier", "wbp", "sirt")
 
@@ -93,27 +95,27 @@ def fourier_inversion(data_grid, weight_grid, regularization: float = 0.0, floor
     return vol[lo:lo + L, lo:lo + L, lo:lo + L]
 
 
-def _group_labels(src, data, halfmaps: bool, seed: int):
+def _group_labels(src, halfmaps: bool, seed: int):
     """Per-particle group labels (0/1 half sets with ``halfmaps``, else all 0) and the group count."""
-    groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else \
+    groups = half_set_labels(src.n, src.table, seed) if halfmaps else \
         np.zeros(src.n, np.int64)
     return groups, (int(groups.max()) + 1 if src.n else 1)
 
 
-def reconstruct_fourier(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *,
+def reconstruct_fourier(source: ParticleSource, *, use_ctf: bool = True,
                         regularization: float = 0.0, halfmaps: bool = False, batch_size: int = 512,
                         n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
                         progress: bool = True) -> MeanResult:
     """Direct Fourier inversion by trilinear gridding with weights (see module docstring)."""
     t0 = time.perf_counter()
-    src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
-    L = src.L
-    groups, G = _group_labels(src, data, halfmaps, seed)
+    src = checked_source(source)
+    L = src.box
+    groups, G = _group_labels(src, halfmaps, seed)
     workers = n_workers or default_workers()
 
     def job(r):
         a, b = r
-        im, rot, org, c = src.get(a, b)
+        im, rot, org, c = read_batch(src, np.arange(a, b), use_ctf)
         F = fft2c(im.astype(np.float64))
         if org is not None:
             k = np.arange(L) - L // 2
@@ -142,7 +144,7 @@ def reconstruct_fourier(data, rotations=None, origins_px=None, ctf=None, pixel_s
         halves = (vols[0].astype(src.dtype), vols[1].astype(src.dtype))
         from cryoprism.metrics.fsc import fsc as _fsc
 
-        fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
+        fsc = _fsc(halves[0], halves[1], src.pixel_size_A)
         full = fourier_inversion(acc[0][0] + acc[1][0], acc[0][1] + acc[1][1], regularization)
     else:
         full = vols[0]
@@ -173,22 +175,22 @@ def _wbp_filter(L: int, n_views: int, ctf, wiener_eps: float) -> np.ndarray:
     return ramp[None] * c / (c * c + wiener_eps)
 
 
-def reconstruct_wbp(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *,
+def reconstruct_wbp(source: ParticleSource, *, use_ctf: bool = True,
                     wiener_eps: float = 0.1, halfmaps: bool = False, batch_size: int = 512,
                     n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
                     progress: bool = True) -> MeanResult:
     """Weighted back-projection with a per-image Wiener CTF correction (see module docstring)."""
     t0 = time.perf_counter()
-    src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
-    L = src.L
-    groups, G = _group_labels(src, data, halfmaps, seed)
+    src = checked_source(source)
+    L = src.box
+    groups, G = _group_labels(src, halfmaps, seed)
     counts = np.bincount(groups, minlength=G)
     workers = n_workers or default_workers()
     nt = 1 if workers > 1 else 0
 
     def job(r):
         a, b = r
-        im, rot, org, c = src.get(a, b)
+        im, rot, org, c = read_batch(src, np.arange(a, b), use_ctf)
         out = np.zeros((G, L, L, L), np.float64)
         for q in range(G):
             sel = np.flatnonzero(groups[a:b] == q)
@@ -207,7 +209,7 @@ def reconstruct_wbp(data, rotations=None, origins_px=None, ctf=None, pixel_size_
         halves = (acc[0].astype(src.dtype), acc[1].astype(src.dtype))
         from cryoprism.metrics.fsc import fsc as _fsc
 
-        fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
+        fsc = _fsc(halves[0], halves[1], src.pixel_size_A)
         # full map: the two half-maps weighted by their share of the particles
         full = (counts[0] * acc[0] + counts[1] * acc[1]) / max(counts.sum(), 1)
     else:
@@ -215,7 +217,7 @@ def reconstruct_wbp(data, rotations=None, origins_px=None, ctf=None, pixel_size_
     return MeanResult(full.astype(src.dtype), halves, fsc, 0, float("nan"), time.perf_counter() - t0, {})
 
 
-def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *, method: str = "cg",
+def reconstruct(source: ParticleSource, *, method: str = "cg", use_ctf: bool = True,
                 regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
                 scheduler: str | None = None, seed: int = 0, mask_radius_px: float | None = None,
@@ -224,15 +226,15 @@ def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=No
     """Reconstruct by ``method``: ``"cg"`` (least squares, default), ``"fourier"`` (direct Fourier
     inversion), ``"wbp"`` (weighted back-projection), ``"sirt"`` (``maxiter`` Landweber steps).
 
-    Arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
+    ``source``: the particles with poses (``io.ParticleSource``); ``use_ctf=False`` ignores the CTF.
+    Other arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
     ``mask_radius_px``, ``eps``, ``checkpoint_dir`` and ``resume`` apply to ``"cg"`` only;
     ``batch_size`` None = automatic).
     """
-    common = dict(rotations=rotations, origins_px=origins_px, ctf=ctf, pixel_size_A=pixel_size_A,
-                  halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers, scheduler=scheduler,
+    common = dict(use_ctf=use_ctf, halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers, scheduler=scheduler,
                   seed=seed, progress=progress)
     if method == "cg":
-        return reconstruct_mean(data, regularization=regularization, tol=tol, maxiter=maxiter,
+        return reconstruct_mean(source, regularization=regularization, tol=tol, maxiter=maxiter,
                                 mask_radius_px=mask_radius_px, eps=eps, checkpoint_dir=checkpoint_dir,
                                 resume=resume, **common)
     if checkpoint_dir is not None or resume:
@@ -241,13 +243,13 @@ def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=No
         raise ValueError(f"regularization='auto' is for method 'cg' only, not {method!r}")
     common["batch_size"] = batch_size or 512
     if method == "wbp":
-        return reconstruct_wbp(data, **common)
+        return reconstruct_wbp(source, **common)
     if method == "fourier":
-        return reconstruct_fourier(data, regularization=regularization, **common)
+        return reconstruct_fourier(source, regularization=regularization, **common)
     if method == "sirt":
         def solver(kernel, rhs, frac, name=None):
             x, res = sirt(kernel, rhs, maxiter, regularization * frac)
             return x, len(res), res[-1] if res else float("nan")
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return solve_groups(data, solver, **common)
+    return solve_groups(source, solver, **common)

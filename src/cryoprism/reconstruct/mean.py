@@ -31,6 +31,8 @@ import finufft
 import numpy as np
 import scipy.fft as sfft
 
+from cryoprism.ctf.model import ctf_2d
+from cryoprism.errors import InputError
 from cryoprism.forward.projection import (
     backproject,
     even_part,
@@ -40,9 +42,9 @@ from cryoprism.forward.projection import (
     slice_points,
 )
 from cryoprism.fourier.core import WORKERS
+from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import batch_ranges, default_workers
-from cryoprism.reconstruct.sources import as_source
 
 # ----------------------------------------------------------------------------------------------
 # kernel
@@ -110,15 +112,22 @@ def kernel_spatial(rotations, L: int, ctf=None, weights=None, eps: float | None 
 
 def mean_kernel(rotations, L: int, ctf=None, weights=None, pixel_size_A=None, batch_size: int = 1024,
                 dtype=np.float32, n_workers: int | None = None, progress: bool = True) -> MeanKernel:
-    """Toeplitz kernel of ``Σ_j w_j P_jᵀ P_j`` for poses ``rotations`` ``(n, 3, 3)``.
+    """Toeplitz kernel of ``Σ_j w_j P_jᵀ P_j`` for poses ``rotations`` ``(n, 3, 3)`` (no images).
 
     ``ctf``: None, a centred ``(n, L, L)`` grid, or ``CTFParams`` over n particles (then
     ``pixel_size_A`` is needed). Shifts do not enter the kernel. Batches run through
     ``cryoprism.parallel.map_reduce``.
     """
     rot = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
-    dummy = np.empty((rot.shape[0], L, L), dtype=np.float32)  # only shapes are read
-    src = as_source(dummy, rot, None, ctf, pixel_size_A)
+
+    def ctf_grid(idx):
+        if ctf is None:
+            return None
+        if isinstance(ctf, np.ndarray):
+            return np.broadcast_to(ctf, (len(idx), L, L)) if ctf.ndim == 2 else ctf[idx]
+        c = ctf_2d(L, pixel_size_A, ctf.take(idx), dtype=np.float32)
+        return np.broadcast_to(c, (len(idx), L, L)) if c.ndim == 2 else c
+
     w = None if weights is None else np.asarray(weights, np.float64)
     workers = n_workers or default_workers()
     nt = 1 if workers > 1 else 0
@@ -126,7 +135,7 @@ def mean_kernel(rotations, L: int, ctf=None, weights=None, pixel_size_A=None, ba
     def job(r):
         a, b = r
         idx = np.arange(a, b)
-        return kernel_spatial(rot[a:b], L, src.ctf_grid(idx), None if w is None else w[a:b],
+        return kernel_spatial(rot[a:b], L, ctf_grid(idx), None if w is None else w[a:b],
                               dtype=dtype, nthreads=nt)
 
     K = map_reduce(job, batch_ranges(rot.shape[0], batch_size), n_workers=workers,
@@ -353,26 +362,44 @@ def auto_batch_size(n: int, L: int, workers: int) -> int:
     return int(max(16, min(-(-n // max(workers, 1)), 2**23 // (L * L))))
 
 
-def accumulate_normal_equations(src, groups=None, batch_size: int | None = None, n_workers: int | None = None,
+def checked_source(source: ParticleSource) -> ParticleSource:
+    """``source`` after checking that it has particles and poses (``InputError`` otherwise)."""
+    if source.n == 0:
+        raise InputError("no particles: expected at least one row with an image", source.path)
+    source.rotations()  # InputError without poses
+    return source
+
+
+def read_batch(source: ParticleSource, idx, use_ctf: bool = True):
+    """``(images, rotations, origins in pixels or None when all are 0, CTF grid or None)`` of rows
+    ``idx``; the CTF grid (of the images' dtype) only with ``use_ctf`` and CTF parameters."""
+    b = source.batch(idx)
+    org = b.origins_A / source.pixel_size_A
+    return (b.images, b.rotations, org if org.any() else None,
+            b.ctf_grid(source.dtype) if use_ctf else None)
+
+
+def accumulate_normal_equations(source: ParticleSource, groups=None, batch_size: int | None = None,
+                                n_workers: int | None = None,
                                 progress: bool = True, scheduler: str | None = None, eps: float | None = None,
-                                with_norms: bool = False):
-    """One pass over particles: back-projection RHS and spatial kernel per group.
+                                with_norms: bool = False, use_ctf: bool = True):
+    """One pass over the particles of ``source``: back-projection RHS and spatial kernel per group.
 
     ``groups``: ``(n,)`` integer labels ``0..G-1`` (e.g. half-sets) or None (one group). Returns
     ``(rhs (G, L, L, L) float64, K (G, 2L, 2L, 2L))``, plus ``Σ‖y_j‖²`` per group ``(G,)`` with
     ``with_norms``. ``eps``: NUFFT tolerance (default: the dtype's, see ``forward.nufft_eps``).
     ``batch_size`` None: :func:`auto_batch_size`.
     """
-    n, L = src.n, src.L
+    n, L = source.n, source.box
     g = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
     G = int(g.max()) + 1 if n else 1
     workers = n_workers or default_workers()
     nt = 1 if workers > 1 else 0
-    kdtype = np.float32 if src.dtype == np.float32 else np.float64
+    kdtype = np.float32 if source.dtype == np.float32 else np.float64
 
     def job(r):
         a, b = r
-        im, rot, org, ctf = src.get(a, b)
+        im, rot, org, ctf = read_batch(source, np.arange(a, b), use_ctf)
         rhs = np.zeros((G, L, L, L), np.float64)
         K = np.zeros((G, 2 * L, 2 * L, 2 * L), kdtype)
         y2 = np.zeros(G, np.float64)
@@ -400,9 +427,10 @@ def accumulate_normal_equations(src, groups=None, batch_size: int | None = None,
     return out if with_norms else out[:2]
 
 
-def normal_equations(src, groups=None, batch_size: int | None = None, n_workers: int | None = None,
-                     progress: bool = True, scheduler: str | None = None, eps: float | None = None,
-                     with_norms: bool = False, checkpoints=None, name: str = "normal_equations"):
+def normal_equations(source: ParticleSource, groups=None, batch_size: int | None = None,
+                     n_workers: int | None = None, progress: bool = True, scheduler: str | None = None,
+                     eps: float | None = None, with_norms: bool = False, checkpoints=None,
+                     name: str = "normal_equations", use_ctf: bool = True):
     """:func:`accumulate_normal_equations` with the kernels transformed: ``(rhs, [MeanKernel per
     group], Σ‖y‖² per group or None)``. With ``checkpoints`` (``io.checkpoint.Checkpoints``) the
     result is saved as ``name`` after the pass, and restored from there when resuming."""
@@ -410,9 +438,9 @@ def normal_equations(src, groups=None, batch_size: int | None = None, n_workers:
     if got is not None:
         a, _ = got
         G = a["rhs"].shape[0]
-        return a["rhs"], [MeanKernel(src.L, a[f"kernel_hat_{q}"]) for q in range(G)], a.get("y2")
-    out = accumulate_normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
-                                      with_norms=with_norms)
+        return a["rhs"], [MeanKernel(source.box, a[f"kernel_hat_{q}"]) for q in range(G)], a.get("y2")
+    out = accumulate_normal_equations(source, groups, batch_size, n_workers, progress, scheduler, eps,
+                                      with_norms=with_norms, use_ctf=use_ctf)
     rhs, K = out[0], out[1]
     y2 = out[2] if with_norms else None
     kernels = [kernel_from_spatial(K[q]) for q in range(K.shape[0])]
@@ -425,20 +453,20 @@ def normal_equations(src, groups=None, batch_size: int | None = None, n_workers:
     return rhs, kernels, y2
 
 
-def source_fingerprint(src) -> dict:
-    """Identity of a :class:`Source` for checkpoints: counts, box, pixel size, a digest of the
+def source_fingerprint(source: ParticleSource, use_ctf: bool = True) -> dict:
+    """Identity of a particle source for checkpoints: counts, box, pixel size, a digest of the
     pose/origin/CTF table and of three sample images (first, middle, last)."""
     from cryoprism.io.checkpoint import digest
 
-    idx = np.unique(np.array([0, src.n // 2, src.n - 1]))
-    im = src.get(0, len(idx), idx)[0]
-    return {"n_images": int(src.n), "box": int(src.L), "pixel_size_A": src.pixel_size_A,
-            "dtype": np.dtype(src.dtype).name,
-            "poses_ctf_digest": digest(src.rotations, src.origins_px, src.ctf),
-            "image_sample_digest": digest(np.asarray(im, np.float32))}
+    idx = np.unique(np.array([0, source.n // 2, source.n - 1]))
+    ctf = source.batch(np.arange(source.n)).ctf if use_ctf else None
+    return {"n_images": int(source.n), "box": int(source.box), "pixel_size_A": source.pixel_size_A,
+            "dtype": np.dtype(source.dtype).name,
+            "poses_ctf_digest": digest(source.rotations(), source.origins_A(), ctf),
+            "image_sample_digest": digest(np.asarray(source.images(idx), np.float32))}
 
 
-def open_checkpoints(checkpoint_dir, resume: bool, src, every_s: float | None = None, **settings):
+def open_checkpoints(checkpoint_dir, resume: bool, source: ParticleSource, every_s: float | None = None, **settings):
     """A :class:`cryoprism.io.checkpoint.Checkpoints` folder stamped with ``src``'s fingerprint and
     ``settings`` (None without ``checkpoint_dir``)."""
     if checkpoint_dir is None:
@@ -449,22 +477,24 @@ def open_checkpoints(checkpoint_dir, resume: bool, src, every_s: float | None = 
         return None
     from cryoprism.io.checkpoint import Checkpoints
 
-    return Checkpoints(checkpoint_dir, {**source_fingerprint(src), **settings}, resume, every_s=every_s)
+    use_ctf = settings.get("use_ctf", True)
+    return Checkpoints(checkpoint_dir, {**source_fingerprint(source, use_ctf), **settings}, resume,
+                       every_s=every_s)
 
 
 def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
-    """Half-set labels 0/1: ``rlnRandomSubset`` (1/2) when the table has it, else a seeded split."""
+    """Half-set labels 0/1: ``rlnRandomSubset`` (1/2) when the table has both, else a seeded split."""
     if table is not None and "rlnRandomSubset" in getattr(table, "columns", ()):
         v = np.asarray(table["rlnRandomSubset"], np.int64)
-        if set(np.unique(v)) <= {1, 2}:
+        if set(np.unique(v)) == {1, 2}:  # both halves present (a subset may hold one)
             return v - 1
     lab = np.zeros(n, np.int64)
     lab[np.random.default_rng(seed).permutation(n)[n // 2:]] = 1
     return lab
 
 
-def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pixel_size_A=None,
-                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
+def solve_groups(source: ParticleSource, solver, *, use_ctf: bool = True, halfmaps: bool = False,
+                 batch_size: int | None = None, n_workers: int | None = None,
                  scheduler: str | None = None, seed: int = 0, eps: float | None = None,
                  progress: bool = True, checkpoints=None) -> MeanResult:
     """One pass for the normal equations (per half-set if asked), then ``solver(kernel, rhs, scale,
@@ -476,10 +506,10 @@ def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pix
     normal equations there (see :func:`normal_equations`).
     """
     t0 = time.perf_counter()
-    src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
-    groups = half_set_labels(src.n, getattr(data, "table", None), seed) if halfmaps else None
+    src = checked_source(source)
+    groups = half_set_labels(src.n, src.table, seed) if halfmaps else None
     rhs, kernels, _ = normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
-                                       checkpoints=checkpoints)
+                                       checkpoints=checkpoints, use_ctf=use_ctf)
     out: dict = {}
     halves = fsc = None
     if halfmaps:
@@ -493,15 +523,15 @@ def solve_groups(data, solver, *, rotations=None, origins_px=None, ctf=None, pix
         full_kernel, full_rhs = kernels[0] + kernels[1], rhs[0] + rhs[1]
         from cryoprism.metrics.fsc import fsc as _fsc
 
-        fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
+        fsc = _fsc(halves[0], halves[1], src.pixel_size_A)
     else:
         full_kernel, full_rhs = kernels[0], rhs[0]
     x, it, res = solver(full_kernel, full_rhs, 1.0, "full")
     return MeanResult(np.asarray(x).astype(src.dtype), halves, fsc, it, res, time.perf_counter() - t0, out)
 
 
-def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *,
-                     regularization=0.0, tol: float = 1e-5, maxiter: int = 100,
+def reconstruct_mean(source: ParticleSource, *, use_ctf: bool = True, regularization=0.0, tol: float = 1e-5,
+                     maxiter: int = 100,
                      halfmaps: bool = False, batch_size: int | None = None,
                      n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
                      eps: float | None = None, auto_iterations: int = 15,
@@ -510,9 +540,8 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
                      checkpoint_every_s: float | None = None) -> MeanResult:
     """Least-squares mean volume from particles with poses (and CTF), by CG on the normal equations.
 
-    ``data``: an ``(n, L, L)`` image array (then ``rotations`` ``(n, 3, 3)``, optional ``origins_px``
-    ``(n, 2)`` [x, y] pixels, ``ctf`` as an ``(n, L, L)`` grid or ``CTFParams`` + ``pixel_size_A``) or an
-    ``io.ParticleStack`` (poses, origins, CTF from its table). ``regularization``: Tikhonov ``λ`` added
+    ``source``: the particles (``io.ParticleSource``: poses, origins, CTF from its table; arrays go
+    through ``ParticleStack.from_arrays``); ``use_ctf=False`` ignores the CTF. ``regularization``: Tikhonov ``λ`` added
     to the normal operator for the full set (same units as ``Σ P_jᵀP_j``, i.e. grows with n; half-sets
     use ``λ`` times their fraction). ``halfmaps``: also reconstruct two half-sets
     (``rlnRandomSubset`` or a seeded split) and their FSC (``cryoprism.metrics.fsc``).
@@ -538,17 +567,17 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
         raise ValueError("regularization must be a number or 'auto'")
     ck = None
     if checkpoint_dir is not None or resume:
-        src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
-        groups = (half_set_labels(src.n, getattr(data, "table", None), seed)
+        src = checked_source(source)
+        groups = (half_set_labels(src.n, src.table, seed)
                   if halfmaps or regularization == "auto" else None)
-        ck = open_checkpoints(checkpoint_dir, resume, src, checkpoint_every_s, method="cg",
+        ck = open_checkpoints(checkpoint_dir, resume, src, checkpoint_every_s, method="cg", use_ctf=use_ctf,
                               regularization=regularization if isinstance(regularization, str)
                               else float(regularization), tol=float(tol), halfmaps=bool(halfmaps),
                               groups_digest=None if groups is None else _digest(groups),
                               eps=eps, auto_iterations=int(auto_iterations) if regularization == "auto" else None,
                               mask_radius_px=mask_radius_px, mask_edge_px=float(mask_edge_px))
     if isinstance(regularization, str):
-        return _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, tol=tol, maxiter=maxiter,
+        return _reconstruct_auto(source, use_ctf=use_ctf, tol=tol, maxiter=maxiter,
                                  halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers,
                                  scheduler=scheduler, seed=seed, eps=eps, auto_iterations=auto_iterations,
                                  mask_radius_px=mask_radius_px, mask_edge_px=mask_edge_px, progress=progress,
@@ -560,8 +589,7 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
                              checkpoint=cg_checkpoint(ck, name))
         return x, info.iterations, info.residuals[-1]
 
-    return solve_groups(data, solver, rotations=rotations, origins_px=origins_px, ctf=ctf,
-                        pixel_size_A=pixel_size_A, halfmaps=halfmaps, batch_size=batch_size,
+    return solve_groups(source, solver, use_ctf=use_ctf, halfmaps=halfmaps, batch_size=batch_size,
                         n_workers=n_workers, scheduler=scheduler, seed=seed, eps=eps, progress=progress,
                         checkpoints=ck)
 
@@ -572,16 +600,16 @@ def _digest(*a) -> str:
     return digest(*a)
 
 
-def _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, *, tol, maxiter, halfmaps, batch_size,
+def _reconstruct_auto(source: ParticleSource, *, use_ctf, tol, maxiter, halfmaps, batch_size,
                       n_workers, scheduler, seed, eps, auto_iterations, mask_radius_px,
                       mask_edge_px, progress, checkpoints=None) -> MeanResult:
     t0 = time.perf_counter()
     ck = checkpoints
-    src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
-    L = src.L
-    groups = half_set_labels(src.n, getattr(data, "table", None), seed)
+    src = checked_source(source)
+    L = src.box
+    groups = half_set_labels(src.n, src.table, seed)
     rhs, kernels, y2 = normal_equations(src, groups, batch_size, n_workers, progress, scheduler, eps,
-                                        with_norms=True, checkpoints=ck)
+                                        with_norms=True, checkpoints=ck, use_ctf=use_ctf)
     sup = None if mask_radius_px is None else sphere_mask(L, mask_radius_px, mask_edge_px)
     # 1. unregularised, early-stopped half solutions
     pilot = []
@@ -606,7 +634,7 @@ def _reconstruct_auto(data, rotations, origins_px, ctf, pixel_size_A, *, tol, ma
         halves = tuple(h)
         from cryoprism.metrics.fsc import fsc as _fsc
 
-        fsc = _fsc(halves[0], halves[1], src.pixel_size_A or 1.0)
+        fsc = _fsc(halves[0], halves[1], src.pixel_size_A)
     x, info = solve_mean(kernels[0] + kernels[1], rhs[0] + rhs[1], lam, tol, maxiter,
                          x0=0.5 * (pilot[0] + pilot[1]), progress=progress, support=sup,
                          checkpoint=cg_checkpoint(ck, "full"))
