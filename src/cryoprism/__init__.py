@@ -5,4 +5,9 @@ forward → reconstruct, basis → heterogeneity, classify2d, denoise, abinitio,
 Conventions (axes, FFT centring, RELION Euler angles, origins, CTF) are in docs/conventions.md.
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# Library messages go to the "cryoprism" logger; an application (the CLI) decides where they appear.
+_logging.getLogger("cryoprism").addHandler(_logging.NullHandler())

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from cryoprism.fourier.core import WORKERS
 from cryoprism.parallel import batch_ranges, map_batches
+from cryoprism.parallel.config import fft_workers
 
 #: Invariant-feature candidates per requested neighbour re-ranked by the exact RID (default
 #: ``n_candidates``). 12 rather than 6: at n = 2 000, 64², SNR 0.05 MFVDM finds 47.7 % of neighbours
@@ -207,11 +207,11 @@ def align_pairs(feats: list, i: np.ndarray, j: np.ndarray, n_angles: int = 256,
             if reflections:
                 Zr[:, k] = w[k] * (ci * cj).sum(axis=1)
         # corr(α_m) = Re Σ_k Z_k e^{ikα_m}  -> inverse FFT (times n_angles)
-        corr = sfft.ifft(Z, axis=1, workers=WORKERS).real * n_angles
+        corr = sfft.ifft(Z, axis=1, workers=fft_workers()).real * n_angles
         val, ang = _peak(corr, n_angles)
         refl = np.zeros(b - a, dtype=bool)
         if reflections:
-            corr_r = sfft.ifft(Zr, axis=1, workers=WORKERS).real * n_angles
+            corr_r = sfft.ifft(Zr, axis=1, workers=fft_workers()).real * n_angles
             val_r, ang_r = _peak(corr_r, n_angles)
             refl = val_r > val
             val = np.where(refl, val_r, val)

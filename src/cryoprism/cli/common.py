@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -44,3 +45,23 @@ def fail(message: str, code: int = 2):
     """Print one line on stderr and exit (code 2 for bad input)."""
     typer.echo(f"cryoprism: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (looked up at each record, so redirections apply)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+_HANDLER = _StderrHandler()
+_HANDLER.setFormatter(logging.Formatter("%(message)s"))
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Messages of the ``cryoprism`` logger on stderr: level INFO, DEBUG with ``-v``, WARNING with ``-q``."""
+    log = logging.getLogger("cryoprism")
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    if _HANDLER not in log.handlers:
+        log.addHandler(_HANDLER)

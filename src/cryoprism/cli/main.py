@@ -27,19 +27,31 @@ def _version(value: bool):
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
-    scheduler: str = typer.Option(None, "--scheduler", envvar="CRYOPRISM_SCHEDULER",
+    scheduler: str = typer.Option(None, "--scheduler",
                                   help="dask.distributed scheduler address (tcp://host:8786) to run "
-                                       "particle passes on a cluster; default: this machine."),
-    workers: int = typer.Option(None, "--workers", min=1, envvar="CRYOPRISM_WORKERS",
-                                help="Local worker threads (default: all CPUs available)."),
+                                       "particle passes on a cluster; default: CRYOPRISM_SCHEDULER, else "
+                                       "this machine."),
+    workers: int = typer.Option(None, "--workers", min=1,
+                                help="Local worker threads (default: CRYOPRISM_WORKERS, else all CPUs "
+                                     "available)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Debugging messages too on stderr (level DEBUG; default INFO)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Only warnings and errors on stderr (level WARNING); no progress "
+                                    "bars."),
 ):
     """Cryo-EM single-particle analysis."""
-    import os
+    from cryoprism.cli.common import configure_logging
+    from cryoprism.parallel.config import configure, reset
 
+    reset()  # each invocation starts from the documented defaults
+    changes = {"progress": not quiet}
     if scheduler:
-        os.environ["CRYOPRISM_SCHEDULER"] = scheduler
+        changes["scheduler"] = scheduler
     if workers:
-        os.environ["CRYOPRISM_WORKERS"] = str(workers)
+        changes["workers"] = workers
+    configure(**changes)
+    configure_logging(verbose=verbose, quiet=quiet)
 
 
 # One module per area; each defines register(app).

@@ -33,6 +33,7 @@ from cryoprism.forward.simulate import make_noise, noise_psd_grid
 from cryoprism.fourier.core import fft2c, ifft2c
 from cryoprism.geometry import matrix_to_euler, uniform_rotations
 from cryoprism.parallel import map_batches
+from cryoprism.parallel.config import finufft_threads
 from cryoprism.parallel.core import default_workers
 
 
@@ -114,7 +115,7 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(m)
     psd = noise_psd_grid(M, pixel_size_A, noise_color)
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
 
     def one(i):
         field = np.zeros((M, M), np.float64)

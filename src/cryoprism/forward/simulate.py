@@ -29,6 +29,7 @@ from cryoprism.forward.projection import project
 from cryoprism.fourier.core import fft2c, ifft2c, radius_grid
 from cryoprism.geometry import matrix_to_euler, uniform_rotations
 from cryoprism.parallel import map_batches
+from cryoprism.parallel.config import finufft_threads, progress_bar
 from cryoprism.parallel.core import batch_ranges, default_workers
 
 
@@ -160,7 +161,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
                                    None if c is None else c[sel], nthreads=nt)
         return out
 
-    nt = 1 if (workers > 1 and len(ranges) > 1) else 0  # finufft threads only when batches can't
+    nt = finufft_threads(workers, len(ranges))
     sigma = 0.0
     pilot = {}
     if snr is not None:
@@ -208,7 +209,6 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
                 powers.append(pw)
                 yield x
 
-    from tqdm.auto import tqdm
 
     images = None
     star_path = stack_path = None
@@ -217,7 +217,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
             raise ValueError("give both out_star and out_mrcs (or neither)")
         from cryoprism.io import write_particles
 
-        bar = tqdm(total=n, desc="simulate", disable=not progress, leave=False)
+        bar = progress_bar(total=n, desc="simulate", progress=progress, leave=False)
 
         def counted():
             for x in stream():
@@ -233,7 +233,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     else:
         images = np.empty((n, L, L), dtype=dtype)
         pos = 0
-        for x in tqdm(stream(), total=len(ranges), desc="simulate", disable=not progress, leave=False):
+        for x in progress_bar(stream(), total=len(ranges), desc="simulate", progress=progress, leave=False):
             images[pos:pos + len(x)] = x
             pos += len(x)
     realised = None

@@ -29,6 +29,7 @@ import numpy as np
 from cryoprism.forward.projection import backproject
 from cryoprism.fourier.core import fft2c, ifft2c, ifft3c
 from cryoprism.parallel import map_reduce
+from cryoprism.parallel.config import finufft_threads
 from cryoprism.parallel.core import batch_ranges, default_workers
 from cryoprism.reconstruct.mean import (
     MeanKernel,
@@ -184,7 +185,7 @@ def reconstruct_wbp(data, rotations=None, origins_px=None, ctf=None, pixel_size_
     groups, G = _group_labels(src, data, halfmaps, seed)
     counts = np.bincount(groups, minlength=G)
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
 
     def job(r):
         a, b = r

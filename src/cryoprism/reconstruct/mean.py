@@ -39,8 +39,8 @@ from cryoprism.forward.projection import (
     slice_indices,
     slice_points,
 )
-from cryoprism.fourier.core import WORKERS
 from cryoprism.parallel import map_reduce
+from cryoprism.parallel.config import fft_workers, finufft_threads, progress_bar
 from cryoprism.parallel.core import batch_ranges, default_workers
 from cryoprism.reconstruct.sources import as_source
 
@@ -67,7 +67,7 @@ class MeanKernel:
 def kernel_from_spatial(K: np.ndarray) -> MeanKernel:
     """Build a :class:`MeanKernel` from a centred spatial kernel ``K[d + L]`` on ``(2L)³``."""
     L = K.shape[0] // 2
-    kh = sfft.rfftn(sfft.ifftshift(K), workers=WORKERS).real
+    kh = sfft.rfftn(sfft.ifftshift(K), workers=fft_workers()).real
     return MeanKernel(L, kh.astype(K.dtype, copy=False))
 
 
@@ -101,7 +101,7 @@ def kernel_spatial(rotations, L: int, ctf=None, weights=None, eps: float | None 
     wh[:, 1:] = w[:, P0 + 1:] + w[:, P0 - 1::-1]
     wh[:, 0] = w[:, P0]
     z, y, x = slice_points(rot, L, dtype=rdtype, half=True)
-    nt = 0 if nthreads is None else nthreads
+    nt = finufft_threads(1) if nthreads is None else nthreads
     # upsampfac 1.25 keeps the fine grid at ~(2.5L)³ instead of (4L)³
     out = finufft.nufft3d1(z, y, x, wh.astype(cdtype).ravel(), (2 * L, 2 * L, 2 * L), eps=eps, isign=1,
                            nthreads=nt, upsampfac=1.25 if rdtype == np.float32 else 2.0)
@@ -121,7 +121,7 @@ def mean_kernel(rotations, L: int, ctf=None, weights=None, pixel_size_A=None, ba
     src = as_source(dummy, rot, None, ctf, pixel_size_A)
     w = None if weights is None else np.asarray(weights, np.float64)
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
 
     def job(r):
         a, b = r
@@ -141,14 +141,14 @@ def apply_kernel(kernel: MeanKernel, x: np.ndarray, regularization=0.0) -> np.nd
     of Fourier multipliers (``Λ = F⁻¹ diag(λ(k)) F``, see :func:`wiener_regularization`).
     """
     L = kernel.L
-    X = sfft.rfftn(x.astype(kernel.dtype, copy=False), s=(2 * L,) * 3, workers=WORKERS)
+    X = sfft.rfftn(x.astype(kernel.dtype, copy=False), s=(2 * L,) * 3, workers=fft_workers())
     X *= kernel.kernel_hat
-    y = sfft.irfftn(X, s=(2 * L,) * 3, workers=WORKERS)[:L, :L, :L]
+    y = sfft.irfftn(X, s=(2 * L,) * 3, workers=fft_workers())[:L, :L, :L]
     if np.ndim(regularization) == 0:
         if regularization:
             y = y + regularization * x
     else:
-        y = y + sfft.irfftn(sfft.rfftn(x, workers=WORKERS) * regularization, s=(L,) * 3, workers=WORKERS)
+        y = y + sfft.irfftn(sfft.rfftn(x, workers=fft_workers()) * regularization, s=(L,) * 3, workers=fft_workers())
     return y
 
 
@@ -169,8 +169,8 @@ def wiener_regularization(x1: np.ndarray, x2: np.ndarray, noise_var: float, floo
     pixel. Returns an ``rfftn``-layout ``(L, L, L//2+1)`` array for :func:`apply_kernel`.
     """
     L = x1.shape[0]
-    X1 = sfft.rfftn(np.asarray(x1, np.float64), workers=WORKERS)
-    X2 = sfft.rfftn(np.asarray(x2, np.float64), workers=WORKERS)
+    X1 = sfft.rfftn(np.asarray(x1, np.float64), workers=fft_workers())
+    X2 = sfft.rfftn(np.asarray(x2, np.float64), workers=fft_workers())
     r = _rfft_shell_index(L)
     cross = np.real(X1 * np.conj(X2))
     nsh = int(r.max()) + 1
@@ -221,7 +221,6 @@ def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 10
     continue from, or None — and ``__call__(state, final)``, called after every iteration and once at
     the end). Continuing from a saved state repeats the uninterrupted run's arithmetic exactly.
     """
-    from tqdm.auto import tqdm
 
     b = np.asarray(b, np.float64)
     bn = np.sqrt(_dot(b, b)) or 1.0
@@ -238,7 +237,7 @@ def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 10
         rz = _dot(r, z)
         info = CGInfo(0, [np.sqrt(_dot(r, r)) / bn])
     start = info.iterations + 1
-    bar = tqdm(total=maxiter, initial=info.iterations, desc="CG", disable=not progress, leave=False)
+    bar = progress_bar(total=maxiter, initial=info.iterations, desc="CG", progress=progress, leave=False)
     for it in range(start, maxiter + 1):
         if info.residuals[-1] <= tol:
             info.converged = True
@@ -367,7 +366,7 @@ def accumulate_normal_equations(src, groups=None, batch_size: int | None = None,
     g = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
     G = int(g.max()) + 1 if n else 1
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
     kdtype = np.float32 if src.dtype == np.float32 else np.float64
 
     def job(r):
