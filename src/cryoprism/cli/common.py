@@ -41,6 +41,24 @@ def emit(figures: dict, as_json: bool, human: str | None = None) -> None:
     typer.echo(human)
 
 
+def finish(job, as_json: bool, human: str | None = None) -> dict:
+    """``job.finish()`` (summary written to OUT/summary.json) and print it with :func:`emit`."""
+    summary = job.finish()
+    emit(summary, as_json, human)
+    return summary
+
+
+def split_output(out, default_name: str, suffixes=(".mrc", ".map")):
+    """``-o OUT``: a folder (outputs named ``default_name`` etc. inside), or a file name with one of
+    ``suffixes`` (its folder holds the job). Returns ``(folder, file name)``."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.suffix.lower() in suffixes:
+        return out.parent, out.name
+    return out, default_name
+
+
 def fail(message: str, code: int = 2):
     """Print one line on stderr and exit (code 2 for bad input)."""
     typer.echo(f"cryoprism: error: {message}", err=True)
@@ -59,9 +77,12 @@ _HANDLER = _StderrHandler()
 _HANDLER.setFormatter(logging.Formatter("%(message)s"))
 
 
-def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Messages of the ``cryoprism`` logger on stderr: level INFO, DEBUG with ``-v``, WARNING with ``-q``."""
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Level of the ``cryoprism`` logger: INFO (``-vv``: DEBUG, ``-q``: WARNING); its messages appear on
+    stderr from WARNING up (``-v``: from the logger's level), so an error stays one line."""
     log = logging.getLogger("cryoprism")
-    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    log.setLevel(level)
+    _HANDLER.setLevel(level if verbose else logging.WARNING)
     if _HANDLER not in log.handlers:
         log.addHandler(_HANDLER)

@@ -10,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
+from cryoprism.cli.common import JSON_OPTION, emit, finish, split_output
 
 _MODEL_SUFFIXES = {".pdb", ".cif", ".ent", ".mmcif", ".gz"}
 
@@ -186,11 +186,14 @@ def register(app: typer.Typer) -> None:
     @app.command("reconstruct")
     def reconstruct_cmd(
         particles: Path = typer.Argument(..., help="Particles with poses: RELION STAR or cryoSPARC .cs."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output volume (MRC), voxel size = pixel size."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder (volume.mrc, volume_half1/2.mrc, "
+                                 "summary.json, checkpoints/), or a file name NAME.mrc: the volume, "
+                                 "NAME_half1/2.mrc and the job files go to its folder. Voxel size = "
+                                 "pixel size (Å)."),
         method: str = typer.Option("cg", "--method", help="cg (least squares, default), fourier (direct "
                                    "Fourier inversion), wbp (weighted back-projection), sirt."),
-        halfmaps: bool = typer.Option(False, "--halfmaps", help="Also write OUT_half1/2.mrc and report "
-                                      "the gold-standard FSC (rlnRandomSubset or a seeded split)."),
+        halfmaps: bool = typer.Option(False, "--halfmaps", help="Also write the half-maps and report "
+                                      "the gold-standard FSC (rlnRandomSubset or a random split)."),
         regularization: str = typer.Option("auto", "--regularization", help="cg: 'auto' (Wiener prior "
                                            "estimated from half-sets, default) or a Tikhonov λ ≥ 0; "
                                            "fourier/sirt: λ (auto means 0)."),
@@ -200,27 +203,28 @@ def register(app: typer.Typer) -> None:
         tol: float = typer.Option(1e-5, "--tol", help="CG relative residual to stop at."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore the CTF."),
         batch_size: int = typer.Option(0, "--batch-size", help="Particles per batch (0: automatic)."),
-        checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="cg: keep checkpoints "
-                                                      "here (normal equations after the pass over the "
-                                                      "particles, CG states while solving)."),
         resume: bool = typer.Option(False, "--resume", help="cg: continue from the checkpoints in "
-                                    "--checkpoint-dir (same particles and settings)."),
+                                    "OUT/checkpoints (normal equations after the pass over the particles, "
+                                    "CG states while solving; same particles and settings, --maxiter may "
+                                    "grow)."),
         as_json: bool = JSON_OPTION,
     ):
-        """Reconstruct a volume from particles with known poses: reads PARTICLES (STAR/.cs + stacks),
-        writes OUT (MRC) and with --halfmaps two half-maps; prints time, iterations, FSC resolution (Å).
-        With --checkpoint-dir DIR (cg) an interrupted run continues with --resume; outputs are
-        written only at the end, atomically."""
+        """Reconstruct a volume from particles with known poses.
+
+        Reads PARTICLES (STAR/.cs + stacks); writes the volume (MRC) and with --halfmaps two half-maps;
+        prints time, iterations and the FSC resolution (Å). With --method cg the run keeps checkpoints
+        in OUT/checkpoints: an interrupted run continues with --resume. Outputs are written only at
+        the end, atomically.
+        """
         from cryoprism.errors import InputError
-        from cryoprism.io import read_particles, write_mrc
+        from cryoprism.io import read_particles
+        from cryoprism.io.job import Job
         from cryoprism.reconstruct import METHODS, reconstruct
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        if (checkpoint_dir is not None or resume) and method != "cg":
-            raise InputError(f"--checkpoint-dir/--resume are for --method cg, not {method}")
-        if resume and checkpoint_dir is None:
-            raise InputError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
+        if resume and method != "cg":
+            raise InputError(f"--resume is for --method cg, not {method}")
         if regularization == "auto":
             reg = "auto" if method == "cg" else 0.0
         else:
@@ -228,23 +232,23 @@ def register(app: typer.Typer) -> None:
                 reg = float(regularization)
             except ValueError:
                 raise InputError(f"--regularization must be 'auto' or a number, got {regularization!r}")
+        folder, name = split_output(out, "volume.mrc")
         stack = read_particles(particles)
-        r = reconstruct(stack, ctf=False if no_ctf else None, method=method, regularization=reg,
-                        maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
-                        mask_radius_px=mask_radius, checkpoint_dir=checkpoint_dir, resume=resume)
-        px = stack.pixel_size_A
-        write_mrc(out, r.volume, px)
-        fig = {"volume": str(out), "method": method, "particles": stack.n, "box": stack.box,
-               "pixel_size_A": px, "seconds": r.seconds, "iterations": r.iterations,
-               "residual": r.residual}
-        if halfmaps:
-            from cryoprism.metrics.fsc import resolution_at
+        settings = {"method": method, "halfmaps": halfmaps, "regularization": reg, "mask_radius_px": mask_radius,
+                    "maxiter": maxiter, "tol": tol, "ctf": not no_ctf, "batch_size": batch_size}
+        with Job(folder, "reconstruct", settings, resume=resume, volatile=("maxiter", "batch_size")) as job:
+            r = reconstruct(stack, ctf=False if no_ctf else None, method=method, regularization=reg,
+                            maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
+                            mask_radius_px=mask_radius, job=job if method == "cg" else None)
+            px = stack.pixel_size_A
+            vol = job.write_mrc(name, r.volume, px)
+            job.record(volume=vol, method=method, particles=stack.n, box=stack.box, pixel_size_A=px,
+                       seconds=r.seconds, iterations=r.iterations, residual=r.residual)
+            if halfmaps:
+                from cryoprism.metrics.fsc import resolution_at
 
-            h1 = out.with_name(out.stem + "_half1" + out.suffix)
-            h2 = out.with_name(out.stem + "_half2" + out.suffix)
-            write_mrc(h1, r.half_maps[0], px)
-            write_mrc(h2, r.half_maps[1], px)
-            fig.update({"half_maps": [str(h1), str(h2)],
-                        "resolution_fsc_0.143_A": resolution_at(r.fsc, 0.143),
-                        "fsc": r.fsc.to_dict()})
-        emit(fig, as_json)
+                stem, sfx = Path(name).stem, Path(name).suffix
+                h = [job.write_mrc(f"{stem}_half{q + 1}{sfx}", r.half_maps[q], px) for q in range(2)]
+                job.record(half_maps=h, **{"resolution_fsc_0.143_A": resolution_at(r.fsc, 0.143)},
+                           fsc=r.fsc.to_dict())
+            finish(job, as_json)

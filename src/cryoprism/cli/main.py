@@ -34,11 +34,11 @@ def _root(
     workers: int = typer.Option(None, "--workers", min=1,
                                 help="Local worker threads (default: CRYOPRISM_WORKERS, else all CPUs "
                                      "available)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v",
-                                 help="Debugging messages too on stderr (level DEBUG; default INFO)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="Progress messages on stderr (-v: level INFO, -vv: DEBUG; default: "
+                                     "warnings only; OUT/job.log always holds the INFO messages)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
-                               help="Only warnings and errors on stderr (level WARNING); no progress "
-                                    "bars."),
+                               help="Level WARNING (also in OUT/job.log) and no progress bars."),
 ):
     """Cryo-EM single-particle analysis."""
     from cryoprism.cli.common import configure_logging

@@ -220,13 +220,12 @@ def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=No
                 regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
                 scheduler: str | None = None, seed: int = 0, mask_radius_px: float | None = None,
-                eps: float | None = None, progress: bool = True, checkpoint_dir=None,
-                resume: bool = False) -> MeanResult:
+                eps: float | None = None, progress: bool = True, job=None) -> MeanResult:
     """Reconstruct by ``method``: ``"cg"`` (least squares, default), ``"fourier"`` (direct Fourier
     inversion), ``"wbp"`` (weighted back-projection), ``"sirt"`` (``maxiter`` Landweber steps).
 
     Arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
-    ``mask_radius_px``, ``eps``, ``checkpoint_dir`` and ``resume`` apply to ``"cg"`` only;
+    ``mask_radius_px``, ``eps`` and ``job`` — checkpoints and ``--resume`` — apply to ``"cg"`` only;
     ``batch_size`` None = automatic).
     """
     common = dict(rotations=rotations, origins_px=origins_px, ctf=ctf, pixel_size_A=pixel_size_A,
@@ -234,9 +233,8 @@ def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=No
                   seed=seed, progress=progress)
     if method == "cg":
         return reconstruct_mean(data, regularization=regularization, tol=tol, maxiter=maxiter,
-                                mask_radius_px=mask_radius_px, eps=eps, checkpoint_dir=checkpoint_dir,
-                                resume=resume, **common)
-    if checkpoint_dir is not None or resume:
+                                mask_radius_px=mask_radius_px, eps=eps, job=job, **common)
+    if job is not None and job.resume:
         raise ValueError(f"checkpoints are for method 'cg' only, not {method!r}")
     if isinstance(regularization, str):
         raise ValueError(f"regularization='auto' is for method 'cg' only, not {method!r}")

@@ -437,18 +437,13 @@ def source_fingerprint(src) -> dict:
             "image_sample_digest": digest(np.asarray(im, np.float32))}
 
 
-def open_checkpoints(checkpoint_dir, resume: bool, src, every_s: float | None = None, **settings):
-    """A :class:`cryoprism.io.checkpoint.Checkpoints` folder stamped with ``src``'s fingerprint and
-    ``settings`` (None without ``checkpoint_dir``)."""
-    if checkpoint_dir is None:
-        if resume:
-            from cryoprism.errors import InputError
-
-            raise InputError("--resume needs a checkpoint folder (--checkpoint-dir)")
+def open_checkpoints(job, src, **settings):
+    """The checkpoints of ``job`` (:class:`cryoprism.io.job.Job`), its fingerprint extended with
+    ``src``'s identity and ``settings``; None without a job."""
+    if job is None:
         return None
-    from cryoprism.io.checkpoint import Checkpoints
-
-    return Checkpoints(checkpoint_dir, {**source_fingerprint(src), **settings}, resume, every_s=every_s)
+    job.add_inputs(**source_fingerprint(src), **settings)
+    return job.checkpoints
 
 
 def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
@@ -505,8 +500,7 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
                      n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
                      eps: float | None = None, auto_iterations: int = 15,
                      mask_radius_px: float | None = None, mask_edge_px: float = 0.0,
-                     progress: bool = True, checkpoint_dir=None, resume: bool = False,
-                     checkpoint_every_s: float | None = None) -> MeanResult:
+                     progress: bool = True, job=None) -> MeanResult:
     """Least-squares mean volume from particles with poses (and CTF), by CG on the normal equations.
 
     ``data``: an ``(n, L, L)`` image array (then ``rotations`` ``(n, 3, 3)``, optional ``origins_px``
@@ -526,21 +520,21 @@ def reconstruct_mean(data, rotations=None, origins_px=None, ctf=None, pixel_size
     centre — a support prior (e.g. ``L/2 - 1``, the inscribed sphere), with a raised-cosine edge of
     ``mask_edge_px`` beyond it; None: the whole box.
 
-    ``checkpoint_dir``: keep the normal equations (after the pass over the particles) and the state
-    of every CG solve there (atomic ``.ckpt.npz`` files, see :mod:`cryoprism.io.checkpoint`; CG states
-    every ``checkpoint_every_s`` seconds, default: as often as costs ≤ 5 % of the time, and at the end
-    of each solve). ``resume``: continue from them — the result equals an uninterrupted run's; a
+    ``job`` (:class:`cryoprism.io.job.Job`): keep the normal equations (after the pass over the
+    particles) and the state of every CG solve in its checkpoints (CG states as often as the job's
+    ``every_s`` allows, default: as often as costs ≤ 2 % of the time, and at the end of each solve).
+    With ``job.resume`` the run continues from them — the result equals an uninterrupted run's; a
     checkpoint written from other particles, poses, CTF or settings is refused (``InputError``).
     ``maxiter`` is not part of the fingerprint: resuming with a larger one continues the solves.
     """
     if isinstance(regularization, str) and regularization != "auto":
         raise ValueError("regularization must be a number or 'auto'")
     ck = None
-    if checkpoint_dir is not None or resume:
+    if job is not None:
         src = as_source(data, rotations, origins_px, ctf, pixel_size_A)
         groups = (half_set_labels(src.n, getattr(data, "table", None), seed)
                   if halfmaps or regularization == "auto" else None)
-        ck = open_checkpoints(checkpoint_dir, resume, src, checkpoint_every_s, method="cg",
+        ck = open_checkpoints(job, src, method="cg",
                               regularization=regularization if isinstance(regularization, str)
                               else float(regularization), tol=float(tol), halfmaps=bool(halfmaps),
                               groups_digest=None if groups is None else _digest(groups),
