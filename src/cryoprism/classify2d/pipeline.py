@@ -856,3 +856,72 @@ def run_neighbors(images, ctf=None, pixel_size_A=None, method: str = "mfvdm", n_
     if ck is not None:
         ck.save("neighbors", _neighbors_arrays(nb), method=method)
     return prep, nb
+
+
+@dataclass
+class ClassifyResult:
+    """Neighbours and class averages of a 2-D run (:func:`classify`)."""
+
+    prep: Prepared
+    nb: Neighbors
+    centres: np.ndarray       # rows of the input at the centre of each class
+    averages: np.ndarray      # (n_classes, L, L) CTF-corrected class averages
+
+
+def classify(images, ctf=None, pixel_size_A=None, *, method: str = "mfvdm", n_neighbors: int = 50,
+             k_max: int = 10, m: int = 50, mask_radius_px=None, centre: bool = False, n_classes: int = 100,
+             job=None, progress: bool = False) -> ClassifyResult:
+    """Rotation-invariant neighbours (:func:`run_neighbors`) and class averages of ``images``.
+
+    With ``job`` (:class:`cryoprism.io.job.Job`): the finished stages are checkpointed in the job
+    (fingerprint: :func:`classify_fingerprint`; ``job.resume`` skips them) and the outputs are written
+    through it (:func:`write_classes`)."""
+    ck = None
+    if job is not None:
+        job.add_inputs(**classify_fingerprint(images, ctf, pixel_size_A, method=method, neighbors=n_neighbors,
+                                              k_max=k_max, m=m, radius_px=mask_radius_px, centre=centre))
+        ck = job.checkpoints
+    prep, nb = run_neighbors(images, ctf, pixel_size_A, method, n_neighbors, k_max=k_max, m=m,
+                             mask_radius_px=mask_radius_px, centre=centre, checkpoints=ck, progress=progress)
+    centres = choose_class_centres(nb, n_classes)
+    res = ClassifyResult(prep, nb, centres, class_averages(prep, nb, centres))
+    if job is not None:
+        write_classes(job, res, pixel_size_A)
+    return res
+
+
+def write_classes(job, res: ClassifyResult, pixel_size_A) -> None:
+    """Write a 2-D run through ``job``: neighbors.csv (i, j = 0-based rows, angle_deg counter-clockwise
+    taking image j — mirrored first when reflected = 1 — onto image i, score), class_averages.mrcs,
+    class_centres.csv and gallery.png; records the figures in the job's summary."""
+    import pandas as pd
+
+    from cryoprism.report.plots import gallery_figure
+
+    i, j, ang, refl, score = res.nb.pairs()
+    job.write_csv("neighbors.csv", pd.DataFrame({"i": i, "j": j, "angle_deg": np.round(np.rad2deg(ang), 4),
+                                                 "reflected": refl.astype(int), "score": score}))
+    job.write_mrc("class_averages.mrcs", res.averages, pixel_size_A, is_stack=True)
+    job.write_csv("class_centres.csv", {"class": np.arange(len(res.centres)), "centre_row": res.centres,
+                                        "n_members": np.full(len(res.centres), res.nb.s + 1)})
+    job.save_figure("gallery.png", gallery_figure(res.averages, ncols=10), dpi=80)
+    job.record(neighbors=int(res.nb.s), classes=len(res.centres),
+               spca_components=int(res.prep.spca.ranks.sum()))
+
+
+def denoise(images, ctf=None, pixel_size_A=None, *, method: str = "mfvdm", n_neighbors: int = 50,
+            k_max: int = 10, m: int = 50, mask_radius_px=None, progress: bool = False) -> np.ndarray:
+    """Denoised images ``(n, L, L)``: sPCA Wiener filter (``spca``), covariance Wiener filter (``cwf``,
+    :func:`cryoprism.denoise.cwf.cwf_denoise`) or MFVDM (``mfvdm``), in the input's intensity units."""
+    if method == "cwf":
+        from cryoprism.denoise.cwf import cwf_denoise
+
+        return cwf_denoise(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, progress=progress)
+    prep = prepare(images, ctf, pixel_size_A, mask_radius_px=mask_radius_px, progress=progress)
+    if method == "spca":
+        return spca_denoise(prep, progress=progress)
+    if method != "mfvdm":
+        raise ValueError(f"method must be spca, cwf or mfvdm, got {method!r}")
+    n = prep.coefs.shape[0]
+    nb = neighbors(prep, "mfvdm", min(n_neighbors, n - 1), k_max=k_max, m=min(m, 2 * n - 3), progress=progress)
+    return mfvdm_denoise(prep, nb, progress=progress)
