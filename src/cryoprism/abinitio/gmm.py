@@ -18,7 +18,6 @@ evaluated exactly at pixel centres (no interpolation). See docs/abinitio.md.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,17 +288,22 @@ def categorical(logp, rng) -> np.ndarray:
 # I/O
 
 
+def mixture_table(mix: GaussianMixture):
+    """The mixture as a table: columns x_A, y_A, z_A, weight, sigma_A (σ repeated per row)."""
+    import pandas as pd
+
+    m = np.asarray(mix.means_A, dtype=np.float64)
+    return pd.DataFrame({"x_A": np.round(m[:, 0], 4), "y_A": np.round(m[:, 1], 4), "z_A": np.round(m[:, 2], 4),
+                         "weight": np.asarray(mix.weights, dtype=np.float64),
+                         "sigma_A": np.full(len(m), round(float(mix.sigma_A), 4))})
+
+
 def write_mixture_csv(path, mix: GaussianMixture) -> None:
-    """CSV with columns x_A, y_A, z_A, weight, sigma_A (σ repeated per row), written atomically."""
+    """:func:`mixture_table` as CSV, written atomically."""
     from cryoprism.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(["x_A", "y_A", "z_A", "weight", "sigma_A"])
-            for m, w in zip(np.asarray(mix.means_A), np.asarray(mix.weights)):
-                wr.writerow([f"{m[0]:.4f}", f"{m[1]:.4f}", f"{m[2]:.4f}", f"{w:.8g}",
-                             f"{mix.sigma_A:.4f}"])
+        mixture_table(mix).to_csv(tmp, index=False)
 
 
 def read_mixture_csv(path) -> GaussianMixture:

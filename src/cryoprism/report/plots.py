@@ -120,3 +120,21 @@ def trace_figure(traces: dict, xlabel: str = "iteration", ylabel: str = "value",
     if len(traces) > 1:
         ax.legend(fontsize=7)
     return fig
+
+
+def abinitio_trace_figure(initial_traces, refinement_trace, best: int):
+    """Log-posterior of each initial-stage restart per alternation (the best one bold) and of the
+    refinement per recorded sweep."""
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for r, tr in enumerate(initial_traces):
+        ax[0].plot(np.arange(1, len(tr) + 1), tr, marker="o", lw=2 if r == best else 1,
+                   label=f"restart {r}" + (" (best)" if r == best else ""))
+    ax[0].set_xlabel("alternation")
+    ax[0].set_ylabel("log-posterior")
+    ax[0].set_title("initial stage")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(refinement_trace, marker=".")
+    ax[1].set_xlabel("recorded sweep")
+    ax[1].set_title("refinement")
+    fig.tight_layout()
+    return fig
