@@ -174,3 +174,21 @@ def heterogeneity_figure(res):
         ax[2 + k].axis("off")
     fig.tight_layout()
     return fig
+
+
+def fsc_per_iteration_figure(rows: list, freq_invA, title: str = ""):
+    """FSC curves ``rows = [(iteration, curve), ...]`` coloured by iteration (0 = initial volume)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    n = len(rows)
+    for j, (it, c) in enumerate(rows):
+        ax.plot(freq_invA, c, color=cmap(j / max(n - 1, 1)), lw=1.2,
+                label=f"iteration {it}" if j in (0, n - 1) else None)
+    ax.axhline(0.5, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("spatial frequency (1/Å)" if freq_invA[-1] < 1 else "shell")
+    ax.set_ylabel("FSC with band-limited truth")
+    ax.set_ylim(-0.2, 1.02)
+    ax.set_title(title or "FSC per iteration (iteration 0 = initial volume)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
