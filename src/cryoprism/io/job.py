@@ -4,8 +4,8 @@ A :class:`Job` owns ``OUT/``. Every command (and every library entry point that 
 through it, so outputs, checkpoints, figures, the log and the JSON summary look the same everywhere:
 
 - ``job.path(name)`` — a path inside ``OUT/`` (folders created);
-- ``job.write_mrc / write_star / write_particles / write_csv / write_json / write_text`` — atomic
-  writers (a temporary name in the same folder, renamed on success);
+- ``job.write_mrc / write_stack / write_star / write_particles / write_csv / write_json / write_text``
+  — atomic writers (a temporary name in the same folder, renamed on success);
 - ``job.save_figure(name, fig)`` — a matplotlib figure, written atomically and closed;
 - ``job.checkpoints`` — one checkpoint format (``OUT/checkpoints/NAME.ckpt.npz``) stamped with the
   job's fingerprint (command, settings, input digests); ``resume=True`` refuses files written with other
@@ -149,6 +149,17 @@ class Job:
         from cryoprism.io.mrc import write_mrc
 
         return write_mrc(self.path(name), data, voxel_size_A, is_stack=is_stack)
+
+    def write_stack(self, name, batches, n: int, box, voxel_size_A: float | None) -> Path:
+        """Stream ``n`` images (an iterable of ``(b, box, box)`` batches, in order) into an MRC stack."""
+        from cryoprism.io.mrc import MrcStackWriter
+
+        p = self.path(name)
+        with atomic_path(p) as tmp:
+            with MrcStackWriter(tmp, n, box, voxel_size_A) as w:
+                for b in batches:
+                    w.write(b)
+        return p
 
     def write_star(self, name, star, optics=None) -> Path:
         from cryoprism.io.star import write_star
