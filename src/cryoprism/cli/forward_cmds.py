@@ -10,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit, finish, split_output
+from cryoprism.cli.common import JSON_OPTION, finish, split_output
 
 _MODEL_SUFFIXES = {".pdb", ".cif", ".ent", ".mmcif", ".gz"}
 
@@ -83,22 +83,24 @@ def register(app: typer.Typer) -> None:
         """Simulate particles: reads VOLUMES, writes a RELION 3.1 STAR (poses, origins in Å, CTF,
         true state in rlnClassNumber) and an MRCS stack, streamed in batches."""
         from cryoprism.forward import simulate_particles
+        from cryoprism.io.job import Job
 
         vols, px = _load_volumes(volumes, pixel_size_A, box, resolution_A)
         stack = out_stack or out_star.with_suffix(".mrcs")
         w = None if weights is None else [float(v) for v in weights.split(",")]
+        job = Job.for_file(out_star, "simulate")
         t0 = time.perf_counter()
         r = simulate_particles(vols, n, px, snr=snr if snr > 0 else None, shift_std_A=shift_std_A,
                                state_weights=w, defocus_range_A=(defocus_min_A, defocus_max_A),
                                n_defocus_groups=groups, astigmatism_A=astig_A, voltage_kV=voltage_kV,
                                cs_mm=cs_mm, amplitude_contrast=amp, bfactor_A2=bfactor, ctf=not no_ctf,
-                               noise_color=noise, rng=seed, out_star=out_star, out_mrcs=stack,
-                               batch_size=batch_size)
+                               noise_color=noise, rng=seed, out_star=out_star.name, out_mrcs=stack.resolve(),
+                               batch_size=batch_size, job=job)
         dt = time.perf_counter() - t0
-        emit({"star": str(r.star_path), "stack": str(r.stack_path), "particles": n,
-              "box": int(vols[0].shape[0]), "pixel_size_A": px, "states": len(vols),
-              "snr_target": r.snr_target, "snr_realised": r.snr_realised, "noise_sigma": r.noise_sigma,
-              "seconds": dt, "images_per_s": n / dt if dt > 0 else None}, as_json)
+        job.record(star=r.star_path, stack=r.stack_path, particles=n, box=int(vols[0].shape[0]), pixel_size_A=px,
+                   states=len(vols), snr_target=r.snr_target, snr_realised=r.snr_realised,
+                   noise_sigma=r.noise_sigma, seconds=dt, images_per_s=n / dt if dt > 0 else None)
+        finish(job, as_json)
 
     @app.command("simulate-micrographs")
     def simulate_micrographs_cmd(
@@ -122,16 +124,20 @@ def register(app: typer.Typer) -> None:
     ):
         """Simulate micrographs: reads VOLUMES, writes MRC micrographs and the true coordinates STAR."""
         from cryoprism.forward import simulate_micrographs
+        from cryoprism.io.job import Job
 
         vols, px = _load_volumes(volumes, pixel_size_A, box, resolution_A)
         sep = separation if separation in ("well-separated", "non-overlapping") else float(separation)
         t0 = time.perf_counter()
-        r = simulate_micrographs(vols, m, size, particles, px, separation=sep,
-                                 snr=snr if snr > 0 else None, defocus_range_A=(defocus_min_A, defocus_max_A),
-                                 ctf=not no_ctf, rng=seed, out_dir=out_dir)
-        emit({"folder": str(out_dir), "micrographs": m, "size_px": size, "pixel_size_A": px,
-              "particles": int(len(r.coordinates)), "coordinates": str(r.star_path),
-              "seconds": time.perf_counter() - t0}, as_json)
+        with Job(out_dir, "simulate-micrographs", {"micrographs": m, "size_px": size, "particles": particles,
+                                                   "separation": separation, "snr": snr, "seed": seed}) as job:
+            r = simulate_micrographs(vols, m, size, particles, px, separation=sep,
+                                     snr=snr if snr > 0 else None, defocus_range_A=(defocus_min_A, defocus_max_A),
+                                     ctf=not no_ctf, rng=seed, job=job)
+            job.record(folder=out_dir, micrographs=m, size_px=size, pixel_size_A=px,
+                       particles=int(len(r.coordinates)), coordinates=r.star_path,
+                       seconds=time.perf_counter() - t0)
+            finish(job, as_json)
 
     @app.command("project")
     def project_cmd(
@@ -148,17 +154,19 @@ def register(app: typer.Typer) -> None:
         """Noiseless projections of VOLUME: reads VOLUME (and --star), writes OUT (MRCS) and a
         RELION 3.1 STAR with the poses used (OUT with suffix .star)."""
         from cryoprism.forward import simulate_particles
-        from cryoprism.io import read_mrc, read_particles, write_particles
+        from cryoprism.io import read_mrc, read_particles
+        from cryoprism.io.job import Job
 
         vol, px = read_mrc(volume)
         t0 = time.perf_counter()
         out_star = out_stack.with_suffix(".star")
+        job = Job.for_file(out_stack, "project")
         if star is None:
             if not px:
                 from cryoprism.errors import InputError
                 raise InputError("voxel size unknown (0 in the header)", volume)
-            simulate_particles(vol, n, px, snr=None, ctf=False, rng=seed, out_star=out_star,
-                               out_mrcs=out_stack, batch_size=batch_size)
+            simulate_particles(vol, n, px, snr=None, ctf=False, rng=seed, out_star=out_star.name,
+                               out_mrcs=out_stack.name, batch_size=batch_size, job=job)
             count = n
         else:
             from cryoprism.ctf.model import ctf_2d
@@ -178,10 +186,10 @@ def register(app: typer.Typer) -> None:
                     c = None if cp is None else ctf_2d(stack.box, psz, cp.take(np.arange(a, b)))
                     yield project(vol, rot[a:b], org[a:b], c)
 
-            write_particles(out_star, out_stack, batches(), stack.star, pixel_size_A=psz)
+            job.write_particles(out_star.name, out_stack.name, batches(), stack.star, pixel_size_A=psz)
             count = stack.n
-        emit({"stack": str(out_stack), "star": str(out_star), "images": count,
-              "seconds": time.perf_counter() - t0}, as_json)
+        job.record(stack=out_stack, star=out_star, images=count, seconds=time.perf_counter() - t0)
+        finish(job, as_json)
 
     @app.command("reconstruct")
     def reconstruct_cmd(

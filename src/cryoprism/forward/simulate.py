@@ -106,7 +106,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
                        astigmatism_A: float = 500.0, voltage_kV: float = 300.0, cs_mm: float = 2.7,
                        amplitude_contrast: float = 0.1, bfactor_A2: float = 0.0, ctf: bool = True,
                        noise_color="white", rng=None, out_star=None, out_mrcs=None, batch_size: int = 256,
-                       n_workers: int | None = None, dtype=np.float32, progress: bool = True
+                       n_workers: int | None = None, dtype=np.float32, progress: bool = True, job=None
                        ) -> SimulationResult:
     """Simulate ``n`` particles from one volume or a list of volumes (one per state).
 
@@ -116,8 +116,9 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     unless ``states`` (0-based) are given. ``snr=None`` gives noiseless images. ``ctf=False`` skips the
     CTF (the STAR still carries the defocus values drawn). With ``out_star`` and ``out_mrcs`` the
     stack is streamed to a RELION 3.1 STAR + MRCS (``rlnClassNumber`` = state + 1,
-    ``rlnRandomSubset`` alternating 1/2, ``rlnMicrographName`` = defocus group); otherwise the images
-    are returned in memory.
+    ``rlnRandomSubset`` alternating 1/2, ``rlnMicrographName`` = defocus group) — through ``job``
+    (:class:`cryoprism.io.job.Job`; the names are then relative to its folder) when given; otherwise
+    the images are returned in memory.
     """
     vols = [np.asarray(volumes)] if np.ndim(volumes) == 3 else [np.asarray(v) for v in volumes]
     L = vols[0].shape[-1]
@@ -172,7 +173,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
         p0 = float(np.mean(np.sum(pilot[0].astype(np.float64) ** 2, axis=(1, 2)))) / (L * L)
         sigma = float(np.sqrt(p0 / snr))
 
-    def job(i):
+    def one_batch(i):
         a, b = ranges[i]
         x = pilot.pop(i) if i in pilot else clean(a, b)
         power = float(np.sum(x.astype(np.float64) ** 2))
@@ -205,7 +206,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     def stream():
         for g0 in range(0, len(ranges), group):
             idx = list(range(g0, min(g0 + group, len(ranges))))
-            for x, pw in map_batches(job, idx, n_workers=workers, progress=False):
+            for x, pw in map_batches(one_batch, idx, n_workers=workers, progress=False):
                 powers.append(pw)
                 yield x
 
@@ -216,6 +217,9 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
         if out_star is None or out_mrcs is None:
             raise ValueError("give both out_star and out_mrcs (or neither)")
         from cryoprism.io import write_particles
+
+        if job is not None:
+            write_particles = job.write_particles  # noqa: F811
 
         bar = progress_bar(total=n, desc="simulate", progress=progress, leave=False)
 
