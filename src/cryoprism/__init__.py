@@ -9,5 +9,7 @@ import logging as _logging
 
 __version__ = "0.1.0"
 
-# Library messages go to the "cryoprism" logger; an application (the CLI) decides where they appear.
+# Library messages go to the "cryoprism" logger (level INFO, so a job's log file holds them); an
+# application (the CLI, or logging.basicConfig) decides where else they appear.
 _logging.getLogger("cryoprism").addHandler(_logging.NullHandler())
+_logging.getLogger("cryoprism").setLevel(_logging.INFO)

@@ -5,36 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
 
-import numpy as np
 import typer
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the figures as one JSON object on stdout.")
 
 
-def _jsonable(x: Any):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        x = float(x)
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def emit(figures: dict, as_json: bool, human: str | None = None) -> None:
     """Print ``figures`` as JSON (``--json``) or ``human`` text (default: key: value lines)."""
     if as_json:
-        sys.stdout.write(json.dumps(_jsonable(figures)) + "\n")
+        from cryoprism.io.job import jsonable
+
+        sys.stdout.write(json.dumps(jsonable(figures)) + "\n")
         return
     if human is None:
         human = "\n".join(f"{k}: {v}" for k, v in figures.items() if not isinstance(v, (list, dict)))
