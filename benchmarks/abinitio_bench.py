@@ -1,4 +1,4 @@
-"""Ab-initio Gaussian-mixture benchmark: unit-level checks and the thesis experiments (seed 004).
+"""Ab-initio Gaussian-mixture benchmark: unit-level checks and the experiments of the Gaussian-mixture thesis.
 
 Prints ONE JSON object. ``--quick`` runs small versions of everything (a few minutes).
 

@@ -1,4 +1,4 @@
-"""Two-stage ab-initio protocol (Joubert's thesis, §3.4): restarts of a small initial stage ranked
+"""Two-stage ab-initio protocol (the Gaussian-mixture thesis, §3.4): restarts of a small initial stage ranked
 by log-posterior, then a refinement with more components and the posterior-mean map.
 
 Restarts run in parallel through :func:`cryoprism.parallel.map_batches` (threads by default,

@@ -660,7 +660,7 @@ def coefficient_images(prep: Prepared, coefs: np.ndarray, H_eff: np.ndarray, wie
     """Images in input units from filtered whitened coefficients and their effective ``|C|/√NPS``.
 
     In the Fourier plane, per radial node: ``X̂ = G H̃ / (H̃² + ε mean(H̃²))`` — Wiener CTF correction
-    (seed eq. 13, regularized) that also recolours (H̃ carries 1/√NPS).
+    (Fan & Zhao 2019, eq. 13, regularized) that also recolours (H̃ carries 1/√NPS).
     """
     basis = prep.basis
     n = coefs.shape[0]
@@ -681,7 +681,7 @@ def coefficient_images(prep: Prepared, coefs: np.ndarray, H_eff: np.ndarray, wie
 
 
 def effective_ctf_profiles(prep: Prepared, filt0) -> np.ndarray:
-    """Effective ``|C|/√NPS`` after the k = 0 graph filter (seed: filtering the CTF coefficients)."""
+    """Effective ``|C|/√NPS`` after the k = 0 graph filter (Fan & Zhao 2019: filtering the CTF coefficients)."""
     X = np.concatenate([prep.H, prep.H], axis=0).astype(np.complex128)
     return np.abs(filt0.apply(X)[: prep.coefs.shape[0]].real)
 
@@ -693,7 +693,7 @@ def mfvdm_denoise(prep: Prepared, nb: Neighbors, m: int | None = None, h: str = 
 
     ``signal``: ``"spca"`` filters the coefficients projected on the kept sPCA subspace of each k,
     ``"raw"`` the full coefficients (of the angular frequencies sPCA keeps). ``m``: eigenpairs per k
-    (seed: 50); ``None`` applies the exact polynomial h(S_k).
+    (Fan & Zhao 2019: 50); ``None`` applies the exact polynomial h(S_k).
     """
     g = build_graph(nb)
     n = prep.coefs.shape[0]

@@ -9,7 +9,7 @@ reflecting it (``I(x, -y)``) conjugates them.
    relative phases between radial components of the same k), plus bispectrum terms
    ``c_{k1,l1} c_{k2,l2} conj(c_{k1+k2,l3})`` of the leading components (relative phases between
    angular frequencies).
-2. Exact rotationally invariant distance (seed eq. 1) on the candidates:
+2. Exact rotationally invariant distance (Fan & Zhao 2019, eq. 1) on the candidates:
    ``corr_ij(α) = Re Σ_k m_k e^{ikα} Σ_l c_{i,k,l} conj(c_{j,k,l})`` (m_0 = 1, m_k = 2) is the inner
    product of image i with image j rotated by α; its maximum over α comes from one FFT over k
    (zero-padded to ``n_angles``, refined by a parabola through the peak). The reflected pair uses

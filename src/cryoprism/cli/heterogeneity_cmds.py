@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
                                     help="Number of states C, or 'auto' (from the eigenvalue gap)."),
         method: str = typer.Option("lowrank", "--method",
                                    help="lowrank: matrix-free subspace estimator (any N_res; the "
-                                        "default); cg: the seed's dense covariance by CG with the 6-D "
-                                        "Toeplitz kernel (N_res ≤ ~10)."),
+                                        "default); cg: the dense covariance of Andén, Katsevich & Singer "
+                                        "(2015) by CG with the 6-D Toeplitz kernel (N_res ≤ ~10)."),
         iterations: int = typer.Option(10, "--iterations", min=1,
                                        help="CG iterations of the covariance normal equations "
                                             "(early stopping regularises)."),

@@ -4,8 +4,8 @@ Placement. Centres are drawn uniformly (integer pixels) so that every ``L × L``
 inside the micrograph, by dart throwing with a minimum centre-to-centre distance ``d``:
 
 * ``separation="well-separated"`` (default): ``d = 2L`` (Chebyshev/max-norm), so the ``2L × 2L``
-  windows around particles do not overlap — the condition of the micrograph-EM seed (Kreymer,
-  Singer, Bendory): any ``L × L`` patch meets at most one particle;
+  windows around particles do not overlap — the condition of the micrograph EM of Kreymer,
+  Singer & Bendory (2025): any ``L × L`` patch meets at most one particle;
 * ``separation="non-overlapping"``: ``d = L`` (the ``L × L`` boxes do not overlap);
 * a number: ``d`` in pixels (Euclidean distance).
 

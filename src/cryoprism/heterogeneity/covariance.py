@@ -1,6 +1,6 @@
 """Mean and covariance of a heterogeneous particle set (Andén, Katsevich & Singer 2015).
 
-Two estimators of the covariance ``Σ`` solving the seed's normal equations ``L_n(Σ) = B_n``
+Two estimators of the covariance ``Σ`` solving Andén, Katsevich & Singer's (2015) normal equations ``L_n(Σ) = B_n``
 
     L_n(Σ) = (1/n) Σ_s A_s Σ A_s,     A_s = M_sᵀ M_s,
     B_n    = (1/n) Σ_s M_sᵀ z_s z_sᵀ M_s − σ² Ā,      z_s = y_s − M_s μ,  Ā = (1/n) Σ_s A_s,
@@ -100,7 +100,8 @@ def _dots(a, b):
 
 def estimate_mean(d: HetData, *, regularization: float = 1e-3, maxiter: int = 40, tol: float = 1e-5,
                   n_workers: int | None = None, progress: bool = True, checkpoints=None) -> MeanOperator:
-    """Least-squares mean ``(Ā + λ I) μ = (1/n) Σ M_sᵀ y_s`` (seed eq. 13) on the ``N³`` grid.
+    """Least-squares mean ``(Ā + λ I) μ = (1/n) Σ M_sᵀ y_s`` (Andén, Katsevich & Singer 2015, eq. 13) on the
+    ``N³`` grid.
 
     ``regularization``: λ relative to the largest eigenvalue of ``Ā`` (the kernel's peak). The
     right-hand side and kernel come from :func:`cryoprism.reconstruct.accumulate_normal_equations`.

@@ -1,6 +1,6 @@
 """Micrograph preparation for the patch EM: patches, noise spectrum, whitening, the model filter.
 
-* :func:`cut_patches` — non-overlapping ``L × L`` patches (seed 001 §3.1).
+* :func:`cut_patches` — non-overlapping ``L × L`` patches (Kreymer, Singer & Bendory 2025 §3.1).
 * :func:`noise_profile` / :func:`whiten_micrograph` — radial power spectrum of the micrograph
   (cycles/pixel) and division of the micrograph's transform by its square root.
 * :class:`ModelFilter` — the linear filter that acts on a particle image in the likelihood: the
