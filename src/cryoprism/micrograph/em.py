@@ -22,8 +22,8 @@ matrices). The weighted least squares ``Σ_p Σ_{ω,t} γ ‖X_p − C_t A_ω x�
 ``ρ_empty`` ← mean posterior of the empty state (eqs. 31–32).
 
 Incremental EM (Neal & Hinton; Kreymer, Singer & Bendory 2025, §3.3): patches are split into
-``1/batch_fraction`` random blocks; each iteration runs the E-step on one block, replaces that block's sufficient statistics
-and solves the M-step with the sum over all blocks seen so far. Frequency marching (§3.4): stages of
+``1/batch_fraction`` random blocks; each iteration runs the E-step on one block, replaces that block's
+sufficient statistics and solves the M-step with the sum over all blocks seen so far. Frequency marching (§3.4): stages of
 increasing (ℓ_max, band limit), each initialised by re-expanding the previous estimate.
 """
 
