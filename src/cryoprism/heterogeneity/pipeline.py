@@ -58,13 +58,14 @@ def analyze(source, n_res: int, *, method: str = "lowrank", classes: int | str =
     """Run the heterogeneity analysis on a :class:`cryoprism.reconstruct.Source`.
 
     ``method``: ``lowrank`` (matrix-free subspace estimator, the default: it runs at any ``N_res`` and
-    measured better gaps and accuracy than the dense path wherever both ran) or ``cg`` (the dense
-    estimator of Andén, Katsevich & Singer 2015, with the 6-D Toeplitz kernel, ``N_res`` ≤ ~10 within
-    ``max_full_bytes``). ``classes``: ``auto`` (from the spectral gap) or a number of states. ``reconstruct``: per-class volumes at full
-    resolution (CG mean with the class's particles). ``oversample``: volume grid / band ratio
-    (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows as the sixth power of the grid).
-    ``support_radius``: the covariance is estimated inside the ball of this radius, a fraction of half
-    the box (1.0: the inscribed ball; None: the whole cube); the particle must lie inside it.
+    measured better gaps and accuracy than the dense path wherever both ran) or ``cg`` (the dense estimator
+    of Andén, Katsevich & Singer 2015, with the 6-D Toeplitz kernel, ``N_res`` ≤ ~10 within
+    ``max_full_bytes``). ``classes``: ``auto`` (from the spectral gap) or a number of states.
+    ``reconstruct``: per-class volumes at full resolution (CG mean with the class's particles).
+    ``oversample``: volume grid / band ratio (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows
+    as the sixth power of the grid). ``support_radius``: the covariance is estimated inside the ball of this
+    radius, a fraction of half the box (1.0: the inscribed ball; None: the whole cube); the particle must
+    lie inside it.
 
     ``job`` (:class:`cryoprism.io.job.Job`): keep checkpoints in it (mean normal equations and CG, the
     dense 6-D kernel up to ~1 GB, range-finder blocks, Galerkin statistics, covariance CG state,

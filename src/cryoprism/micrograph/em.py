@@ -23,8 +23,8 @@ matrices). The weighted least squares ``Σ_p Σ_{ω,t} γ ‖X_p − C_t A_ω x�
 
 Incremental EM (Neal & Hinton; Kreymer, Singer & Bendory 2025, §3.3): patches are split into
 ``1/batch_fraction`` random blocks; each iteration runs the E-step on one block, replaces that block's
-sufficient statistics and solves the M-step with the sum over all blocks seen so far. Frequency marching (§3.4): stages of
-increasing (ℓ_max, band limit), each initialised by re-expanding the previous estimate.
+sufficient statistics and solves the M-step with the sum over all blocks seen so far. Frequency marching
+(§3.4): stages of increasing (ℓ_max, band limit), each initialised by re-expanding the previous estimate.
 """
 
 from __future__ import annotations
