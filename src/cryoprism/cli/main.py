@@ -63,6 +63,20 @@ for _name in _AREAS:
     __import__(f"cryoprism.cli.{_name}", fromlist=["register"]).register(app)
 
 
+def _reflow(doc: str) -> str:
+    """A docstring as help text that the terminal reflows: the lines of each paragraph joined (typer
+    keeps the hard line breaks of every paragraph but the first)."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+for _cmd in app.registered_commands:
+    if _cmd.help is None and _cmd.callback is not None and _cmd.callback.__doc__:
+        _cmd.help = _reflow(_cmd.callback.__doc__)
+
+
 def main(argv=None) -> int:
     """Entry point: bad input (InputError, missing files, malformed data) → one line, exit code 2."""
     from cryoprism.errors import InputError
