@@ -228,6 +228,7 @@ def register(app: typer.Typer) -> None:
         from cryoprism.io import read_particles
         from cryoprism.io.job import Job
         from cryoprism.reconstruct import METHODS, reconstruct
+        from cryoprism.reconstruct.outputs import write_outputs
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -248,15 +249,6 @@ def register(app: typer.Typer) -> None:
             r = reconstruct(stack, ctf=False if no_ctf else None, method=method, regularization=reg,
                             maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
                             mask_radius_px=mask_radius, job=job if method == "cg" else None)
-            px = stack.pixel_size_A
-            vol = job.write_mrc(name, r.volume, px)
-            job.record(volume=vol, method=method, particles=stack.n, box=stack.box, pixel_size_A=px,
-                       seconds=r.seconds, iterations=r.iterations, residual=r.residual)
-            if halfmaps:
-                from cryoprism.metrics.fsc import resolution_at
-
-                stem, sfx = Path(name).stem, Path(name).suffix
-                h = [job.write_mrc(f"{stem}_half{q + 1}{sfx}", r.half_maps[q], px) for q in range(2)]
-                job.record(half_maps=h, **{"resolution_fsc_0.143_A": resolution_at(r.fsc, 0.143)},
-                           fsc=r.fsc.to_dict())
+            job.record(method=method, particles=stack.n, box=stack.box, pixel_size_A=stack.pixel_size_A)
+            write_outputs(job, r, stack.pixel_size_A, name)
             finish(job, as_json)
