@@ -36,7 +36,7 @@ def _root(
                                      "available)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True,
                                 help="Progress messages on stderr (-v: level INFO, -vv: DEBUG; default: "
-                                     "warnings only; OUT/job.log always holds the INFO messages)."),
+                                     "warnings only; OUT/job.log holds the INFO messages unless -q)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="Level WARNING (also in OUT/job.log) and no progress bars."),
 ):
