@@ -1,4 +1,4 @@
-"""Ab-initio Gaussian-mixture benchmark: unit-level checks and the thesis experiments (seed 004).
+"""Ab-initio Gaussian-mixture benchmark: unit-level checks and the experiments of the Gaussian-mixture thesis.
 
 Prints ONE JSON object. ``--quick`` runs small versions of everything (a few minutes).
 
@@ -301,7 +301,7 @@ def restart_correctness(method, imgs, px, ctf, R_true, restarts, alternations, K
     c = pipeline._crop_ctf(ctf, L, 32) if ctf is not None else None
     px_s = px * L / 32
     jobs = [pipeline.RestartJob(method, small, px_s, c, K, n_counts, seed * 1000 + r, alternations,
-                                n_rotations, None, False) for r in range(restarts)]
+                                n_rotations) for r in range(restarts)]
     outs = map_batches(pipeline.run_restart, jobs, progress=False)
     rows = []
     for st, lp, sec in outs:

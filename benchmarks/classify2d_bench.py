@@ -117,7 +117,7 @@ def denoise_metrics(den, clean, mask_radius_px=None):
 
     n = min(len(den), 1000)
     d, c = den[:n].astype(np.float64), clean[:n].astype(np.float64)
-    # same convention as the seed: average of per-image metrics against clean CTF-free projections;
+    # same convention as Fan & Zhao (2019): average of per-image metrics against clean CTF-free projections;
     # data range for PSNR/SSIM = range of each clean image; images in units where the clean set has
     # unit per-pixel variance, so numbers do not depend on the map's arbitrary scale
     scale = float(np.sqrt(np.mean(c.var(axis=(1, 2)))))

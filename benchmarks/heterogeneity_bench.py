@@ -1,4 +1,4 @@
-"""Heterogeneity benchmark: the seed's synthetic experiment (Andén, Katsevich & Singer 2015) on 50S states.
+"""Heterogeneity benchmark: the synthetic experiment of Andén, Katsevich & Singer (2015) on 50S states.
 
 n images of 64 × 64 (6.55 Å/px) from C of the 64³ 50S assembly states in tests/data/maps/50S_states,
 uniform random views, 7 CTF defocus groups 1.5–2.5 µm, white noise at SNR_het = E‖M_s(X_s − μ)‖² /

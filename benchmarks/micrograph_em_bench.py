@@ -1,4 +1,4 @@
-"""Micrograph EM benchmark: reconstruction straight from simulated micrographs (seed 001).
+"""Micrograph EM benchmark: reconstruction straight from simulated micrographs (Kreymer, Singer & Bendory 2025).
 
 Accuracy cases (haemoglobin EMD-3488 downsampled to L = 11, ℓ_max = 5 unless stated):
   * ``separated``          — well-separated particles, exact patch model (basis projections), no CTF;

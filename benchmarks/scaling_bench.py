@@ -61,7 +61,10 @@ def main():
     args = ap.parse_args()
     n, L, bs = (2000, 48, 250) if args.quick else (8000, 64, 500)
     n_small = 200
-    os.environ.setdefault("CRYOPRISM_FFT_WORKERS", "1")
+    if not os.environ.get("CRYOPRISM_FFT_WORKERS"):  # one FFT thread per worker unless asked otherwise
+        from cryoprism.parallel import configure
+
+        configure(fft_workers=1)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "stack.mrcs")
         angles = make_stack(path, n, L)

@@ -37,7 +37,7 @@ def test_cli_abinitio_writes_outputs(tmp_path, rng, capsys, method):
     t = read_star(out / "rotations.star").particles
     assert len(t) == 6 and {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"} <= set(t.columns)
     assert (out / "log_posterior.png").stat().st_size > 1000
-    assert (out / "checkpoints" / "refine.npz").exists()
+    assert (out / "checkpoints" / "refine.ckpt.npz").exists()
     # resume: everything already done → same rotations
     rc = main(["abinitio", str(star), "-o", str(out), "--method", method, "-K", "20",
                "--initial-components", "10", "--restarts", "2", "--initial-box", "16", "--refine-box", "24",
@@ -46,6 +46,9 @@ def test_cli_abinitio_writes_outputs(tmp_path, rng, capsys, method):
     assert rc == 0
     t2 = read_star(out / "rotations.star").particles
     assert np.allclose(t2["rlnAngleTilt"].to_numpy(), t["rlnAngleTilt"].to_numpy())
+    # resuming with other settings is refused (one line, exit 2), as is resuming where nothing ran
+    assert main(["abinitio", str(star), "-o", str(out), "--method", method, "--resume", "--seed", "3"]) == 2
+    assert main(["abinitio", str(star), "-o", str(tmp_path / "none"), "--resume"]) == 2
 
 
 def test_cli_bad_method(tmp_path):

@@ -186,11 +186,12 @@ def test_checkpoint_resume_is_exact(tmp_path, rng):
     mix, R, img = _small_problem(rng, n=4)
     job = dict(method="gibbs", images=img, pixel_size_A=4.0, ctf=None, K=5, n_counts=300, seed=7,
                n_rotations=50)
-    straight = pipeline.run_restart(pipeline.RestartJob(n_alternations=2, checkpoint=None, resume=False,
-                                                        **job))[0]
-    ck = str(tmp_path / "c.npz")
-    pipeline.run_restart(pipeline.RestartJob(n_alternations=1, checkpoint=ck, resume=False, **job))
-    resumed = pipeline.run_restart(pipeline.RestartJob(n_alternations=2, checkpoint=ck, resume=True,
+    from cryoprism.io.checkpoint import Checkpoints
+
+    straight = pipeline.run_restart(pipeline.RestartJob(n_alternations=2, **job))[0]
+    ck = tmp_path / "ck"
+    pipeline.run_restart(pipeline.RestartJob(n_alternations=1, checkpoints=Checkpoints(ck, {"t": 1}), **job))
+    resumed = pipeline.run_restart(pipeline.RestartJob(n_alternations=2, checkpoints=Checkpoints(ck, {"t": 1}, True),
                                                        **job))[0]
     assert resumed.iteration == 2
     assert np.allclose(resumed.means_A, straight.means_A)

@@ -5,13 +5,14 @@ import pytest
 
 from cryoprism.forward import gaussian_blob_volume, place_particles, simulate_micrographs
 from cryoprism.io import read_mrc, read_star
+from cryoprism.io.job import Job
 
 
 @pytest.mark.parametrize("sep,L", [("well-separated", 16), ("non-overlapping", 16)])
 def test_separation_respected(tmp_path, sep, L):
     vol = gaussian_blob_volume(L, [(0.0, 0.0, 0.0)], [2.0])
     r = simulate_micrographs(vol, 2, 256, 30, 2.0, separation=sep, snr=None, ctf=False, rng=0,
-                             keep_clean=True, progress=False, out_dir=tmp_path)
+                             keep_clean=True, progress=False, job=Job(tmp_path, "test", log_to_file=False))
     d = 2 * L if sep == "well-separated" else L
     for name, g in r.coordinates.groupby("rlnMicrographName"):
         xy = g[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()

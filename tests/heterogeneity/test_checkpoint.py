@@ -28,6 +28,14 @@ def small():
     return as_particles(imgs, rot, org, p, px)
 
 
+def _ck(tmp_path, resume, d, every_s=None, **settings):
+    """The checkpoints of a job in tmp_path/job, stamped with the prepared data ``d``."""
+    from cryoprism.io.job import Job
+
+    job = Job(tmp_path / "job", "test", resume=resume, every_s=every_s, log_to_file=False)
+    return open_checkpoints(job, d, **settings)
+
+
 def _prepared(src, N, oversample=1.0):
     d = prepare(src, N, oversample=oversample, progress=False)
     A = estimate_mean(d, progress=False)
@@ -59,11 +67,11 @@ def _interrupt(monkeypatch, obj, attr, at=None, method_factory=False):
 def test_dense_cg_interrupted_and_resumed_equals_uninterrupted(small, tmp_path, monkeypatch):
     d, _ = _prepared(small, 6)
     ref = covariance_full(d, maxiter=6, tol=0.0, progress=False)
-    ck_dir = tmp_path / "ck"
+    ck_dir = tmp_path / "job" / "checkpoints"
     box = _interrupt(monkeypatch, CovarianceKernel6, "apply", at=4)  # inside CG iteration 4
     with pytest.raises(KeyboardInterrupt):
         covariance_full(d, maxiter=6, tol=0.0, progress=False,
-                        checkpoints=open_checkpoints(ck_dir, False, d, every_s=0))
+                        checkpoints=_ck(tmp_path, False, d, every_s=0))
     monkeypatch.undo()
     assert load_npz(ck_dir / "covariance_cg.ckpt.npz")[1]["iteration"] == 3
     assert (ck_dir / "kernel6.ckpt.npz").exists()
@@ -71,7 +79,7 @@ def test_dense_cg_interrupted_and_resumed_equals_uninterrupted(small, tmp_path, 
     monkeypatch.setattr(cov_mod, "build_kernel6", lambda *a, **k: pytest.fail("kernel rebuilt"))
     box = _interrupt(monkeypatch, CovarianceKernel6, "apply")
     res = covariance_full(d, maxiter=6, tol=0.0, progress=False,
-                          checkpoints=open_checkpoints(ck_dir, True, d, every_s=0))
+                          checkpoints=_ck(tmp_path, True, d, every_s=0))
     assert box["calls"] == 3 and res.iterations == 6
     S, S0 = res.info["sigma"], ref.info["sigma"]
     np.testing.assert_allclose(S, S0, rtol=0, atol=1e-10 * np.abs(S0).max())
@@ -82,18 +90,18 @@ def test_lowrank_interrupted_twice_and_resumed_equals_uninterrupted(small, tmp_p
     d, A = _prepared(small, 6, oversample=1.5)
     kw = dict(block=3, steps=3, maxiter=6, seed=1, progress=False)
     ref = covariance_lowrank(d, A, **kw)
-    ck_dir = tmp_path / "ck"
+    ck_dir = tmp_path / "job" / "checkpoints"
     # 1. Ctrl-C in the second range-finder step (each step applies the data term once)
     _interrupt(monkeypatch, cov_mod, "apply_data_term", at=2)
     with pytest.raises(KeyboardInterrupt):
-        covariance_lowrank(d, A, checkpoints=open_checkpoints(ck_dir, False, d, every_s=0), **kw)
+        covariance_lowrank(d, A, checkpoints=_ck(tmp_path, False, d, every_s=0), **kw)
     monkeypatch.undo()
     assert load_npz(ck_dir / "range_basis.ckpt.npz")[1]["steps_done"] == 1
     # 2. resume; Ctrl-C in PCG iteration 4
     box = _interrupt(monkeypatch, cov_mod, "apply_data_term")
     _interrupt(monkeypatch, SubspaceSystem, "operator", at=4, method_factory=True)
     with pytest.raises(KeyboardInterrupt):
-        covariance_lowrank(d, A, checkpoints=open_checkpoints(ck_dir, True, d, every_s=0), **kw)
+        covariance_lowrank(d, A, checkpoints=_ck(tmp_path, True, d, every_s=0), **kw)
     monkeypatch.undo()
     assert box["calls"] == 2  # steps 2 and 3 only
     assert load_npz(ck_dir / "covariance_pcg.ckpt.npz")[1]["iteration"] == 3
@@ -102,7 +110,7 @@ def test_lowrank_interrupted_twice_and_resumed_equals_uninterrupted(small, tmp_p
     monkeypatch.setattr("cryoprism.heterogeneity.data.subspace_statistics",
                         lambda *a, **k: pytest.fail("statistics recomputed"))
     box = _interrupt(monkeypatch, SubspaceSystem, "operator", method_factory=True)
-    res = covariance_lowrank(d, A, checkpoints=open_checkpoints(ck_dir, True, d, every_s=0), **kw)
+    res = covariance_lowrank(d, A, checkpoints=_ck(tmp_path, True, d, every_s=0), **kw)
     assert box["calls"] == 3
     np.testing.assert_allclose(res.eigenvalues, ref.eigenvalues, rtol=0,
                                atol=1e-10 * np.abs(ref.eigenvalues).max())
@@ -111,15 +119,14 @@ def test_lowrank_interrupted_twice_and_resumed_equals_uninterrupted(small, tmp_p
 
 def test_checkpoint_of_other_data_is_refused(small, tmp_path):
     d, _ = _prepared(small, 6)
-    ck_dir = tmp_path / "ck"
-    covariance_full(d, maxiter=2, progress=False, checkpoints=open_checkpoints(ck_dir, False, d))
+    covariance_full(d, maxiter=2, progress=False, checkpoints=_ck(tmp_path, False, d))
     d2, _ = _prepared(small, 6)
     d2.images = d2.images.copy()
     d2.images[5] *= 1.01
     with pytest.raises(InputError, match="data_digest"):
-        open_checkpoints(ck_dir, True, d2)
+        _ck(tmp_path, True, d2)
     with pytest.raises(InputError, match=r"cg_iterations \(checkpoint <absent>, now 4\)"):
-        open_checkpoints(ck_dir, True, d, cg_iterations=4)
+        _ck(tmp_path, True, d, cg_iterations=4)
 
 
 def _simulate_star(tmp_path, n=200):
@@ -153,7 +160,7 @@ def test_cli_interrupt_leaves_no_outputs_and_resume_matches(tmp_path, monkeypatc
     assert main(args + ["-o", str(out)]) == 130
     monkeypatch.undo()
     outputs = sorted(f.name for f in out.iterdir())
-    assert outputs == ["checkpoints"], outputs  # no eigenvalues.csv, class maps or partial files
+    assert outputs == ["checkpoints", "job.log"], outputs  # no eigenvalues.csv, class maps or partial files
     cks = sorted(f.name for f in (out / "checkpoints").iterdir())
     assert "mean_cg.ckpt.npz" in cks and not [f for f in cks if ".part" in f]
     # a different setting is refused, naming it; then the same command with --resume finishes

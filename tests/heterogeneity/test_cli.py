@@ -38,6 +38,15 @@ def test_cli_outputs(tmp_path):
     sub = read_star(out / "class_01.star").particles
     name = sub["rlnImageName"].iloc[0].split("@", 1)[1]
     assert (out / name).resolve().exists()
+    # volumes at the input box and pixel size (the analysis ran at N_res = 8); the summary file
+    from cryoprism.io import read_mrc
+
+    v, vs = read_mrc(out / "class_01.mrc")
+    assert v.shape == (16, 16, 16) and abs(vs - 4.0) < 1e-6
+    import json
+
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["command"] == "heterogeneity" and summ["states"] == 2 and "report.png" in summ["files"]
 
 
 def test_cli_missing_file_is_one_line_error(tmp_path, capsys):

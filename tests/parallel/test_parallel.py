@@ -63,9 +63,14 @@ def test_cluster_equals_in_process(cluster):
     assert np.array_equal(local, remote)
 
 
-def test_env_scheduler_is_used(cluster, monkeypatch):
-    monkeypatch.setenv("CRYOPRISM_SCHEDULER", cluster.scheduler_address)
-    pids = map_batches(lambda _: os.getpid(), list(range(8)), progress=False)
+def test_settings_scheduler_is_used(cluster):
+    from cryoprism.parallel.config import configure, reset
+
+    configure(scheduler=cluster.scheduler_address)
+    try:
+        pids = map_batches(lambda _: os.getpid(), list(range(8)), progress=False)
+    finally:
+        reset()
     assert os.getpid() not in pids  # ran in the cluster's worker processes
 
 

@@ -84,19 +84,25 @@ def test_cg_continued_from_any_iteration_equals_uninterrupted(precond):
     assert np.linalg.norm(x - np.linalg.solve(M, b)) < 1e-2 * np.linalg.norm(np.linalg.solve(M, b))
 
 
+def _job(folder, every_s=None, resume=False):
+    from cryoprism.io.job import Job
+
+    return Job(folder, "test", resume=resume, every_s=every_s, log_to_file=False)
+
+
 def test_resume_to_6_equals_uninterrupted_6(particles, tmp_path, monkeypatch):
     imgs, A, org, p, px = particles
     kw = dict(regularization=0.0, tol=0.0, progress=False)
     ref = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=6, **kw)
     assert ref.iterations == 6
     ck = tmp_path / "ck"
-    r3 = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=3, checkpoint_dir=ck, checkpoint_every_s=0, **kw)
+    r3 = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=3, job=_job(ck, every_s=0), **kw)
     assert r3.iterations == 3
-    a, meta = load_npz(ck / "full.ckpt.npz")
+    a, meta = load_npz(ck / "checkpoints" / "full.ckpt.npz")
     assert meta["iteration"] == 3 and set(a) == {"x", "r", "p"}
-    assert (ck / "normal_equations.ckpt.npz").exists()
+    assert (ck / "checkpoints" / "normal_equations.ckpt.npz").exists()
     count = _Interrupt(monkeypatch)
-    r6 = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=6, checkpoint_dir=ck, resume=True, **kw)
+    r6 = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=6, job=_job(ck, resume=True), **kw)
     assert r6.iterations == 6 and count.calls == 3  # only iterations 4..6 were run
     np.testing.assert_allclose(r6.volume, ref.volume, rtol=0, atol=1e-10 * np.abs(ref.volume).max())
     assert abs(r6.residual - ref.residual) <= 1e-10 * ref.residual
@@ -110,13 +116,13 @@ def test_keyboard_interrupt_leaves_last_complete_checkpoint(particles, tmp_path,
     # from x0 = 0 the k-th kernel application is CG iteration k: interrupt inside iteration 4
     _Interrupt(monkeypatch, at=4)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, checkpoint_every_s=0, **kw)
+        reconstruct_mean(_src(imgs, A, org, p, px), job=_job(ck, every_s=0), **kw)
     monkeypatch.undo()
-    _, meta = load_npz(ck / "full.ckpt.npz")
+    _, meta = load_npz(ck / "checkpoints" / "full.ckpt.npz")
     assert meta["iteration"] == 3
-    assert not [f for f in ck.iterdir() if ".part" in f.name]  # no half-written checkpoint left
+    assert not [f for f in (ck / "checkpoints").iterdir() if ".part" in f.name]  # no half-written checkpoint left
     count = _Interrupt(monkeypatch)
-    res = reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, resume=True, **kw)
+    res = reconstruct_mean(_src(imgs, A, org, p, px), job=_job(ck, resume=True), **kw)
     assert count.calls == 3
     np.testing.assert_allclose(res.volume, ref.volume, rtol=0, atol=1e-10 * np.abs(ref.volume).max())
 
@@ -129,11 +135,12 @@ def test_auto_with_halfmaps_resumes_exactly(particles, tmp_path, monkeypatch):
     # pilots: 2 × (4 iterations + 1 residual), half 1: 1 + 5; half 2: 1 + 1 done, stop in its 2nd
     _Interrupt(monkeypatch, at=19)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, checkpoint_every_s=0, **kw)
+        reconstruct_mean(_src(imgs, A, org, p, px), job=_job(ck, every_s=0), **kw)
     monkeypatch.undo()
-    assert (ck / "half2.ckpt.npz").exists() and not (ck / "full.ckpt.npz").exists()
+    assert (ck / "checkpoints" / "half2.ckpt.npz").exists()
+    assert not (ck / "checkpoints" / "full.ckpt.npz").exists()
     count = _Interrupt(monkeypatch)
-    res = reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, resume=True, **kw)
+    res = reconstruct_mean(_src(imgs, A, org, p, px), job=_job(ck, resume=True), **kw)
     assert count.calls == 12  # pilot residuals 2, half 2: iterations 2..5, full: 1 + 5
     for got, want in [(res.volume, ref.volume), *zip(res.half_maps, ref.half_maps)]:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
@@ -144,18 +151,18 @@ def test_checkpoint_from_other_inputs_is_refused(particles, tmp_path):
     imgs, A, org, p, px = particles
     kw = dict(regularization=0.0, tol=0.0, maxiter=2, progress=False)
     ck = tmp_path / "ck"
-    reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, **kw)
+    reconstruct_mean(_src(imgs, A, org, p, px), job=_job(ck), **kw)
     A2 = A.copy()
     A2[7] = A2[7] @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])
     with pytest.raises(InputError, match="poses_ctf_digest"):
-        reconstruct_mean(_src(imgs, A2, org, p, px), checkpoint_dir=ck, resume=True, **kw)
+        reconstruct_mean(_src(imgs, A2, org, p, px), job=_job(ck, resume=True), **kw)
     with pytest.raises(InputError, match=r"n_images \(checkpoint 150, now 149\)"):
-        reconstruct_mean(_src(imgs[:-1], A[:-1], org[:-1], p.take(np.arange(149)), px), checkpoint_dir=ck,
-                         resume=True, **kw)
+        reconstruct_mean(_src(imgs[:-1], A[:-1], org[:-1], p.take(np.arange(149)), px),
+                         job=_job(ck, resume=True), **kw)
     with pytest.raises(InputError, match="regularization"):
-        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=ck, resume=True, **{**kw, "regularization": 1.0})
+        reconstruct_mean(_src(imgs, A, org, p, px), job=_job(ck, resume=True), **{**kw, "regularization": 1.0})
     with pytest.raises(InputError, match="no checkpoint"):
-        reconstruct_mean(_src(imgs, A, org, p, px), checkpoint_dir=tmp_path / "empty", resume=True, **kw)
+        reconstruct_mean(_src(imgs, A, org, p, px), job=_job(tmp_path / "empty", resume=True), **kw)
 
 
 def test_checkpoints_throttle_and_fresh_start(tmp_path):
@@ -189,13 +196,16 @@ def test_cli_interrupt_then_resume(particles, tmp_path, monkeypatch):
                  "--seed", "1"]) == 0
     args = ["reconstruct", str(star), "--regularization", "0", "--maxiter", "6", "--tol", "0"]
     assert main(args + ["-o", str(tmp_path / "ref.mrc")]) == 0
-    out, ck = tmp_path / "out.mrc", tmp_path / "ck"
+    job = tmp_path / "job"
+    out, ck = job / "volume.mrc", job / "checkpoints"
     _Interrupt(monkeypatch, at=4)
-    assert main(args + ["-o", str(out), "--checkpoint-dir", str(ck)]) == 130
+    assert main(args + ["-o", str(job)]) == 130
     monkeypatch.undo()
-    assert not out.exists() and not [f for f in tmp_path.iterdir() if ".part" in f.name]
+    assert not out.exists() and not [f for f in job.iterdir() if ".part" in f.name]
     assert (ck / "full.ckpt.npz").exists()
-    assert main(args + ["-o", str(out), "--checkpoint-dir", str(ck), "--resume"]) == 0
+    assert main(args + ["-o", str(job), "--resume"]) == 0
     got, want = read_mrc(out)[0], read_mrc(tmp_path / "ref.mrc")[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
-    assert main(args + ["-o", str(out), "--resume"]) == 2  # --resume without a folder: one-line error
+    # --resume with other settings, or where no run left checkpoints: one-line error, exit 2
+    assert main(args[:-2] + ["--tol", "1e-3", "-o", str(job), "--resume"]) == 2
+    assert main(args + ["-o", str(tmp_path / "elsewhere"), "--resume"]) == 2

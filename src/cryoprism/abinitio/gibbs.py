@@ -1,6 +1,6 @@
 """Gibbs sampler for Gaussian-mixture initial models from images with unknown rotations.
 
-Seed 004, Algorithm 1 ("Poisson"/count model; conditionals as corrected in the thesis digest §2).
+the Gaussian-mixture thesis, Algorithm 1 ("Poisson"/count model; conditionals as corrected in the thesis digest §2).
 Each non-negative image is discretised into counts ``y_ij`` at pixel centres ``x_ij`` (Å); a count
 is a 2-D point drawn from the projected mixture ``Σ_k w_k N₂(x | P_o(R_i μ_k + t_i), s⁻¹ I)``.
 Latent variables: the component of every count and its missing depth (particle-frame z). With them
@@ -121,7 +121,7 @@ def count_data(counts, pixel_size_A: float) -> CountData:
 
 
 def default_priors(data: CountData, **kw) -> Priors:
-    """``r`` = precision of one isotropic Gaussian fitted to the counts (seed 004 default)."""
+    """``r`` = precision of one isotropic Gaussian fitted to the counts (the Gaussian-mixture thesis default)."""
     d, w = data.pixels_A, data.pixel_counts.astype(np.float64)
     tot = np.maximum(np.bincount(data.image_of, weights=w, minlength=data.n), 1)
     cen = np.stack([np.bincount(data.image_of, weights=w * d[:, a], minlength=data.n) / tot
@@ -424,7 +424,7 @@ def full_sweep(state: ChainState, data: CountData, priors: Priors, rng, shifts: 
 
 def initial_state(data: CountData, K: int, priors: Priors, rng,
                   precision_invA2: float | None = None) -> ChainState:
-    """Mixture and rotations drawn from the prior, translations zero (seed 004, §3.4.1)."""
+    """Mixture and rotations drawn from the prior, translations zero (the Gaussian-mixture thesis, §3.4.1)."""
     means = rng.standard_normal((K, 3)) / np.sqrt(priors.mean_precision_invA2)
     s = priors.s_shape / priors.s_rate_A2 if precision_invA2 is None else precision_invA2
     return ChainState(means, float(s), np.full(K, 1.0 / K), uniform_rotations(data.n, rng),
@@ -433,7 +433,7 @@ def initial_state(data: CountData, K: int, priors: Priors, rng,
 
 @dataclass(frozen=True)
 class StageSettings:
-    """Initial-stage settings (seed 004 defaults: K 100–200, 32² images, N₀ = 1000, N_R = 1000)."""
+    """Initial-stage settings (the Gaussian-mixture thesis defaults: K 100–200, 32² images, N₀ = 1000, N_R = 1000)."""
 
     n_alternations: int = 10
     mixture_sweeps: int = 10
@@ -471,7 +471,7 @@ def run_initial_stage(data: CountData, K: int, priors: Priors, rng, settings: St
 
 
 def sample_mixture(mix: GaussianMixture, K: int, rng, precision_invA2: float | None = None) -> np.ndarray:
-    """``K`` points drawn from a mixture (to seed a refinement with more components)."""
+    """``K`` points drawn from a mixture (to start a refinement with more components)."""
     k = rng.choice(mix.K, size=K, p=np.asarray(mix.weights) / np.sum(mix.weights))
     return mix.means_A[k] + rng.standard_normal((K, 3)) / np.sqrt(mix.precision_invA2)
 

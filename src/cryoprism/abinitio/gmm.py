@@ -18,7 +18,6 @@ evaluated exactly at pixel centres (no interpolation). See docs/abinitio.md.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +167,7 @@ def fit_mixture_em(volume, pixel_size_A: float, K: int, n_iter: int = 60, sigma_
 
     Voxels above ``threshold`` (default: 0) count with weight ``value − threshold``; the weights are
     scaled to sum to the number of such voxels (the number of "points"). E-step responsibilities use
-    the 5σ windows: ``r_vk = w_k N(x_v|μ_k) / Σ_k' w_k' N(x_v|μ_k')``. M-step (seed 004, digest §2,
+    the 5σ windows: ``r_vk = w_k N(x_v|μ_k) / Σ_k' w_k' N(x_v|μ_k')``. M-step (the Gaussian-mixture thesis, digest §2,
     with a flat mean prior): ``μ_k = Σ_v y_v r_vk x_v / N_k``,
     ``s = (3N + 2(a−1)) / (Σ y r ‖x − μ‖² + 2b)``, ``w_k ∝ N_k + α₀ − 1``.
     """
@@ -218,7 +217,7 @@ def fit_mixture_em(volume, pixel_size_A: float, K: int, n_iter: int = 60, sigma_
             d = rel - (new_mu[k0:k1] - mu[k0:k1])[:, None, :]
             sq += float(np.einsum("cw,cwi,cwi->", yr, d, d))
         empty = Nk < 1e-8
-        if np.any(empty):  # re-seed dead components on the density
+        if np.any(empty):  # re-initialise dead components on the density
             new_mu[empty] = coords[rng.choice(L ** 3, size=int(empty.sum()), p=y / y.sum())]
         mu = new_mu
         N = Nk.sum()
@@ -232,7 +231,7 @@ def fit_mixture_em(volume, pixel_size_A: float, K: int, n_iter: int = 60, sigma_
 def fit_mixture_gibbs(volume, pixel_size_A: float, K: int, n_sweeps: int = 100,
                       n_counts: int = 20000, rng=None, prior_a: float = 1.0, prior_b: float = 0.0,
                       alpha0: float = 10.0, burn_in: int | None = None, thin: int = 5):
-    """Gibbs fit of a mixture to a map (seed 004, §2.2.3 on counts): the map is discretised into
+    """Gibbs fit of a mixture to a map (the Gaussian-mixture thesis, §2.2.3 on counts): the map is discretised into
     ``n_counts`` points at voxel centres (multinomial with probabilities ∝ positive voxel values),
     then assignments, weights, means (flat prior) and the precision are sampled in turn.
 
@@ -289,17 +288,22 @@ def categorical(logp, rng) -> np.ndarray:
 # I/O
 
 
+def mixture_table(mix: GaussianMixture):
+    """The mixture as a table: columns x_A, y_A, z_A, weight, sigma_A (σ repeated per row)."""
+    import pandas as pd
+
+    m = np.asarray(mix.means_A, dtype=np.float64)
+    return pd.DataFrame({"x_A": np.round(m[:, 0], 4), "y_A": np.round(m[:, 1], 4), "z_A": np.round(m[:, 2], 4),
+                         "weight": np.asarray(mix.weights, dtype=np.float64),
+                         "sigma_A": np.full(len(m), round(float(mix.sigma_A), 4))})
+
+
 def write_mixture_csv(path, mix: GaussianMixture) -> None:
-    """CSV with columns x_A, y_A, z_A, weight, sigma_A (σ repeated per row), written atomically."""
+    """:func:`mixture_table` as CSV, written atomically."""
     from cryoprism.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(["x_A", "y_A", "z_A", "weight", "sigma_A"])
-            for m, w in zip(np.asarray(mix.means_A), np.asarray(mix.weights)):
-                wr.writerow([f"{m[0]:.4f}", f"{m[1]:.4f}", f"{m[2]:.4f}", f"{w:.8g}",
-                             f"{mix.sigma_A:.4f}"])
+        mixture_table(mix).to_csv(tmp, index=False)
 
 
 def read_mixture_csv(path) -> GaussianMixture:

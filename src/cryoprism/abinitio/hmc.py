@@ -1,4 +1,4 @@
-"""HMC within Gibbs for the Gaussian-noise mixture model (seed 004, Algorithm 2), with the CTF.
+"""HMC within Gibbs for the Gaussian-noise mixture model (the Gaussian-mixture thesis, Algorithm 2), with the CTF.
 
 Model (Å units, RELION rotations ``A_i`` = the thesis' ``R_i``, ``t_i = −origin_i``)::
 

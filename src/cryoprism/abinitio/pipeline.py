@@ -1,24 +1,23 @@
-"""Two-stage ab-initio protocol (seed 004, §3.4): restarts of a small initial stage ranked by
-log-posterior, then a refinement with more components and the posterior-mean map.
+"""Two-stage ab-initio protocol (the Gaussian-mixture thesis, §3.4): restarts of a small initial stage ranked
+by log-posterior, then a refinement with more components and the posterior-mean map.
 
 Restarts run in parallel through :func:`cryoprism.parallel.map_batches` (threads by default,
-``processes=True`` for a local dask cluster, or a scheduler address). Every chain writes an ``.npz``
-checkpoint atomically after each alternation / every ``thin`` sweeps, with its random-generator
-state, so ``resume=True`` continues a run exactly where it stopped.
+``processes=True`` for a local dask cluster, or a scheduler address). With a job
+(:class:`cryoprism.io.job.Job`) every chain saves a checkpoint (the job's one format, fingerprinted
+with the images and settings) after each alternation / every ``thin`` sweeps, with its
+random-generator state, so ``job.resume`` continues a run exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from cryoprism.abinitio import gibbs, hmc
 from cryoprism.abinitio.gmm import GaussianMixture, fit_mixture_em, render_volume
 from cryoprism.fourier.resample import downsample
-from cryoprism.io.atomic import atomic_path
 from cryoprism.io.particles import ParticleSource, ParticleStack
 from cryoprism.parallel.core import map_batches
 
@@ -47,35 +46,39 @@ def _rng_from_str(s: str):
     return np.random.Generator(bg)
 
 
-def save_checkpoint(path, state, rng, stage: str, samples=None) -> None:
-    """Write a chain (Gibbs or HMC) state, its generator and its thinned samples to ``path`` (.npz)."""
-    d = {"stage": stage, "rng": _rng_to_str(rng), "iteration": state.iteration,
-         "log_posterior": np.asarray(state.log_posterior, dtype=np.float64),
-         "means_A": state.means_A, "precision_invA2": state.precision_invA2,
-         "rotations": state.rotations, "shifts_A": state.shifts_A}
+def save_checkpoint(checkpoints, name: str, state, rng, stage: str, samples=None) -> None:
+    """Save a chain (Gibbs or HMC) state, its generator and its thinned samples as ``name`` in
+    ``checkpoints`` (:class:`cryoprism.io.checkpoint.Checkpoints`)."""
+    arrays = {"log_posterior": np.asarray(state.log_posterior, dtype=np.float64), "means_A": state.means_A,
+              "rotations": state.rotations, "shifts_A": state.shifts_A}
+    meta = {"stage": stage, "rng": _rng_to_str(rng), "iteration": int(state.iteration),
+            "precision_invA2": float(state.precision_invA2)}
     if isinstance(state, hmc.HMCState):
-        d.update(kind="hmc", scales=state.scales, beta=state.beta, eps_means=state.eps_means,
-                 eps_rot=np.full(state.rotations.shape[0], 0.01) if state.eps_rot is None else state.eps_rot)
+        arrays.update(scales=state.scales, eps_rot=np.full(state.rotations.shape[0], 0.01)
+                      if state.eps_rot is None else state.eps_rot)
+        meta.update(kind="hmc", beta=float(state.beta), eps_means=float(state.eps_means))
     else:
-        d.update(kind="gibbs", weights=state.weights)
+        arrays["weights"] = state.weights
+        meta["kind"] = "gibbs"
     if samples:
-        d["sample_means_A"] = np.stack([s.means_A for s in samples])
-        d["sample_precision"] = np.array([s.precision_invA2 for s in samples])
-        d["sample_weights"] = np.stack([s.mixture.weights for s in samples])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **d)
+        arrays["sample_means_A"] = np.stack([s.means_A for s in samples])
+        arrays["sample_precision"] = np.array([s.precision_invA2 for s in samples])
+        arrays["sample_weights"] = np.stack([s.mixture.weights for s in samples])
+    checkpoints.save(name, arrays, **meta)
 
 
-def load_checkpoint(path):
-    """``(state, rng, stage, samples)`` from :func:`save_checkpoint`."""
-    z = np.load(path, allow_pickle=False)
-    kind = str(z["kind"])
-    common = dict(means_A=z["means_A"], precision_invA2=float(z["precision_invA2"]),
-                  rotations=z["rotations"], shifts_A=z["shifts_A"], iteration=int(z["iteration"]),
+def load_checkpoint(checkpoints, name: str):
+    """``(state, rng, stage, samples)`` saved by :func:`save_checkpoint`, or None (not resuming, or
+    no such checkpoint). A checkpoint from other inputs or settings raises ``InputError``."""
+    got = checkpoints.load(name) if checkpoints is not None else None
+    if got is None:
+        return None
+    z, meta = got
+    common = dict(means_A=z["means_A"], precision_invA2=float(meta["precision_invA2"]),
+                  rotations=z["rotations"], shifts_A=z["shifts_A"], iteration=int(meta["iteration"]),
                   log_posterior=list(z["log_posterior"]))
-    if kind == "hmc":
-        st = hmc.HMCState(scales=z["scales"], beta=float(z["beta"]), eps_means=float(z["eps_means"]),
+    if meta["kind"] == "hmc":
+        st = hmc.HMCState(scales=z["scales"], beta=float(meta["beta"]), eps_means=float(meta["eps_means"]),
                           eps_rot=z["eps_rot"], **common)
     else:
         st = gibbs.ChainState(weights=z["weights"], **common)
@@ -83,7 +86,7 @@ def load_checkpoint(path):
     if "sample_means_A" in z:
         for m, s, w in zip(z["sample_means_A"], z["sample_precision"], z["sample_weights"]):
             samples.append(GaussianMixture(m, float(s), w))
-    return st, _rng_from_str(str(z["rng"])), str(z["stage"]), samples
+    return st, _rng_from_str(str(meta["rng"])), str(meta["stage"]), samples
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,8 +106,8 @@ class RestartJob:
     seed: int
     n_alternations: int
     n_rotations: int
-    checkpoint: str | None
-    resume: bool
+    checkpoints: object | None = None   # cryoprism.io.checkpoint.Checkpoints (picklable)
+    name: str = "restart"
 
 
 def run_restart(job: RestartJob):
@@ -112,11 +115,12 @@ def run_restart(job: RestartJob):
     import time
 
     t0 = time.perf_counter()
-    ck = Path(job.checkpoint) if job.checkpoint else None
+    ck = job.checkpoints
     state, rng = None, np.random.default_rng(job.seed)
-    if ck is not None and job.resume and ck.exists():
-        state, rng, _, _ = load_checkpoint(ck)
-    save = (lambda st: save_checkpoint(ck, st, rng, "initial")) if ck is not None else None
+    got = load_checkpoint(ck, job.name)
+    if got is not None:
+        state, rng, _, _ = got
+    save = (lambda st: save_checkpoint(ck, job.name, st, rng, "initial")) if ck is not None else None
     if job.method == "gibbs":
         data = gibbs.count_data(gibbs.images_to_counts(job.images, job.n_counts), job.pixel_size_A)
         pri = gibbs.default_priors(data)
@@ -206,8 +210,8 @@ def run_abinitio(source: ParticleSource, *, method: str = "gibbs", K_initial: in
                  K_refine: int = 1000, restarts: int = 4, initial_box: int = 32,
                  refine_box: int = 64, n_counts_initial: int = 1000, n_counts_refine: int = 20000,
                  n_alternations: int | None = None, n_rotations: int = 1000, refine_sweeps: int | None = None,
-                 burn_in: int | None = None, thin: int | None = None, seed: int = 0, workdir=None,
-                 resume: bool = False, processes: bool = False, scheduler: str | None = None,
+                 burn_in: int | None = None, thin: int | None = None, seed: int = 0, job=None,
+                 processes: bool = False, scheduler: str | None = None,
                  progress: bool = True, refine_init: str = "reconstruction") -> AbinitioResult:
     """The whole protocol on the particles of ``source`` (``io.ParticleSource``; their poses are not
     used). The images are read once, in batches, and Fourier-cropped to the two stage boxes. HMC uses
@@ -221,7 +225,11 @@ def run_abinitio(source: ParticleSource, *, method: str = "gibbs", K_initial: in
 
     ``refine_sweeps`` / ``thin`` default to :data:`REFINE_DEFAULTS` of the method (Gibbs: 20 sweeps,
     thin 5 — the count-model chain broadens its σ with more sweeps, docs/abinitio.md; HMC: 60, 10);
-    ``burn_in`` to half the sweeps."""
+    ``burn_in`` to half the sweeps.
+
+    ``job`` (:class:`cryoprism.io.job.Job`): checkpoint every chain in it (fingerprint: the images, the
+    CTF and the settings; ``job.resume`` continues) and write the outputs through it
+    (:func:`write_outputs`, with the source's STAR rows and optics for rotations.star)."""
     import time
 
     L, pixel_size_A = source.box, source.pixel_size_A
@@ -237,15 +245,22 @@ def run_abinitio(source: ParticleSource, *, method: str = "gibbs", K_initial: in
     Lr = min(refine_box, L)
     px_i = pixel_size_A * L / Li
     px_r = pixel_size_A * L / Lr
-    wd = Path(workdir) if workdir is not None else None
-    if wd is not None:
-        wd.mkdir(parents=True, exist_ok=True)
     use_ctf = method == "hmc" and source.has_ctf
     cropped, ctfs = read_cropped(source, sorted({Li, Lr}), use_ctf)
     small, ctf_i = cropped[Li], ctfs[Li]
+    ck = None
+    if job is not None:
+        from cryoprism.io.checkpoint import digest
+
+        job.add_inputs(images=digest(cropped[Lr]), ctf=digest(ctfs[Lr]), pixel_size_A=float(pixel_size_A),
+                       abinitio=dict(method=method, K_initial=K_initial, K_refine=K_refine, restarts=restarts,
+                                     initial_box=Li, refine_box=Lr, n_counts_initial=n_counts_initial,
+                                     n_counts_refine=n_counts_refine, n_alternations=n_alternations,
+                                     n_rotations=n_rotations, refine_sweeps=refine_sweeps, thin=thin,
+                                     burn_in=burn_in, seed=seed, refine_init=refine_init))
+        ck = job.checkpoints
     jobs = [RestartJob(method, small, px_i, ctf_i, K_initial, n_counts_initial, seed * 1000 + r,
-                       n_alternations, n_rotations,
-                       str(wd / f"restart_{r}.npz") if wd is not None else None, resume)
+                       n_alternations, n_rotations, ck, f"restart_{r}")
             for r in range(restarts)]
     t0 = time.perf_counter()
     outs = map_batches(run_restart, jobs, processes=processes, scheduler=scheduler,
@@ -258,12 +273,12 @@ def run_abinitio(source: ParticleSource, *, method: str = "gibbs", K_initial: in
     t0 = time.perf_counter()
     big = cropped[Lr]
     burn_in = refine_sweeps // 2 if burn_in is None else burn_in
-    ck = wd / "refine.npz" if wd is not None else None
     rng = np.random.default_rng(seed * 1000 + 999)
     state, samples = None, []
-    if ck is not None and resume and ck.exists():
-        state, rng, _, samples = load_checkpoint(ck)
-    save = (lambda st, smp: save_checkpoint(ck, st, rng, "refine", smp)) if ck is not None else None
+    got = load_checkpoint(ck, "refine")
+    if got is not None:
+        state, rng, _, samples = got
+    save = (lambda st, smp: save_checkpoint(ck, "refine", st, rng, "refine", smp)) if ck is not None else None
     if method == "gibbs":
         data = gibbs.count_data(gibbs.images_to_counts(big, n_counts_refine), px_r)
         pri = gibbs.default_priors(data)
@@ -304,9 +319,39 @@ def run_abinitio(source: ParticleSource, *, method: str = "gibbs", K_initial: in
     mixes = [s.mixture if hasattr(s, "mixture") else s for s in samples] or [state.mixture]
     vol = np.mean([render_volume(m, L, pixel_size_A) for m in mixes], axis=0).astype(np.float32)
     t_ref = time.perf_counter() - t0
-    return AbinitioResult(vol, float(pixel_size_A), state.mixture, state.rotations,
-                          -np.asarray(state.shifts_A), lps, best,
-                          [list(o[0].log_posterior) for o in outs], list(state.log_posterior),
-                          {"initial_stage_s": t_init, "initial_per_restart_s": [float(o[2]) for o in outs],
-                           "refinement_s": t_ref},
-                          [o[0].rotations for o in outs])
+    res = AbinitioResult(vol, float(pixel_size_A), state.mixture, state.rotations,
+                         -np.asarray(state.shifts_A), lps, best,
+                         [list(o[0].log_posterior) for o in outs], list(state.log_posterior),
+                         {"initial_stage_s": t_init, "initial_per_restart_s": [float(o[2]) for o in outs],
+                          "refinement_s": t_ref},
+                         [o[0].rotations for o in outs])
+    if job is not None:
+        write_outputs(job, res, source.table, source.optics)
+    return res
+
+
+def write_outputs(job, res: AbinitioResult, table=None, optics=None) -> None:
+    """Write an ab-initio result through ``job``: initial_model.mrc (posterior mean, input box and
+    pixel size), mixture.csv (x_A, y_A, z_A in Å from the box centre, weight, sigma_A), rotations.star
+    (``table``'s rows and columns with rlnAngleRot/Tilt/Psi in degrees and rlnOriginX/YAngst in Å;
+    skipped without a table) and log_posterior.png; records the figures in the job's summary."""
+    from cryoprism.abinitio.gmm import mixture_table
+    from cryoprism.geometry.euler import matrix_to_euler
+    from cryoprism.report.plots import abinitio_trace_figure
+
+    outputs = [job.write_mrc("initial_model.mrc", res.volume, res.pixel_size_A),
+               job.write_csv("mixture.csv", mixture_table(res.mixture))]
+    if table is not None:
+        table = table.copy()
+        rot, tilt, psi = matrix_to_euler(res.rotations)
+        table["rlnAngleRot"], table["rlnAngleTilt"], table["rlnAnglePsi"] = rot, tilt, psi
+        table["rlnOriginXAngst"] = res.origins_A[:, 0]
+        table["rlnOriginYAngst"] = res.origins_A[:, 1]
+        table = table.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in table.columns])
+        outputs.append(job.write_star("rotations.star", table, optics))
+    outputs.append(job.save_figure("log_posterior.png", abinitio_trace_figure(
+        res.initial_traces, res.refinement_trace, res.best_restart), dpi=100))
+    job.record(best_restart=res.best_restart, restart_log_posteriors=res.restart_log_posteriors,
+               sigma_A=res.mixture.sigma_A, pixel_size_A=res.pixel_size_A, box=int(res.volume.shape[0]),
+               initial_stage_s=res.timings_s["initial_stage_s"], refinement_s=res.timings_s["refinement_s"],
+               outputs=outputs)

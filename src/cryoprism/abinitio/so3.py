@@ -1,7 +1,7 @@
 """Sampling on SO(3) for the ab-initio samplers: matrix-Fisher draws, exponential map, alignment.
 
 The matrix-Fisher distribution ``p(R) ∝ exp(tr(Fᵀ R))`` (Haar base measure) is the conditional of an
-image rotation in the Gibbs sampler (seed 004, digest §2 step 6). With the unit quaternion ``q`` of
+image rotation in the Gibbs sampler (the Gaussian-mixture thesis, digest §2 step 6). With the unit quaternion ``q`` of
 ``R`` (scalar first, docs of ``cryoprism.geometry.rotations``) every entry of ``R`` is a quadratic
 form in ``q``, so ``tr(Fᵀ R(q)) = qᵀ M(F) q`` and ``q`` follows a Bingham distribution on S³ (the
 Haar measure on SO(3) is the uniform measure on S³ pushed through the double cover). Bingham draws

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy.special import jn_zeros, jv
 
-from cryoprism.fourier.core import WORKERS
+from cryoprism.parallel.config import fft_workers, finufft_threads
 
 __all__ = ["FBBasis2D", "fb_basis_2d", "bessel_zeros_below"]
 
@@ -145,7 +145,7 @@ class FBBasis2D:
         f = np.ascontiguousarray(images, dtype=cdt)
         vals = finufft.nufft2d2(g["ty"].astype(f.real.dtype), g["tx"].astype(f.real.dtype), f,
                                 isign=-1, eps=max(self.eps, 1e-6 if cdt == np.complex64 else 1e-12),
-                                nthreads=_nthreads())
+                                nthreads=finufft_threads(1))
         vals = vals.reshape(images.shape[0], g["n_r"], g["n_phi"])
         return vals[0] if single else vals
 
@@ -153,7 +153,7 @@ class FBBasis2D:
         """``F_k(ρ_j) = ∫ Î(ρ_j, φ) e^{-ikφ} dφ`` for k = 0..k_max: ``(n, n_r, k_max+1)``."""
         pft = self.polar_ft(images)
         n_phi = self._grid["n_phi"]
-        Fk = sfft.fft(pft, axis=-1, workers=WORKERS)[..., : self.k_max + 1]
+        Fk = sfft.fft(pft, axis=-1, workers=fft_workers())[..., : self.k_max + 1]
         return Fk * (2 * np.pi / n_phi)
 
     def expand(self, images: np.ndarray) -> np.ndarray:
@@ -194,14 +194,14 @@ class FBBasis2D:
         full[..., :K] = G
         kk = np.arange(1, K)
         full[..., n_phi - kk] = ((-1.0) ** kk) * np.conj(G[..., 1:K])   # G_{-k} = (-1)^k conj(G_k)
-        vals = sfft.ifft(full, axis=-1, workers=WORKERS) * n_phi            # Î(ρ_j, φ_m)
+        vals = sfft.ifft(full, axis=-1, workers=fft_workers()) * n_phi            # Î(ρ_j, φ_m)
         vals *= (g["w_rho"] * (2 * np.pi / n_phi))[None, :, None]
         rdt = G.real.dtype
         img = finufft.nufft2d1(g["ty"].astype(rdt), g["tx"].astype(rdt),
                                np.ascontiguousarray(vals.reshape(G.shape[0], -1)),
                                n_modes=(self.L, self.L), isign=1,
                                eps=max(self.eps, 1e-6 if rdt == np.float32 else 1e-12),
-                               nthreads=_nthreads())
+                               nthreads=finufft_threads(1))
         return img.real
 
     def evaluate(self, coefs: np.ndarray) -> np.ndarray:
@@ -227,12 +227,6 @@ class FBBasis2D:
         """ℓ² norm of the images the coefficients represent (k > 0 counts twice)."""
         w = np.where(self.ks == 0, 1.0, 2.0)
         return np.sqrt((np.abs(coefs) ** 2 * w).sum(axis=-1))
-
-
-def _nthreads() -> int:
-    from cryoprism.parallel.core import default_workers
-
-    return default_workers()
 
 
 def fb_basis_2d(L: int, radius_px: float | None = None, bandlimit: float = 0.5,

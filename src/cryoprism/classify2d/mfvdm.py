@@ -5,7 +5,7 @@ its mirror ``J I_i`` (``J``: y → −y), whose FB coefficients are ``conj(a_i)`
 ``I_i ≈ R_α I_j`` gives edges (i, j) and (i+n, j+n) (the mirrors are related by R_{−α}); a reflected
 pair ``I_i ≈ R_α J I_j`` gives edges (i, j+n) and (i+n, j).
 
-Our transport matrices carry ``T_k(i, j) = e^{−ikα_ij}`` — the complex conjugate of the seed's
+Our transport matrices carry ``T_k(i, j) = e^{−ikα_ij}`` — the complex conjugate of Fan & Zhao's (2019)
 ``W_k(i, j) = e^{ikα_ij}`` (eq. 2) — so that ``(D⁻¹ T_k X)(i)`` averages FB coefficient rows of the
 neighbours rotated onto image i (``a_i ≈ e^{−ikα_ij} a_j``). Eigenvalues are the same and eigenvectors
 the conjugates, so the embedding, the affinity (eq. 7) and the alignment (eq. 9, with the opposite sign
@@ -153,7 +153,7 @@ def _eigen_alignment(Phi, i, node_j, n_angles):
 
 
 def spectral_filter(name: str):
-    """``h(λ)``: ``"2l-l2"`` → 2λ − λ² (forward–backward diffusion, the seed's default), ``"l"`` → λ."""
+    """``h(λ)``: ``"2l-l2"`` → 2λ − λ² (forward–backward diffusion, Fan & Zhao's (2019) default), ``"l"`` → λ."""
     if name in ("2l-l2", "2λ-λ²", "sharpen"):
         return lambda lam: 2 * lam - lam * lam
     if name in ("l", "λ", "average"):
@@ -185,7 +185,7 @@ class GraphFilter:
 
 
 def graph_filter(g: NeighborGraph, k: int, m: int | None = 50, h: str = "2l-l2") -> GraphFilter:
-    """Graph filter of angular frequency k (seed eq. 11 with the top-m eigenpairs; m=None: exact h(S_k))."""
+    """Graph filter of angular frequency k (Fan & Zhao 2019, eq. 11 with the top-m eigenpairs; m=None: exact h(S_k))."""
     d = g.degree
     dsqrt = np.sqrt(np.maximum(d, 1e-300))
     if m is None:

@@ -666,7 +666,7 @@ def coefficient_images(prep: Prepared, coefs: np.ndarray, H_eff: np.ndarray, wie
     """Images in input units from filtered whitened coefficients and their effective ``|C|/√NPS``.
 
     In the Fourier plane, per radial node: ``X̂ = G H̃ / (H̃² + ε mean(H̃²))`` — Wiener CTF correction
-    (seed eq. 13, regularized) that also recolours (H̃ carries 1/√NPS).
+    (Fan & Zhao 2019, eq. 13, regularized) that also recolours (H̃ carries 1/√NPS).
     """
     basis = prep.basis
     n = coefs.shape[0]
@@ -687,7 +687,7 @@ def coefficient_images(prep: Prepared, coefs: np.ndarray, H_eff: np.ndarray, wie
 
 
 def effective_ctf_profiles(prep: Prepared, filt0) -> np.ndarray:
-    """Effective ``|C|/√NPS`` after the k = 0 graph filter (seed: filtering the CTF coefficients)."""
+    """Effective ``|C|/√NPS`` after the k = 0 graph filter (Fan & Zhao 2019: filtering the CTF coefficients)."""
     X = np.concatenate([prep.H, prep.H], axis=0).astype(np.complex128)
     return np.abs(filt0.apply(X)[: prep.coefs.shape[0]].real)
 
@@ -699,7 +699,7 @@ def mfvdm_denoise(prep: Prepared, nb: Neighbors, m: int | None = None, h: str = 
 
     ``signal``: ``"spca"`` filters the coefficients projected on the kept sPCA subspace of each k,
     ``"raw"`` the full coefficients (of the angular frequencies sPCA keeps). ``m``: eigenpairs per k
-    (seed: 50); ``None`` applies the exact polynomial h(S_k).
+    (Fan & Zhao 2019: 50); ``None`` applies the exact polynomial h(S_k).
     """
     g = build_graph(nb)
     n = prep.coefs.shape[0]
@@ -862,3 +862,73 @@ def run_neighbors(source: ParticleSource, use_ctf: bool = True, method: str = "m
     if ck is not None:
         ck.save("neighbors", _neighbors_arrays(nb), method=method)
     return prep, nb
+
+
+@dataclass
+class ClassifyResult:
+    """Neighbours and class averages of a 2-D run (:func:`classify`)."""
+
+    prep: Prepared
+    nb: Neighbors
+    centres: np.ndarray       # rows of the input at the centre of each class
+    averages: np.ndarray      # (n_classes, L, L) CTF-corrected class averages
+
+
+def classify(source: ParticleSource, use_ctf: bool = True, *, method: str = "mfvdm", n_neighbors: int = 50,
+             k_max: int = 10, m: int = 50, mask_radius_px=None, centre: bool = False, n_classes: int = 100,
+             job=None, progress: bool = False) -> ClassifyResult:
+    """Rotation-invariant neighbours (:func:`run_neighbors`) and class averages of the particles of
+    ``source`` (``io.ParticleSource``; ``use_ctf=False`` ignores their CTF).
+
+    With ``job`` (:class:`cryoprism.io.job.Job`): the finished stages are checkpointed in the job
+    (fingerprint: :func:`classify_fingerprint`; ``job.resume`` skips them) and the outputs are written
+    through it (:func:`write_classes`)."""
+    ck = None
+    if job is not None:
+        job.add_inputs(**classify_fingerprint(source, use_ctf, method=method, neighbors=n_neighbors,
+                                              k_max=k_max, m=m, radius_px=mask_radius_px, centre=centre))
+        ck = job.checkpoints
+    prep, nb = run_neighbors(source, use_ctf, method, n_neighbors, k_max=k_max, m=m,
+                             mask_radius_px=mask_radius_px, centre=centre, checkpoints=ck, progress=progress)
+    centres = choose_class_centres(nb, n_classes)
+    res = ClassifyResult(prep, nb, centres, class_averages(prep, nb, centres))
+    if job is not None:
+        write_classes(job, res, source.pixel_size_A)
+    return res
+
+
+def write_classes(job, res: ClassifyResult, pixel_size_A) -> None:
+    """Write a 2-D run through ``job``: neighbors.csv (i, j = 0-based rows, angle_deg counter-clockwise
+    taking image j — mirrored first when reflected = 1 — onto image i, score), class_averages.mrcs,
+    class_centres.csv and gallery.png; records the figures in the job's summary."""
+    import pandas as pd
+
+    from cryoprism.report.plots import gallery_figure
+
+    i, j, ang, refl, score = res.nb.pairs()
+    job.write_csv("neighbors.csv", pd.DataFrame({"i": i, "j": j, "angle_deg": np.round(np.rad2deg(ang), 4),
+                                                 "reflected": refl.astype(int), "score": score}))
+    job.write_mrc("class_averages.mrcs", res.averages, pixel_size_A, is_stack=True)
+    job.write_csv("class_centres.csv", {"class": np.arange(len(res.centres)), "centre_row": res.centres,
+                                        "n_members": np.full(len(res.centres), res.nb.s + 1)})
+    job.save_figure("gallery.png", gallery_figure(res.averages, ncols=10), dpi=80)
+    job.record(neighbors=int(res.nb.s), classes=len(res.centres),
+               spca_components=int(res.prep.spca.ranks.sum()))
+
+
+def denoise(source: ParticleSource, use_ctf: bool = True, *, method: str = "mfvdm", n_neighbors: int = 50,
+            k_max: int = 10, m: int = 50, mask_radius_px=None, progress: bool = False) -> np.ndarray:
+    """Denoised images ``(n, L, L)``: sPCA Wiener filter (``spca``), covariance Wiener filter (``cwf``,
+    :func:`cryoprism.denoise.cwf.cwf_denoise`) or MFVDM (``mfvdm``), in the input's intensity units."""
+    if method == "cwf":
+        from cryoprism.denoise.cwf import cwf_denoise
+
+        return cwf_denoise(source, use_ctf, mask_radius_px=mask_radius_px, progress=progress)
+    prep = prepare(source, use_ctf, mask_radius_px=mask_radius_px, progress=progress)
+    if method == "spca":
+        return spca_denoise(prep, progress=progress)
+    if method != "mfvdm":
+        raise ValueError(f"method must be spca, cwf or mfvdm, got {method!r}")
+    n = prep.coefs.shape[0]
+    nb = neighbors(prep, "mfvdm", min(n_neighbors, n - 1), k_max=k_max, m=min(m, 2 * n - 3), progress=progress)
+    return mfvdm_denoise(prep, nb, progress=progress)

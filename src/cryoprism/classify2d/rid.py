@@ -9,7 +9,7 @@ reflecting it (``I(x, -y)``) conjugates them.
    relative phases between radial components of the same k), plus bispectrum terms
    ``c_{k1,l1} c_{k2,l2} conj(c_{k1+k2,l3})`` of the leading components (relative phases between
    angular frequencies).
-2. Exact rotationally invariant distance (seed eq. 1) on the candidates:
+2. Exact rotationally invariant distance (Fan & Zhao 2019, eq. 1) on the candidates:
    ``corr_ij(α) = Re Σ_k m_k e^{ikα} Σ_l c_{i,k,l} conj(c_{j,k,l})`` (m_0 = 1, m_k = 2) is the inner
    product of image i with image j rotated by α; its maximum over α comes from one FFT over k
    (zero-padded to ``n_angles``, refined by a parabola through the peak). The reflected pair uses
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from cryoprism.fourier.core import WORKERS
 from cryoprism.parallel import batch_ranges, map_batches
+from cryoprism.parallel.config import fft_workers
 
 #: Invariant-feature candidates per requested neighbour re-ranked by the exact RID (default
 #: ``n_candidates``). 12 rather than 6: at n = 2 000, 64², SNR 0.05 MFVDM finds 47.7 % of neighbours
@@ -207,11 +207,11 @@ def align_pairs(feats: list, i: np.ndarray, j: np.ndarray, n_angles: int = 256,
             if reflections:
                 Zr[:, k] = w[k] * (ci * cj).sum(axis=1)
         # corr(α_m) = Re Σ_k Z_k e^{ikα_m}  -> inverse FFT (times n_angles)
-        corr = sfft.ifft(Z, axis=1, workers=WORKERS).real * n_angles
+        corr = sfft.ifft(Z, axis=1, workers=fft_workers()).real * n_angles
         val, ang = _peak(corr, n_angles)
         refl = np.zeros(b - a, dtype=bool)
         if reflections:
-            corr_r = sfft.ifft(Zr, axis=1, workers=WORKERS).real * n_angles
+            corr_r = sfft.ifft(Zr, axis=1, workers=fft_workers()).real * n_angles
             val_r, ang_r = _peak(corr_r, n_angles)
             refl = val_r > val
             val = np.where(refl, val_r, val)

@@ -7,32 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
-
-
-def _trace_png(path: Path, initial_traces, refinement_trace, best: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cryoprism.io.atomic import atomic_path
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    for r, tr in enumerate(initial_traces):
-        ax[0].plot(np.arange(1, len(tr) + 1), tr, marker="o", lw=2 if r == best else 1,
-                   label=f"restart {r}" + (" (best)" if r == best else ""))
-    ax[0].set_xlabel("alternation")
-    ax[0].set_ylabel("log-posterior")
-    ax[0].set_title("initial stage")
-    ax[0].legend(fontsize=7)
-    ax[1].plot(refinement_trace, marker=".")
-    ax[1].set_xlabel("recorded sweep")
-    ax[1].set_title("refinement")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+from cryoprism.cli.common import JSON_OPTION, finish
 
 
 def abinitio_command(
@@ -81,16 +56,14 @@ def abinitio_command(
     Reads INPUT.star (images, pixel size in Å; defocus etc. for --method hmc). Writes to OUT:
     initial_model.mrc (posterior-mean density, the input box and pixel size in Å), mixture.csv
     (x_A, y_A, z_A in Å from the box centre, weight, sigma_A), rotations.star (the input table with
-    rlnAngleRot/Tilt/Psi in degrees and rlnOriginXAngst/YAngst in Å), log_posterior.png, and resumable
-    chain checkpoints in OUT/checkpoints/*.npz.
+    rlnAngleRot/Tilt/Psi in degrees and rlnOriginXAngst/YAngst in Å), log_posterior.png,
+    summary.json, and chain checkpoints in OUT/checkpoints: an interrupted run continues with --resume
+    (same images and settings).
     """
-    from cryoprism.abinitio.gmm import write_mixture_csv
-    from cryoprism.abinitio.pipeline import run_abinitio
+    from cryoprism.abinitio import pipeline
     from cryoprism.errors import InputError
-    from cryoprism.geometry.euler import matrix_to_euler
-    from cryoprism.io.mrc import write_mrc
+    from cryoprism.io.job import Job
     from cryoprism.io.particles import read_particles
-    from cryoprism.io.star import write_star
 
     if method not in ("gibbs", "hmc"):
         raise InputError(f"--method {method!r}: expected gibbs or hmc")
@@ -100,34 +73,18 @@ def abinitio_command(
     n = min(stack.n, max_images)
     if n < 3:
         raise InputError(f"{input_star}: {n} image(s); ab-initio needs at least 3", input_star)
-    out.mkdir(parents=True, exist_ok=True)
-    res = run_abinitio(stack.subset(np.arange(n)), method=method, K_initial=initial_components,
-                       K_refine=components, restarts=restarts, initial_box=initial_box,
-                       refine_box=refine_box, n_counts_initial=counts, n_counts_refine=refine_counts,
-                       n_alternations=alternations, n_rotations=n_rotations, refine_sweeps=sweeps,
-                       seed=seed, workdir=out / "checkpoints", resume=resume, processes=processes,
-                       refine_init=refine_init)
-    write_mrc(out / "initial_model.mrc", res.volume, res.pixel_size_A)
-    write_mixture_csv(out / "mixture.csv", res.mixture)
-    table = stack.table.iloc[:n].copy()
-    rot, tilt, psi = matrix_to_euler(res.rotations)
-    table["rlnAngleRot"], table["rlnAngleTilt"], table["rlnAnglePsi"] = rot, tilt, psi
-    table["rlnOriginXAngst"] = res.origins_A[:, 0]
-    table["rlnOriginYAngst"] = res.origins_A[:, 1]
-    for col in ("rlnOriginX", "rlnOriginY"):
-        if col in table.columns:
-            table = table.drop(columns=col)
-    write_star(out / "rotations.star", table, stack.optics)
-    _trace_png(out / "log_posterior.png", res.initial_traces, res.refinement_trace, res.best_restart)
-    figures = {
-        "images": n, "method": method, "components": components, "restarts": restarts, "refine_init": refine_init,
-        "best_restart": res.best_restart, "restart_log_posteriors": res.restart_log_posteriors,
-        "sigma_A": res.mixture.sigma_A, "pixel_size_A": res.pixel_size_A, "box": int(res.volume.shape[0]),
-        "initial_stage_s": res.timings_s["initial_stage_s"], "refinement_s": res.timings_s["refinement_s"],
-        "outputs": [str(out / f) for f in ("initial_model.mrc", "mixture.csv", "rotations.star",
-                                           "log_posterior.png")],
-    }
-    emit(figures, as_json)
+    settings = {"method": method, "components": components, "initial_components": initial_components,
+                "restarts": restarts, "initial_box": initial_box, "refine_box": refine_box, "counts": counts,
+                "refine_counts": refine_counts, "rotations": n_rotations, "alternations": alternations,
+                "sweeps": sweeps, "max_images": max_images, "refine_init": refine_init, "seed": seed}
+    with Job(out, "abinitio", settings, resume=resume) as job:
+        job.record(images=n, method=method, components=components, restarts=restarts, refine_init=refine_init)
+        pipeline.run_abinitio(stack.subset(np.arange(n)), method=method, K_initial=initial_components,
+                              K_refine=components, restarts=restarts, initial_box=initial_box,
+                              refine_box=refine_box, n_counts_initial=counts, n_counts_refine=refine_counts,
+                              n_alternations=alternations, n_rotations=n_rotations, refine_sweeps=sweeps,
+                              seed=seed, job=job, processes=processes, refine_init=refine_init)
+        finish(job, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
+from cryoprism.cli.common import JSON_OPTION, finish
 
 
 def _open(particles: Path, radius_px):
@@ -23,27 +22,6 @@ def _open(particles: Path, radius_px):
     if not (0 < R < L / np.sqrt(2) - 1):
         raise InputError(f"--radius {R} px must leave background in a {L}² box", particles)
     return stack, R
-
-
-def _gallery(path: Path, images: np.ndarray, cols: int = 10):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cryoprism.io.atomic import atomic_path
-
-    n = len(images)
-    rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
-    for t, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if t < n:
-            ax.imshow(images[t], cmap="gray", origin="lower")
-    fig.subplots_adjust(0, 0, 1, 1, 0.02, 0.02)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
 
 
 def register(app: typer.Typer) -> None:
@@ -83,46 +61,22 @@ def register(app: typer.Typer) -> None:
         gallery.png. Finished stages (FB coefficients, initial RID neighbours, VDM/MFVDM neighbours) are
         checkpointed in OUT/checkpoints; after an interrupt the same command with --resume skips them.
         """
-        import pandas as pd
-
-        from cryoprism.classify2d.pipeline import (
-            choose_class_centres,
-            class_averages,
-            classify_fingerprint,
-            run_neighbors,
-        )
+        from cryoprism.classify2d.pipeline import classify
         from cryoprism.errors import InputError
-        from cryoprism.io import write_mrc
-        from cryoprism.io.atomic import atomic_path
-        from cryoprism.io.checkpoint import Checkpoints
+        from cryoprism.io.job import Job
 
         if method not in ("rir", "vdm", "mfvdm"):
             raise InputError(f"--method must be rir, vdm or mfvdm, got {method!r}")
-        t0 = time.perf_counter()
         stack, R = _open(particles, radius_px)
-        out.mkdir(parents=True, exist_ok=True)
         s = min(n_neighbors, stack.n - 1)
         m = min(m, 2 * stack.n - 3)
-        fp = classify_fingerprint(stack, not no_ctf, method=method, neighbors=s, k_max=k_max, m=m,
-                                  radius_px=R, centre=centre)
-        ck = Checkpoints(out / "checkpoints", fp, resume)
-        prep, nb = run_neighbors(stack, not no_ctf, method, s, k_max=k_max, m=m, mask_radius_px=R,
-                                 centre=centre, checkpoints=ck, progress=True)
-        i, j, ang, refl, score = nb.pairs()
-        table = pd.DataFrame({"i": i, "j": j, "angle_deg": np.round(np.rad2deg(ang), 4),
-                              "reflected": refl.astype(int), "score": score})
-        with atomic_path(out / "neighbors.csv") as tmp:
-            table.to_csv(tmp, index=False)
-        centres = choose_class_centres(nb, n_classes)
-        avgs = class_averages(prep, nb, centres)
-        write_mrc(out / "class_averages.mrcs", avgs, stack.pixel_size_A, is_stack=True)
-        with atomic_path(out / "class_centres.csv") as tmp:
-            pd.DataFrame({"class": np.arange(len(centres)), "centre_row": centres,
-                          "n_members": s + 1}).to_csv(tmp, index=False)
-        _gallery(out / "gallery.png", avgs)
-        emit({"particles": stack.n, "box": stack.box, "method": method, "neighbors": s,
-              "classes": len(centres), "spca_components": int(prep.spca.ranks.sum()),
-              "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}, as_json)
+        settings = {"method": method, "neighbors": s, "k_max": k_max, "eigs": m, "classes": n_classes,
+                    "radius_px": R, "ctf": not no_ctf, "centre": centre}
+        with Job(out, "classify2d", settings, resume=resume, volatile=("classes",)) as job:
+            classify(stack, not no_ctf, method=method, n_neighbors=s, k_max=k_max, m=m,
+                     mask_radius_px=R, centre=centre, n_classes=n_classes, job=job, progress=True)
+            job.record(particles=stack.n, box=stack.box, method=method, out=out)
+            finish(job, as_json)
 
     @app.command("denoise")
     def denoise(
@@ -144,27 +98,17 @@ def register(app: typer.Typer) -> None:
         OUT/denoised.mrcs (same box and pixel size, input intensity units) and OUT/denoised.star (every
         input column kept, rlnImageName pointing into denoised.mrcs).
         """
-        from cryoprism.classify2d.pipeline import mfvdm_denoise, neighbors, prepare, spca_denoise
+        from cryoprism.classify2d.pipeline import denoise as run_denoise
         from cryoprism.errors import InputError
-        from cryoprism.io import write_particles
+        from cryoprism.io.job import Job
 
         if method not in ("spca", "cwf", "mfvdm"):
             raise InputError(f"--method must be spca, cwf or mfvdm, got {method!r}")
-        t0 = time.perf_counter()
         stack, R = _open(particles, radius_px)
-        out.mkdir(parents=True, exist_ok=True)
-        if method == "cwf":
-            from cryoprism.denoise.cwf import cwf_denoise
-
-            den = cwf_denoise(stack, not no_ctf, mask_radius_px=R, progress=True)
-        elif method == "spca":
-            den = spca_denoise(prepare(stack, not no_ctf, mask_radius_px=R, progress=True), progress=True)
-        else:
-            prep = prepare(stack, not no_ctf, mask_radius_px=R, progress=True)
-            s = min(n_neighbors, stack.n - 1)
-            nb = neighbors(prep, "mfvdm", s, k_max=k_max, m=min(m, 2 * stack.n - 3), progress=True)
-            den = mfvdm_denoise(prep, nb, progress=True)
-        write_particles(out / "denoised.star", out / "denoised.mrcs", den, stack.star,
-                        pixel_size_A=stack.pixel_size_A)
-        emit({"particles": stack.n, "box": stack.box, "method": method, "out": str(out),
-              "seconds": round(time.perf_counter() - t0, 2)}, as_json)
+        with Job(out, "denoise", {"method": method, "neighbors": n_neighbors, "k_max": k_max, "eigs": m,
+                                  "radius_px": R, "ctf": not no_ctf}) as job:
+            den = run_denoise(stack, not no_ctf, method=method, n_neighbors=n_neighbors, k_max=k_max,
+                              m=m, mask_radius_px=R, progress=True)
+            job.write_particles("denoised.star", "denoised.mrcs", den, stack.star, pixel_size_A=stack.pixel_size_A)
+            job.record(particles=stack.n, box=stack.box, method=method, out=out)
+            finish(job, as_json)

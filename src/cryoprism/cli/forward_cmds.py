@@ -10,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
+from cryoprism.cli.common import JSON_OPTION, finish, split_output
 
 _MODEL_SUFFIXES = {".pdb", ".cif", ".ent", ".mmcif", ".gz"}
 
@@ -83,22 +83,24 @@ def register(app: typer.Typer) -> None:
         """Simulate particles: reads VOLUMES, writes a RELION 3.1 STAR (poses, origins in Å, CTF,
         true state in rlnClassNumber) and an MRCS stack, streamed in batches."""
         from cryoprism.forward import simulate_particles
+        from cryoprism.io.job import Job
 
         vols, px = _load_volumes(volumes, pixel_size_A, box, resolution_A)
         stack = out_stack or out_star.with_suffix(".mrcs")
         w = None if weights is None else [float(v) for v in weights.split(",")]
+        job = Job.for_file(out_star, "simulate")
         t0 = time.perf_counter()
         r = simulate_particles(vols, n, px, snr=snr if snr > 0 else None, shift_std_A=shift_std_A,
                                state_weights=w, defocus_range_A=(defocus_min_A, defocus_max_A),
                                n_defocus_groups=groups, astigmatism_A=astig_A, voltage_kV=voltage_kV,
                                cs_mm=cs_mm, amplitude_contrast=amp, bfactor_A2=bfactor, ctf=not no_ctf,
-                               noise_color=noise, rng=seed, out_star=out_star, out_mrcs=stack,
-                               batch_size=batch_size)
+                               noise_color=noise, rng=seed, out_star=out_star.name, out_mrcs=stack.resolve(),
+                               batch_size=batch_size, job=job)
         dt = time.perf_counter() - t0
-        emit({"star": str(r.star_path), "stack": str(r.stack_path), "particles": n,
-              "box": int(vols[0].shape[0]), "pixel_size_A": px, "states": len(vols),
-              "snr_target": r.snr_target, "snr_realised": r.snr_realised, "noise_sigma": r.noise_sigma,
-              "seconds": dt, "images_per_s": n / dt if dt > 0 else None}, as_json)
+        job.record(star=r.star_path, stack=r.stack_path, particles=n, box=int(vols[0].shape[0]), pixel_size_A=px,
+                   states=len(vols), snr_target=r.snr_target, snr_realised=r.snr_realised,
+                   noise_sigma=r.noise_sigma, seconds=dt, images_per_s=n / dt if dt > 0 else None)
+        finish(job, as_json)
 
     @app.command("simulate-micrographs")
     def simulate_micrographs_cmd(
@@ -122,16 +124,20 @@ def register(app: typer.Typer) -> None:
     ):
         """Simulate micrographs: reads VOLUMES, writes MRC micrographs and the true coordinates STAR."""
         from cryoprism.forward import simulate_micrographs
+        from cryoprism.io.job import Job
 
         vols, px = _load_volumes(volumes, pixel_size_A, box, resolution_A)
         sep = separation if separation in ("well-separated", "non-overlapping") else float(separation)
         t0 = time.perf_counter()
-        r = simulate_micrographs(vols, m, size, particles, px, separation=sep,
-                                 snr=snr if snr > 0 else None, defocus_range_A=(defocus_min_A, defocus_max_A),
-                                 ctf=not no_ctf, rng=seed, out_dir=out_dir)
-        emit({"folder": str(out_dir), "micrographs": m, "size_px": size, "pixel_size_A": px,
-              "particles": int(len(r.coordinates)), "coordinates": str(r.star_path),
-              "seconds": time.perf_counter() - t0}, as_json)
+        with Job(out_dir, "simulate-micrographs", {"micrographs": m, "size_px": size, "particles": particles,
+                                                   "separation": separation, "snr": snr, "seed": seed}) as job:
+            r = simulate_micrographs(vols, m, size, particles, px, separation=sep,
+                                     snr=snr if snr > 0 else None, defocus_range_A=(defocus_min_A, defocus_max_A),
+                                     ctf=not no_ctf, rng=seed, job=job)
+            job.record(folder=out_dir, micrographs=m, size_px=size, pixel_size_A=px,
+                       particles=int(len(r.coordinates)), coordinates=r.star_path,
+                       seconds=time.perf_counter() - t0)
+            finish(job, as_json)
 
     @app.command("project")
     def project_cmd(
@@ -148,17 +154,19 @@ def register(app: typer.Typer) -> None:
         """Noiseless projections of VOLUME: reads VOLUME (and --star), writes OUT (MRCS) and a
         RELION 3.1 STAR with the poses used (OUT with suffix .star)."""
         from cryoprism.forward import simulate_particles
-        from cryoprism.io import read_mrc, read_particles, write_particles
+        from cryoprism.io import read_mrc, read_particles
+        from cryoprism.io.job import Job
 
         vol, px = read_mrc(volume)
         t0 = time.perf_counter()
         out_star = out_stack.with_suffix(".star")
+        job = Job.for_file(out_stack, "project")
         if star is None:
             if not px:
                 from cryoprism.errors import InputError
                 raise InputError("voxel size unknown (0 in the header)", volume)
-            simulate_particles(vol, n, px, snr=None, ctf=False, rng=seed, out_star=out_star,
-                               out_mrcs=out_stack, batch_size=batch_size)
+            simulate_particles(vol, n, px, snr=None, ctf=False, rng=seed, out_star=out_star.name,
+                               out_mrcs=out_stack.name, batch_size=batch_size, job=job)
             count = n
         else:
             from cryoprism.ctf.model import ctf_2d
@@ -178,19 +186,22 @@ def register(app: typer.Typer) -> None:
                     c = None if cp is None else ctf_2d(stack.box, psz, cp.take(np.arange(a, b)))
                     yield project(vol, rot[a:b], org[a:b], c)
 
-            write_particles(out_star, out_stack, batches(), stack.star, pixel_size_A=psz)
+            job.write_particles(out_star.name, out_stack.name, batches(), stack.star, pixel_size_A=psz)
             count = stack.n
-        emit({"stack": str(out_stack), "star": str(out_star), "images": count,
-              "seconds": time.perf_counter() - t0}, as_json)
+        job.record(stack=out_stack, star=out_star, images=count, seconds=time.perf_counter() - t0)
+        finish(job, as_json)
 
     @app.command("reconstruct")
     def reconstruct_cmd(
         particles: Path = typer.Argument(..., help="Particles with poses: RELION STAR or cryoSPARC .cs."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output volume (MRC), voxel size = pixel size."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder (volume.mrc, volume_half1/2.mrc, "
+                                 "summary.json, checkpoints/), or a file name NAME.mrc: the volume, "
+                                 "NAME_half1/2.mrc and the job files go to its folder. Voxel size = "
+                                 "pixel size (Å)."),
         method: str = typer.Option("cg", "--method", help="cg (least squares, default), fourier (direct "
                                    "Fourier inversion), wbp (weighted back-projection), sirt."),
-        halfmaps: bool = typer.Option(False, "--halfmaps", help="Also write OUT_half1/2.mrc and report "
-                                      "the gold-standard FSC (rlnRandomSubset or a seeded split)."),
+        halfmaps: bool = typer.Option(False, "--halfmaps", help="Also write the half-maps and report "
+                                      "the gold-standard FSC (rlnRandomSubset or a random split)."),
         regularization: str = typer.Option("auto", "--regularization", help="cg: 'auto' (Wiener prior "
                                            "estimated from half-sets, default) or a Tikhonov λ ≥ 0; "
                                            "fourier/sirt: λ (auto means 0)."),
@@ -200,27 +211,29 @@ def register(app: typer.Typer) -> None:
         tol: float = typer.Option(1e-5, "--tol", help="CG relative residual to stop at."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore the CTF."),
         batch_size: int = typer.Option(0, "--batch-size", help="Particles per batch (0: automatic)."),
-        checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="cg: keep checkpoints "
-                                                      "here (normal equations after the pass over the "
-                                                      "particles, CG states while solving)."),
         resume: bool = typer.Option(False, "--resume", help="cg: continue from the checkpoints in "
-                                    "--checkpoint-dir (same particles and settings)."),
+                                    "OUT/checkpoints (normal equations after the pass over the particles, "
+                                    "CG states while solving; same particles and settings, --maxiter may "
+                                    "grow)."),
         as_json: bool = JSON_OPTION,
     ):
-        """Reconstruct a volume from particles with known poses: reads PARTICLES (STAR/.cs + stacks),
-        writes OUT (MRC) and with --halfmaps two half-maps; prints time, iterations, FSC resolution (Å).
-        With --checkpoint-dir DIR (cg) an interrupted run continues with --resume; outputs are
-        written only at the end, atomically."""
+        """Reconstruct a volume from particles with known poses.
+
+        Reads PARTICLES (STAR/.cs + stacks); writes the volume (MRC) and with --halfmaps two half-maps;
+        prints time, iterations and the FSC resolution (Å). With --method cg the run keeps checkpoints
+        in OUT/checkpoints: an interrupted run continues with --resume. Outputs are written only at
+        the end, atomically.
+        """
         from cryoprism.errors import InputError
-        from cryoprism.io import read_particles, write_mrc
+        from cryoprism.io import read_particles
+        from cryoprism.io.job import Job
         from cryoprism.reconstruct import METHODS, reconstruct
+        from cryoprism.reconstruct.outputs import write_outputs
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        if (checkpoint_dir is not None or resume) and method != "cg":
-            raise InputError(f"--checkpoint-dir/--resume are for --method cg, not {method}")
-        if resume and checkpoint_dir is None:
-            raise InputError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
+        if resume and method != "cg":
+            raise InputError(f"--resume is for --method cg, not {method}")
         if regularization == "auto":
             reg = "auto" if method == "cg" else 0.0
         else:
@@ -228,23 +241,14 @@ def register(app: typer.Typer) -> None:
                 reg = float(regularization)
             except ValueError:
                 raise InputError(f"--regularization must be 'auto' or a number, got {regularization!r}")
+        folder, name = split_output(out, "volume.mrc")
         stack = read_particles(particles)
-        r = reconstruct(stack, use_ctf=not no_ctf, method=method, regularization=reg,
-                        maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
-                        mask_radius_px=mask_radius, checkpoint_dir=checkpoint_dir, resume=resume)
-        px = stack.pixel_size_A
-        write_mrc(out, r.volume, px)
-        fig = {"volume": str(out), "method": method, "particles": stack.n, "box": stack.box,
-               "pixel_size_A": px, "seconds": r.seconds, "iterations": r.iterations,
-               "residual": r.residual}
-        if halfmaps:
-            from cryoprism.metrics.fsc import resolution_at
-
-            h1 = out.with_name(out.stem + "_half1" + out.suffix)
-            h2 = out.with_name(out.stem + "_half2" + out.suffix)
-            write_mrc(h1, r.half_maps[0], px)
-            write_mrc(h2, r.half_maps[1], px)
-            fig.update({"half_maps": [str(h1), str(h2)],
-                        "resolution_fsc_0.143_A": resolution_at(r.fsc, 0.143),
-                        "fsc": r.fsc.to_dict()})
-        emit(fig, as_json)
+        settings = {"method": method, "halfmaps": halfmaps, "regularization": reg, "mask_radius_px": mask_radius,
+                    "maxiter": maxiter, "tol": tol, "ctf": not no_ctf, "batch_size": batch_size}
+        with Job(folder, "reconstruct", settings, resume=resume, volatile=("maxiter", "batch_size")) as job:
+            r = reconstruct(stack, use_ctf=not no_ctf, method=method, regularization=reg,
+                            maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
+                            mask_radius_px=mask_radius, job=job if method == "cg" else None)
+            job.record(method=method, particles=stack.n, box=stack.box, pixel_size_A=stack.pixel_size_A)
+            write_outputs(job, r, stack.pixel_size_A, name)
+            finish(job, as_json)

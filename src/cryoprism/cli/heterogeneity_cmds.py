@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
+from cryoprism.cli.common import JSON_OPTION, finish
 
 
 def _relocate_image_names(table, star_path, out_dir: Path):
@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
                                     help="Number of states C, or 'auto' (from the eigenvalue gap)."),
         method: str = typer.Option("lowrank", "--method",
                                    help="lowrank: matrix-free subspace estimator (any N_res; the "
-                                        "default); cg: the seed's dense covariance by CG with the 6-D "
-                                        "Toeplitz kernel (N_res ≤ ~10)."),
+                                        "default); cg: the dense covariance of Andén, Katsevich & Singer "
+                                        "(2015) by CG with the 6-D Toeplitz kernel (N_res ≤ ~10)."),
         iterations: int = typer.Option(10, "--iterations", min=1,
                                        help="CG iterations of the covariance normal equations "
                                             "(early stopping regularises)."),
@@ -85,8 +85,9 @@ def register(app: typer.Typer) -> None:
         the end, each atomically.
         """
         from cryoprism.errors import InputError
-        from cryoprism.heterogeneity.pipeline import analyze, resolve_nres, write_outputs
+        from cryoprism.heterogeneity.pipeline import analyze, resolve_nres
         from cryoprism.io import read_particles
+        from cryoprism.io.job import Job
 
         if not particles.exists():
             raise InputError("file not found", particles)
@@ -106,14 +107,18 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"{stack.n} particles: too few for a covariance estimate", particles)
         px = float(stack.pixel_size_A)
         N = resolve_nres(stack.box, px, nres, max_res_A)
-        out.mkdir(parents=True, exist_ok=True)
-        res = analyze(stack, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
-                      reconstruct=not no_reconstruct, seed=seed, checkpoint_dir=out / "checkpoints",
-                      resume=resume, support_radius=support or None)
-        star = stack.star
-        star_out = _relocated(star, out)
-        files = write_outputs(res, out, star=star_out, pixel_size_A=px)
-        figures = {
+        settings = {"n_res": N, "method": method, "classes": C, "iterations": iterations,
+                    "max_states": max_states, "reconstruct": not no_reconstruct, "support": support, "seed": seed}
+        with Job(out, "heterogeneity", settings, resume=resume) as job:
+            res = analyze(stack, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
+                          reconstruct=not no_reconstruct, seed=seed, job=job, star=_relocated(stack.star, out),
+                          support_radius=support or None)
+            figures = _figures(res, stack, N, px, out)
+            job.record(**figures)
+            finish(job, as_json, _human(res, stack, N, out, figures))
+
+    def _figures(res, stack, N, px, out):
+        return {
             "particles": stack.n, "box": stack.box, "pixel_size_A": px, "n_res": N,
             "method": res.covariance.method, "cg_iterations": res.covariance.iterations,
             "states": res.n_states, "states_from_gap": res.states.n_states,
@@ -123,14 +128,15 @@ def register(app: typer.Typer) -> None:
             "class_sizes": [int((res.labels == k).sum()) for k in range(res.n_states)],
             "noise_variance": res.data.info.get("noise_var_L"),
             "seconds": round(res.timings.get("total_s", 0.0), 2),
-            "out": str(out), **files,
+            "out": str(out),
         }
-        human = (f"{stack.n} particles, N_res {N} ({res.covariance.method}): {res.n_states} class(es); "
+
+    def _human(res, stack, N, out, figures):
+        return (f"{stack.n} particles, N_res {N} ({res.covariance.method}): {res.n_states} class(es); "
                  f"{res.states.n_states} state(s) from the gap (λ_k/λ_k+1 = "
                  f"{max(figures['gap_ratios'] or [0]):.2f}, bootstrap agreement "
                  f"{figures['state_confidence']:.2f}); class sizes {figures['class_sizes']}; "
                  f"outputs in {out}")
-        emit(figures, as_json, human)
 
     def _relocated(star, out: Path):
         import copy

@@ -1,128 +1,33 @@
 """CLI of the image and CTF areas: downsample, filter, normalize, whiten, phase-flip, ctf-estimate.
 
 Every command reads an MRC image, volume or stack, or a RELION STAR (or cryoSPARC .cs) particle file,
-processes stacks in batches through :mod:`cryoprism.parallel` (memory-mapped input, streamed output)
-and writes atomically. A STAR input gives a RELION 3.1 STAR output (every column kept, ``rlnImageName``
-pointing into a new ``.mrcs`` next to it, same name with ``.mrcs``).
+and streams the operation over it with :func:`cryoprism.image.stack.process_file` (batches through
+:mod:`cryoprism.parallel`, memory-mapped input, atomic streamed output through a job). A STAR input
+gives a RELION 3.1 STAR output (every column kept, ``rlnImageName`` pointing into a new ``.mrcs`` next
+to it, same name with ``.mrcs``).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
-
-_STAR_SUFFIXES = {".star", ".cs"}
+from cryoprism.cli.common import JSON_OPTION, finish
 
 
-def _mrc_kind(path: Path, info: dict, forced: Optional[str] = None) -> str:
-    """``image`` (one section), ``stack`` or ``volume``.
+def _run(command: str, inp: Path, out: Path, fn: Callable, as_json: bool, extra: Optional[dict] = None,
+         **kw) -> None:
+    """parse → read → algorithm → job: stream ``fn`` over IN (:func:`cryoprism.image.stack.process_file`)
+    and write OUT through a job; print the figures (and ``extra``)."""
+    from cryoprism.image.stack import process_file
+    from cryoprism.io.job import Job
 
-    Unless ``forced``: a ``.mrcs`` file is a stack; otherwise a header space group ≥ 1 or a cubic
-    ``nx = ny = nz`` box means a volume, anything else with several sections is a stack.
-    """
-    from cryoprism.errors import InputError
-
-    if forced is not None:
-        if forced not in ("image", "stack", "volume"):
-            raise InputError(f"--kind must be image, stack or volume, got {forced!r}")
-        if forced == "image" and info["nz"] != 1:
-            raise InputError(f"--kind image but the file has {info['nz']} sections", path)
-        return forced
-    if info["nz"] == 1:
-        return "image"
-    if path.suffix.lower() == ".mrcs":
-        return "stack"
-    if info["ispg"] >= 1 or info["nx"] == info["ny"] == info["nz"]:
-        return "volume"
-    return "stack"
-
-
-def _pixel(header_px, option_px, path, needed: bool):
-    from cryoprism.errors import InputError
-
-    px = option_px if option_px else header_px
-    if needed and not px:
-        raise InputError("pixel size unknown (0 in the header): pass --pixel-size in Å", path)
-    return float(px) if px else None
-
-
-def _stream(stack, fn: Callable, batch_size: int):
-    """Yield ``fn(batch)`` for the batches of a ParticleStack in order, computed in parallel groups."""
-    from cryoprism.parallel import map_batches
-    from cryoprism.parallel.core import default_workers
-
-    groups = stack.batch_indices(batch_size)
-    g = 2 * default_workers()
-    for a in range(0, len(groups), g):
-        for r in map_batches(lambda idx: fn(stack.batch(idx)), groups[a:a + g], progress=False):
-            yield r
-
-
-def _process(inp: Path, out: Path, fn: Callable, *, pixel_size_A: Optional[float], need_pixel: bool,
-             out_box: Callable[[int], int] = lambda L: L,
-             out_pixel: Callable[[float, int], float] = lambda p, L: p,
-             batch_size: int = 256, star_fn: Optional[Callable] = None,
-             kind: Optional[str] = None) -> dict:
-    """Apply ``fn(array, kind, pixel_size_A)`` to an MRC (image/volume/stack) or to STAR particles.
-
-    ``star_fn(batch, pixel_size_A)`` (default ``fn(batch.images, "stack", px)``) handles STAR batches
-    (it gets the per-particle CTF). ``out_box(L)`` and ``out_pixel(px, L)`` give the output box and pixel
-    size. Returns figures for ``emit``.
-    """
-    from cryoprism.errors import InputError
-    from cryoprism.io import MrcStack, MrcStackWriter, atomic_path, read_mrc, read_mrc_header, write_mrc
-    from cryoprism.parallel import batch_ranges, map_reduce
-
-    t0 = time.time()
-    if not inp.exists():
-        raise InputError("file not found", inp)
-    if inp.suffix.lower() in _STAR_SUFFIXES:
-        from cryoprism.io import read_particles, write_particles
-
-        stack = read_particles(inp, pixel_size_A=pixel_size_A)
-        px = float(stack.pixel_size_A)  # the table's, else the header's, else --pixel-size
-        L = stack.box
-        star_out = out if out.suffix.lower() == ".star" else out.with_suffix(".star")
-        stack_out = star_out.with_suffix(".mrcs")
-        sfn = star_fn or (lambda b, p: fn(b.images, "stack", p))
-        write_particles(star_out, stack_out, _stream(stack, lambda b: sfn(b, px), batch_size), stack.star,
-                        pixel_size_A=out_pixel(px, L))
-        stack.close()
-        return {"input": str(inp), "output": str(star_out), "output_stack": str(stack_out),
-                "kind": "particles",
-                "n_images": stack.n, "box_in": L, "box_out": out_box(L), "pixel_size_in_A": px,
-                "pixel_size_out_A": out_pixel(px, L), "seconds": round(time.time() - t0, 3)}
-    info = read_mrc_header(inp)
-    kind = _mrc_kind(inp, info, kind)
-    px = _pixel(info["voxel_size_A"], pixel_size_A, inp, need_pixel)
-    L = info["nx"]
-    if kind == "stack":
-        if info["nx"] != info["ny"]:
-            raise InputError(f"images must be square, found {info['ny']}×{info['nx']}", inp)
-        st = MrcStack(inp, info)
-        n = st.n
-        with atomic_path(out) as tmp:
-            with MrcStackWriter(tmp, n, out_box(L), out_pixel(px, L) if px else None) as w:
-                map_reduce(lambda r: fn(st.read(np.arange(r[0], r[1])), "stack", px),
-                           batch_ranges(n, batch_size), reduce=lambda acc, y: (w.write(y), acc)[1],
-                           initial=0, progress=n > batch_size, desc="images")
-        st.close()
-    else:
-        arr, _ = read_mrc(inp)
-        if len(set(arr.shape)) != 1:
-            raise InputError(f"expected a square image or cubic volume, found shape {arr.shape}", inp)
-        n = 1
-        write_mrc(out, fn(arr, kind, px), out_pixel(px, L) if px else None)
-    return {"input": str(inp), "output": str(out), "kind": kind, "n_images": n, "box_in": L,
-            "box_out": out_box(L), "pixel_size_in_A": px,
-            "pixel_size_out_A": out_pixel(px, L) if px else None,
-            "seconds": round(time.time() - t0, 3)}
+    job = Job.for_file(out, command)
+    process_file(inp, job, out.name, fn, **kw)
+    job.record(**(extra or {}))
+    finish(job, as_json)
 
 
 def _ndim(kind: str) -> int:
@@ -164,9 +69,9 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"--box {box} is larger than the input box {x.shape[-1]}", inp)
             return downsample(x, box, _ndim(kind))[0]
 
-        fig = _process(inp, out, fn, pixel_size_A=pixel_size, need_pixel=False, out_box=lambda L: box,
-                       out_pixel=lambda p, L: p * L / box if p else p, batch_size=batch_size, kind=kind)
-        emit(fig, as_json)
+        _run("downsample", inp, out, fn, as_json, pixel_size_A=pixel_size, need_pixel=False,
+             out_box=lambda L: box, out_pixel=lambda p, L: p * L / box if p else p, batch_size=batch_size,
+             kind=kind)
 
     @app.command("filter")
     def filter_cmd(
@@ -204,15 +109,16 @@ def register(app: typer.Typer) -> None:
                 return lp(x, px, resolution_A=lowpass, edge=edge, width_invA=width, ndim=nd)
             return hp(x, px, resolution_A=highpass, edge=edge, width_invA=width, ndim=nd)
 
-        try:
-            fig = _process(inp, out, fn, pixel_size_A=pixel_size, need_pixel=True, batch_size=batch_size,
-                           kind=kind)
-        except ValueError as e:
-            if isinstance(e, InputError):
-                raise
-            raise InputError(str(e), inp) from e
-        fig.update({"lowpass_A": lowpass, "highpass_A": highpass, "edge": edge})
-        emit(fig, as_json)
+        def checked(x, kind, px):
+            try:
+                return fn(x, kind, px)
+            except ValueError as e:
+                if isinstance(e, InputError):
+                    raise
+                raise InputError(str(e), inp) from e
+
+        _run("filter", inp, out, checked, as_json, {"lowpass_A": lowpass, "highpass_A": highpass, "edge": edge},
+             pixel_size_A=pixel_size, need_pixel=True, batch_size=batch_size, kind=kind)
 
     @app.command("normalize")
     def normalize_cmd(
@@ -234,9 +140,8 @@ def register(app: typer.Typer) -> None:
             except ValueError as e:
                 raise InputError(str(e), inp) from e
 
-        fig = _process(inp, out, fn, pixel_size_A=None, need_pixel=False, batch_size=batch_size, kind=kind)
-        fig["radius_px"] = radius
-        emit(fig, as_json)
+        _run("normalize", inp, out, fn, as_json, {"radius_px": radius}, pixel_size_A=None, need_pixel=False,
+             batch_size=batch_size, kind=kind)
 
     @app.command("whiten")
     def whiten_cmd(
@@ -254,33 +159,17 @@ def register(app: typer.Typer) -> None:
         --json also prints the radial noise spectrum (per Fourier shell, in input units² per pixel)."""
         from cryoprism.errors import InputError
         from cryoprism.image import noise_power_spectrum, whiten
-        from cryoprism.io import MrcStack, read_mrc_header, read_particles
+        from cryoprism.image.stack import ImageFile
 
-        if not inp.exists():
-            raise InputError("file not found", inp)
-        if inp.suffix.lower() in _STAR_SUFFIXES:
-            src = read_particles(inp)
-        else:
-            info = read_mrc_header(inp)
-            if _mrc_kind(inp, info, None if inp.suffix.lower() == ".mrcs" else "stack") != "stack":
-                raise InputError("whiten needs a stack of images (.mrcs) or a STAR file", inp)
-            st = MrcStack(inp, info)
-
-            class _View:
-                shape = (st.n, st.shape[0], st.shape[1])
-                ndim = 3
-
-                def __getitem__(self, sl):
-                    return st.read(np.arange(st.n)[sl])
-            src = _View()
         try:
-            nps = noise_power_spectrum(src, radius, batch_size=batch_size, progress=True)
+            nps = noise_power_spectrum(ImageFile(inp), radius, batch_size=batch_size, progress=True)
         except ValueError as e:
+            if isinstance(e, InputError):
+                raise
             raise InputError(str(e), inp) from e
-        fig = _process(inp, out, lambda x, kind, px: whiten(x, nps), pixel_size_A=None, need_pixel=False,
-                       batch_size=batch_size, kind="stack")
-        fig.update({"radius_px": radius, "noise_power_spectrum": nps})
-        emit(fig, as_json)
+        _run("whiten", inp, out, lambda x, kind, px: whiten(x, nps), as_json,
+             {"radius_px": radius, "noise_power_spectrum": nps}, pixel_size_A=None, need_pixel=False,
+             batch_size=batch_size, kind="stack")
 
     @app.command("phase-flip")
     def phase_flip_cmd(
@@ -306,6 +195,7 @@ def register(app: typer.Typer) -> None:
         write OUT (STAR + .mrcs for STAR input, an MRC stack otherwise)."""
         from cryoprism.ctf import CTFParams, phase_flip, wiener_filter
         from cryoprism.errors import InputError
+        from cryoprism.image.stack import is_particle_file
 
         if wiener is not None and wiener < 0:
             raise InputError(f"--wiener SSNR must be ≥ 0, got {wiener}")
@@ -319,7 +209,7 @@ def register(app: typer.Typer) -> None:
                                  "rlnAmplitudeContrast) in the particle file", inp)
             return correct(batch.images, batch.ctf, px)
 
-        if inp.suffix.lower() in _STAR_SUFFIXES:
+        if is_particle_file(inp):
             p = None
         else:
             if defocus_u is None:
@@ -333,10 +223,10 @@ def register(app: typer.Typer) -> None:
                 raise InputError("phase-flip works on images, not volumes", inp)
             return correct(x, p, px)
 
-        fig = _process(inp, out, fn, pixel_size_A=pixel_size, need_pixel=True, batch_size=batch_size,
-                       star_fn=star_fn, kind=None if inp.suffix.lower() == ".mrcs" else "stack")
-        fig["correction"] = "phase flip" if wiener is None else f"Wiener (SSNR {wiener})"
-        emit(fig, as_json)
+        _run("phase-flip", inp, out, fn, as_json,
+             {"correction": "phase flip" if wiener is None else f"Wiener (SSNR {wiener})"},
+             pixel_size_A=pixel_size, need_pixel=True, batch_size=batch_size, star_fn=star_fn,
+             kind=None if inp.suffix.lower() == ".mrcs" else "stack")
 
     @app.command("ctf-estimate")
     def ctf_estimate_cmd(
@@ -359,11 +249,12 @@ def register(app: typer.Typer) -> None:
         writes nothing unless --plot is given."""
         from cryoprism.ctf import estimate_ctf
         from cryoprism.errors import InputError
+        from cryoprism.image.stack import pixel_size as choose_pixel_size
         from cryoprism.io import read_mrc
+        from cryoprism.io.job import Job
 
-        t0 = time.time()
         m, hdr_px = read_mrc(micrograph, ndim=2, finite=True)
-        px = _pixel(hdr_px, pixel_size, micrograph, True)
+        px = choose_pixel_size(hdr_px, pixel_size, micrograph, True)
         if not 0 <= amp < 1:
             raise InputError(f"--amp must be in [0, 1), got {amp}")
         try:
@@ -372,16 +263,16 @@ def register(app: typer.Typer) -> None:
                                       defocus_range_A=(defocus_min, defocus_max), return_spectrum=True)
         except ValueError as e:
             raise InputError(str(e), micrograph) from e
+        job = Job.for_file(plot or micrograph, "ctf-estimate")
         if plot is not None:
-            from cryoprism.ctf.plot import plot_ctf_fit
+            from cryoprism.report.ctf_fit import ctf_fit_figure
 
-            plot_ctf_fit(plot, fit, extra, px, voltage, cs, amp)
-        fig = {"micrograph": str(micrograph), "pixel_size_A": px, "voltage_kV": voltage, "cs_mm": cs,
+            job.save_figure(plot.name, ctf_fit_figure(fit, extra, px, voltage, cs, amp), dpi=100)
+        job.record(**{"micrograph": str(micrograph), "pixel_size_A": px, "voltage_kV": voltage, "cs_mm": cs,
                "amplitude_contrast": amp, **fit.to_dict(),
                "defocus_mean_A": 0.5 * (fit.defocus_u_A + fit.defocus_v_A),
-               "astigmatism_A": fit.defocus_u_A - fit.defocus_v_A, "plot": str(plot) if plot else None,
-               "seconds": round(time.time() - t0, 3)}
+               "astigmatism_A": fit.defocus_u_A - fit.defocus_v_A, "plot": str(plot) if plot else None})
         human = (f"defocus U: {fit.defocus_u_A:.1f} Å\ndefocus V: {fit.defocus_v_A:.1f} Å\n"
                  f"angle: {fit.defocus_angle_deg:.2f}°\nscore: {fit.score:.4f}\n"
                  f"fit resolution: {fit.fit_resolution_A:.2f} Å")
-        emit(fig, as_json, human)
+        finish(job, as_json, human)

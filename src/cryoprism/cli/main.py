@@ -27,19 +27,31 @@ def _version(value: bool):
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
-    scheduler: str = typer.Option(None, "--scheduler", envvar="CRYOPRISM_SCHEDULER",
+    scheduler: str = typer.Option(None, "--scheduler",
                                   help="dask.distributed scheduler address (tcp://host:8786) to run "
-                                       "particle passes on a cluster; default: this machine."),
-    workers: int = typer.Option(None, "--workers", min=1, envvar="CRYOPRISM_WORKERS",
-                                help="Local worker threads (default: all CPUs available)."),
+                                       "particle passes on a cluster; default: CRYOPRISM_SCHEDULER, else "
+                                       "this machine."),
+    workers: int = typer.Option(None, "--workers", min=1,
+                                help="Local worker threads (default: CRYOPRISM_WORKERS, else all CPUs "
+                                     "available)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="Progress messages on stderr (-v: level INFO, -vv: DEBUG; default: "
+                                     "warnings only; OUT/job.log holds the INFO messages unless -q)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Level WARNING (also in OUT/job.log) and no progress bars."),
 ):
     """Cryo-EM single-particle analysis."""
-    import os
+    from cryoprism.cli.common import configure_logging
+    from cryoprism.parallel.config import configure, reset
 
+    reset()  # each invocation starts from the documented defaults
+    changes = {"progress": not quiet}
     if scheduler:
-        os.environ["CRYOPRISM_SCHEDULER"] = scheduler
+        changes["scheduler"] = scheduler
     if workers:
-        os.environ["CRYOPRISM_WORKERS"] = str(workers)
+        changes["workers"] = workers
+    configure(**changes)
+    configure_logging(verbose=verbose, quiet=quiet)
 
 
 # One module per area; each defines register(app).
@@ -49,6 +61,20 @@ _AREAS = [
 ]
 for _name in _AREAS:
     __import__(f"cryoprism.cli.{_name}", fromlist=["register"]).register(app)
+
+
+def _reflow(doc: str) -> str:
+    """A docstring as help text that the terminal reflows: the lines of each paragraph joined (typer
+    keeps the hard line breaks of every paragraph but the first)."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+for _cmd in app.registered_commands:
+    if _cmd.help is None and _cmd.callback is not None and _cmd.callback.__doc__:
+        _cmd.help = _reflow(_cmd.callback.__doc__)
 
 
 def main(argv=None) -> int:

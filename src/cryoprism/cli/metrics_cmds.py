@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
+from cryoprism.cli.common import JSON_OPTION, finish
 
 
 def _read_map(path: Path):
@@ -64,6 +64,7 @@ def fsc_cmd(
     Different boxes, voxel sizes or a missing file: one error line, exit code 2.
     """
     from cryoprism.errors import InputError
+    from cryoprism.io.job import Job
     from cryoprism.metrics import fsc, resolution_at, threshold_curve
 
     va, vb, px = _load_pair(map_a, map_b, pixel_size_A)
@@ -75,29 +76,29 @@ def fsc_cmd(
     r = fsc(va, vb, px, mask=m)
     res = {name: resolution_at(r, t) for name, t in
            [("0.143", 0.143), ("0.5", 0.5), ("half_bit", "half-bit")]}
-    figures = {
+    job = Job.for_file(plot or map_a, "fsc")
+    job.record(**{
         "map_a": str(map_a), "map_b": str(map_b), "mask": None if mask is None else str(mask),
         "pixel_size_A": px, "box": r.box,
         "resolution_0.143_A": res["0.143"], "resolution_0.5_A": res["0.5"],
         "resolution_half_bit_A": res["half_bit"], "nyquist_A": 2 * px,
         "freq_invA": r.freq_invA, "fsc": r.curve, "n_voxels": r.n_voxels,
-    }
+    })
     if plot is not None:
-        from cryoprism.report.plots import fsc_figure, save
+        from cryoprism.report.plots import fsc_figure
 
         fig = fsc_figure({f"{map_a.name} vs {map_b.name}": (r.freq_invA, r.curve)})
         fig.axes[0].plot(r.freq_invA[1:], threshold_curve(r, "half-bit")[1:], color="tab:red", lw=0.8,
                          ls=":", label="half-bit")
         fig.axes[0].legend(fontsize=7)
-        save(fig, plot)
-        figures["plot"] = str(plot)
+        job.record(plot=job.save_figure(plot.name, fig))
     human = "\n".join([
         f"FSC {map_a} vs {map_b} (box {r.box}, {px:.4g} Å/px, Nyquist {2 * px:.3g} Å)",
         f"resolution at FSC = 0.143: {res['0.143']:.2f} Å",
         f"resolution at FSC = 0.5:   {res['0.5']:.2f} Å",
         f"resolution at half-bit:    {res['half_bit']:.2f} Å",
     ] + ([f"plot: {plot}"] if plot is not None else []))
-    emit(figures, as_json, human)
+    finish(job, as_json, human)
 
 
 def align_volumes_cmd(
@@ -118,7 +119,7 @@ def align_volumes_cmd(
     the FSC resolution (0.143 and 0.5, Å) of the aligned pair. With --out writes the aligned map (MRC).
     """
     from cryoprism.geometry import matrix_to_euler
-    from cryoprism.io import write_mrc
+    from cryoprism.io.job import Job
     from cryoprism.metrics import align_volumes, fsc, resolution_at
 
     vr, vv, px = _load_pair(reference, volume, pixel_size_A)
@@ -129,25 +130,24 @@ def align_volumes_cmd(
     r = align_volumes(vr, vv, n_coarse=n_coarse, try_flip=not no_flip)
     f = fsc(vr, r.aligned, px)
     rot, tilt, psi = matrix_to_euler(r.rotation)
-    figures = {
+    job = Job.for_file(out or volume, "align-volumes")
+    job.record(**{
         "reference": str(reference), "volume": str(volume), "pixel_size_A": px,
         "rotation": r.rotation, "euler_deg": [rot, tilt, psi], "shift_px": r.shift_px,
         "shift_A": r.shift_px * px, "flipped": r.flipped, "correlation": r.correlation,
         "resolution_0.143_A": resolution_at(f, 0.143), "resolution_0.5_A": resolution_at(f, 0.5),
-    }
+    })
     if out is not None:
-        write_mrc(out, r.aligned.astype(np.float32), px)
-        figures["out"] = str(out)
+        job.record(out=job.write_mrc(out.name, r.aligned.astype(np.float32), px))
     human = "\n".join([
         f"aligned {volume} onto {reference}",
         f"rotation (RELION rot, tilt, psi): {rot:.2f} {tilt:.2f} {psi:.2f} deg",
         f"shift: {' '.join(f'{v:.2f}' for v in r.shift_px * px)} Å (x y z)",
         f"hand flipped: {r.flipped}",
         f"correlation: {r.correlation:.4f}",
-        f"FSC resolution 0.143 / 0.5: {figures['resolution_0.143_A']:.2f} / "
-        f"{figures['resolution_0.5_A']:.2f} Å",
+        f"FSC resolution 0.143 / 0.5: {resolution_at(f, 0.143):.2f} / {resolution_at(f, 0.5):.2f} Å",
     ] + ([f"wrote {out}"] if out is not None else []))
-    emit(figures, as_json, human)
+    finish(job, as_json, human)
 
 
 def register(app: typer.Typer) -> None:

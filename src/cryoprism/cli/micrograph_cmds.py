@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from cryoprism.cli.common import JSON_OPTION, emit
+from cryoprism.cli.common import JSON_OPTION, finish
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +33,8 @@ def register(app: typer.Typer) -> None:
         truth: Optional[Path] = typer.Option(None, "--truth", help="Ground-truth map (MRC): FSC with its "
                                              "band-limited expansion after every iteration, "
                                              "OUT/fsc_per_iteration.{csv,png}."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.npz."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT/checkpoints "
+                                    "(same micrographs and settings)."),
         ell_max: int = typer.Option(5, "--ell-max", min=1, help="Final spherical-harmonic degree ℓ_max."),
         rotations: int = typer.Option(600, "--rotations", min=1, help="Discrete rotations (SO(3) grid)."),
         iterations: str = typer.Option("4,4,6", "--iterations", help="Iterations of each frequency-"
@@ -58,9 +60,12 @@ def register(app: typer.Typer) -> None:
 
         Writes OUT/volume.mrc (box L, voxel size = binned micrograph pixel size in Å), OUT/iterations.csv
         (log-likelihood per patch, band limit in cycles/pixel and Å, seconds per iteration),
-        OUT/checkpoint.npz after every iteration, and with --truth OUT/fsc_per_iteration.{csv,png}.
+        with --truth OUT/fsc_per_iteration.{csv,png}, and summary.json; the EM state is checkpointed in
+        OUT/checkpoints after every iteration (continue an interrupted run with --resume). Progress
+        messages: cryoprism -v micrograph-em …, and OUT/job.log.
         """
         from cryoprism.errors import InputError
+        from cryoprism.io.job import Job
         from cryoprism.micrograph.pipeline import RunConfig, run_pipeline
 
         try:
@@ -75,7 +80,8 @@ def register(app: typer.Typer) -> None:
         cfg = RunConfig(L=particle_box, ell_max=ell_max, n_rotations=rotations, iterations=its,
                         batch_fraction=batch_fraction, bin_factor=bin_factor, whiten=whiten, seed=seed)
         px = pixel_size * bin_factor if pixel_size else None
-        figures = run_pipeline(micrographs, out, cfg, init_path=init, ctf_star=ctf_star, truth_path=truth,
-                               resume=resume, pixel_size_A=px, noise_var=noise_var,
-                               log=lambda s: typer.echo(s, err=True))
-        emit(figures, as_json)
+        settings = {**asdict(cfg), "pixel_size_A": pixel_size, "noise_var": noise_var}
+        with Job(out, "micrograph-em", settings, resume=resume) as job:
+            run_pipeline(micrographs, cfg, job=job, init_path=init, ctf_star=ctf_star, truth_path=truth,
+                         pixel_size_A=px, noise_var=noise_var)
+            finish(job, as_json)

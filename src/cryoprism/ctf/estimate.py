@@ -41,7 +41,7 @@ class CTFFit:
     defocus_angle_deg: float
     score: float  # Pearson correlation of CTF² with the background-subtracted spectrum in the band
     fit_resolution_A: float  # highest resolution to which the Thon rings agree with the model
-    defocus_1d_A: float  # the rotationally averaged (1-D) estimate that seeded the 2-D fit
+    defocus_1d_A: float  # the rotationally averaged (1-D) estimate that starts the 2-D fit
     band_A: tuple[float, float]
     tile_px: int
     n_tiles: int

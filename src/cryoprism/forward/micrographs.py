@@ -4,8 +4,8 @@ Placement. Centres are drawn uniformly (integer pixels) so that every ``L × L``
 inside the micrograph, by dart throwing with a minimum centre-to-centre distance ``d``:
 
 * ``separation="well-separated"`` (default): ``d = 2L`` (Chebyshev/max-norm), so the ``2L × 2L``
-  windows around particles do not overlap — the condition of the micrograph-EM seed (Kreymer,
-  Singer, Bendory): any ``L × L`` patch meets at most one particle;
+  windows around particles do not overlap — the condition of the micrograph EM of Kreymer,
+  Singer & Bendory (2025): any ``L × L`` patch meets at most one particle;
 * ``separation="non-overlapping"``: ``d = L`` (the ``L × L`` boxes do not overlap);
 * a number: ``d`` in pixels (Euclidean distance).
 
@@ -33,6 +33,7 @@ from cryoprism.forward.simulate import make_noise, noise_psd_grid
 from cryoprism.fourier.core import fft2c, ifft2c
 from cryoprism.geometry import matrix_to_euler, uniform_rotations
 from cryoprism.parallel import map_batches
+from cryoprism.parallel.config import finufft_threads
 from cryoprism.parallel.core import default_workers
 
 
@@ -78,16 +79,15 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
                          state_weights=None, defocus_range_A=(1.0e4, 3.0e4), astigmatism_A: float = 300.0,
                          voltage_kV: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1,
                          bfactor_A2: float = 0.0, ctf: bool = True, noise_color="white", rng=None,
-                         out_dir=None, keep_clean: bool = False, n_workers: int | None = None,
+                         job=None, keep_clean: bool = False, n_workers: int | None = None,
                          progress: bool = True) -> MicrographResult:
     """Simulate ``n_micrographs`` fields of ``size_px²`` pixels with particles of ``volumes``.
 
     Returns the micrographs (and, with ``keep_clean``, the noiseless ones) and a coordinate table
     (RELION names: ``rlnMicrographName``, ``rlnCoordinateX/Y`` in pixels = column/row of the particle
-    centre, ``rlnClassNumber`` = state + 1, ``rlnAngleRot/Tilt/Psi``, defocus). With ``out_dir``,
-    writes ``micrograph_XXXX.mrc`` and ``coordinates.star`` there.
+    centre, ``rlnClassNumber`` = state + 1, ``rlnAngleRot/Tilt/Psi``, defocus). With ``job``
+    (:class:`cryoprism.io.job.Job`), writes ``micrograph_XXXX.mrc`` and ``coordinates.star`` through it.
     """
-    from cryoprism.io import write_mrc, write_star
 
     vols = [np.asarray(volumes, np.float32)] if np.ndim(volumes) == 3 else \
         [np.asarray(v, np.float32) for v in volumes]
@@ -114,7 +114,7 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(m)
     psd = noise_psd_grid(M, pixel_size_A, noise_color)
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
 
     def one(i):
         field = np.zeros((M, M), np.float64)
@@ -156,19 +156,13 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         columns=["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"])
     paths = star_path = None
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name, mic in zip(names, mics):
-            write_mrc(out / name, mic, pixel_size_A)
-            paths.append(out / name)
+    if job is not None:
+        paths = [job.write_mrc(name, mic, pixel_size_A) for name, mic in zip(names, mics)]
         optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
                                "rlnVoltage": [float(voltage_kV)], "rlnSphericalAberration": [float(cs_mm)],
                                "rlnAmplitudeContrast": [float(amplitude_contrast)],
                                "rlnMicrographPixelSize": [float(pixel_size_A)]})
         t = table.copy()
         t["rlnOpticsGroup"] = 1
-        star_path = out / "coordinates.star"
-        write_star(star_path, t, optics)
+        star_path = job.write_star("coordinates.star", t, optics)
     return MicrographResult(mics, clean, table, cp, sig, paths, star_path)

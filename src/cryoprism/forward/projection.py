@@ -31,7 +31,8 @@ from __future__ import annotations
 import finufft
 import numpy as np
 
-from cryoprism.fourier.core import WORKERS, fft2c, ifft2c
+from cryoprism.fourier.core import fft2c, ifft2c
+from cryoprism.parallel.config import finufft_threads
 
 #: rotations per NUFFT call; bounded memory for any n
 DEFAULT_CHUNK = 512
@@ -49,7 +50,7 @@ def _complex(dtype):
 def _nthreads(nthreads):
     if nthreads is not None:
         return int(nthreads)
-    return 0 if WORKERS < 0 else int(WORKERS)  # finufft: 0 = all cores
+    return finufft_threads(1)  # a call on its own: every worker
 
 
 def slice_indices(L: int) -> np.ndarray:
@@ -226,7 +227,7 @@ def project(volume, rotations, origins_px=None, ctf=None, eps: float | None = No
                 a, b = r
                 out[a:b] = project(vol, rot[a:b], None if org is None else org[a:b],
                                    None if c is None else (c[a:b] if c.ndim == 3 else c), eps=eps,
-                                   chunk=chunk, nthreads=1)
+                                   chunk=chunk, nthreads=finufft_threads(workers))
 
             map_batches(job, ranges, n_workers=workers, progress=False)
             return out

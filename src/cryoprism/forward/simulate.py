@@ -30,6 +30,7 @@ from cryoprism.fourier.core import fft2c, ifft2c, radius_grid
 from cryoprism.geometry import matrix_to_euler, uniform_rotations
 from cryoprism.io.particles import ParticleStack, read_particles
 from cryoprism.parallel import map_batches
+from cryoprism.parallel.config import finufft_threads, progress_bar
 from cryoprism.parallel.core import batch_ranges, default_workers
 
 
@@ -109,7 +110,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
                        astigmatism_A: float = 500.0, voltage_kV: float = 300.0, cs_mm: float = 2.7,
                        amplitude_contrast: float = 0.1, bfactor_A2: float = 0.0, ctf: bool = True,
                        noise_color="white", rng=None, out_star=None, out_mrcs=None, batch_size: int = 256,
-                       n_workers: int | None = None, dtype=np.float32, progress: bool = True
+                       n_workers: int | None = None, dtype=np.float32, progress: bool = True, job=None
                        ) -> SimulationResult:
     """Simulate ``n`` particles from one volume or a list of volumes (one per state).
 
@@ -119,8 +120,9 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     unless ``states`` (0-based) are given. ``snr=None`` gives noiseless images. ``ctf=False`` skips the
     CTF (the STAR still carries the defocus values drawn). With ``out_star`` and ``out_mrcs`` the
     stack is streamed to a RELION 3.1 STAR + MRCS (``rlnClassNumber`` = state + 1,
-    ``rlnRandomSubset`` alternating 1/2, ``rlnMicrographName`` = defocus group); otherwise the images
-    are returned in memory.
+    ``rlnRandomSubset`` alternating 1/2, ``rlnMicrographName`` = defocus group) — through ``job``
+    (:class:`cryoprism.io.job.Job`; the names are then relative to its folder) when given; otherwise
+    the images are returned in memory.
     """
     vols = [np.asarray(volumes)] if np.ndim(volumes) == 3 else [np.asarray(v) for v in volumes]
     L = vols[0].shape[-1]
@@ -164,7 +166,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
                                    None if c is None else c[sel], nthreads=nt)
         return out
 
-    nt = 1 if (workers > 1 and len(ranges) > 1) else 0  # finufft threads only when batches can't
+    nt = finufft_threads(workers, len(ranges))
     sigma = 0.0
     pilot = {}
     if snr is not None:
@@ -175,7 +177,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
         p0 = float(np.mean(np.sum(pilot[0].astype(np.float64) ** 2, axis=(1, 2)))) / (L * L)
         sigma = float(np.sqrt(p0 / snr))
 
-    def job(i):
+    def one_batch(i):
         a, b = ranges[i]
         x = pilot.pop(i) if i in pilot else clean(a, b)
         power = float(np.sum(x.astype(np.float64) ** 2))
@@ -208,11 +210,10 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     def stream():
         for g0 in range(0, len(ranges), group):
             idx = list(range(g0, min(g0 + group, len(ranges))))
-            for x, pw in map_batches(job, idx, n_workers=workers, progress=False):
+            for x, pw in map_batches(one_batch, idx, n_workers=workers, progress=False):
                 powers.append(pw)
                 yield x
 
-    from tqdm.auto import tqdm
 
     images = None
     star_path = stack_path = None
@@ -221,7 +222,10 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
             raise ValueError("give both out_star and out_mrcs (or neither)")
         from cryoprism.io import write_particles
 
-        bar = tqdm(total=n, desc="simulate", disable=not progress, leave=False)
+        if job is not None:
+            write_particles = job.write_particles  # noqa: F811
+
+        bar = progress_bar(total=n, desc="simulate", progress=progress, leave=False)
 
         def counted():
             for x in stream():
@@ -237,7 +241,7 @@ def simulate_particles(volumes, n: int, pixel_size_A: float, *, snr: float | Non
     else:
         images = np.empty((n, L, L), dtype=dtype)
         pos = 0
-        for x in tqdm(stream(), total=len(ranges), desc="simulate", disable=not progress, leave=False):
+        for x in progress_bar(stream(), total=len(ranges), desc="simulate", progress=progress, leave=False):
             images[pos:pos + len(x)] = x
             pos += len(x)
         particles = ParticleStack.from_arrays(images, pixel_size_A=pixel_size_A, rotations=rot, origins_A=org,

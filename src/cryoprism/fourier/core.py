@@ -7,13 +7,10 @@ unnormalised, inverse transforms carry ``1/N``. All transforms act on the traili
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import scipy.fft as sfft
 
-#: Threads used by scipy.fft; override with CRYOPRISM_FFT_WORKERS.
-WORKERS = int(os.environ.get("CRYOPRISM_FFT_WORKERS", "-1"))
+from cryoprism.parallel.config import fft_workers  # threads of one scipy.fft call (settings)
 
 
 def _axes(ndim: int) -> tuple[int, ...]:
@@ -23,13 +20,13 @@ def _axes(ndim: int) -> tuple[int, ...]:
 def fftnc(x: np.ndarray, ndim: int) -> np.ndarray:
     """Centred forward FFT over the last ``ndim`` axes."""
     ax = _axes(ndim)
-    return sfft.fftshift(sfft.fftn(sfft.ifftshift(x, axes=ax), axes=ax, workers=WORKERS), axes=ax)
+    return sfft.fftshift(sfft.fftn(sfft.ifftshift(x, axes=ax), axes=ax, workers=fft_workers()), axes=ax)
 
 
 def ifftnc(x: np.ndarray, ndim: int) -> np.ndarray:
     """Centred inverse FFT over the last ``ndim`` axes (carries 1/N)."""
     ax = _axes(ndim)
-    return sfft.fftshift(sfft.ifftn(sfft.ifftshift(x, axes=ax), axes=ax, workers=WORKERS), axes=ax)
+    return sfft.fftshift(sfft.ifftn(sfft.ifftshift(x, axes=ax), axes=ax, workers=fft_workers()), axes=ax)
 
 
 def fft2c(x):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-from cryoprism.fourier.core import WORKERS, fftnc, radial_index
+from cryoprism.fourier.core import fftnc, radial_index
+from cryoprism.parallel.config import fft_workers
 
 
 def _check_ndim(x: np.ndarray, ndim: int) -> None:
@@ -231,17 +232,17 @@ def fourier_resize(x: np.ndarray, size, ndim: int = 2,
     ax = tuple(range(-ndim, 0))
     scale = float(np.prod(new)) / float(np.prod(old))
     if np.iscomplexobj(x):
-        F = sfft.fftn(sfft.ifftshift(x, axes=ax), axes=ax, workers=WORKERS)
+        F = sfft.fftn(sfft.ifftshift(x, axes=ax), axes=ax, workers=fft_workers())
         for j in range(ndim):
             F = _resize_axis_full(F, x.ndim - ndim + j, old[j], new[j])
-        y = sfft.fftshift(sfft.ifftn(F, axes=ax, workers=WORKERS), axes=ax) * scale
+        y = sfft.fftshift(sfft.ifftn(F, axes=ax, workers=fft_workers()), axes=ax) * scale
         return y.astype(x.dtype, copy=False), px_new
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
-    F = sfft.rfftn(sfft.ifftshift(x.astype(dtype, copy=False), axes=ax), axes=ax, workers=WORKERS)
+    F = sfft.rfftn(sfft.ifftshift(x.astype(dtype, copy=False), axes=ax), axes=ax, workers=fft_workers())
     for j in range(ndim - 1):
         F = _resize_axis_full(F, x.ndim - ndim + j, old[j], new[j])
     F = _resize_axis_half(F, old[-1], new[-1])
-    y = sfft.irfftn(F, s=new, axes=ax, workers=WORKERS)
+    y = sfft.irfftn(F, s=new, axes=ax, workers=fft_workers())
     y = sfft.fftshift(y, axes=ax)
     y *= scale
     return y.astype(dtype, copy=False), px_new

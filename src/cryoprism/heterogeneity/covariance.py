@@ -1,6 +1,6 @@
 """Mean and covariance of a heterogeneous particle set (Andén, Katsevich & Singer 2015).
 
-Two estimators of the covariance ``Σ`` solving the seed's normal equations ``L_n(Σ) = B_n``
+Two estimators of the covariance ``Σ`` solving Andén, Katsevich & Singer's (2015) normal equations ``L_n(Σ) = B_n``
 
     L_n(Σ) = (1/n) Σ_s A_s Σ A_s,     A_s = M_sᵀ M_s,
     B_n    = (1/n) Σ_s M_sᵀ z_s z_sᵀ M_s − σ² Ā,      z_s = y_s − M_s μ,  Ā = (1/n) Σ_s A_s,
@@ -28,12 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft as sfft
-from tqdm.auto import tqdm
 
-from cryoprism.fourier.core import WORKERS
 from cryoprism.heterogeneity.data import (
     HetData,
-    _nthreads,
     adjoint_of,
     as_particle_source,
     band_ctf2_and_spectra,
@@ -42,6 +39,7 @@ from cryoprism.heterogeneity.data import (
     slices_of,
 )
 from cryoprism.parallel import map_reduce
+from cryoprism.parallel.config import fft_workers, finufft_threads, progress_bar
 from cryoprism.parallel.core import default_workers
 from cryoprism.reconstruct import conjugate_gradient
 from cryoprism.reconstruct.mean import cg_checkpoint, normal_equations
@@ -66,9 +64,9 @@ class MeanOperator:
     def apply(self, x: np.ndarray, reg: float = 0.0) -> np.ndarray:
         """``(Ā + reg·I) x`` for one volume or a stack ``(m, N, N, N)``."""
         N = self.N
-        X = sfft.rfftn(x, s=(2 * N,) * 3, axes=(-3, -2, -1), workers=WORKERS)
+        X = sfft.rfftn(x, s=(2 * N,) * 3, axes=(-3, -2, -1), workers=fft_workers())
         X *= self.kernel_hat
-        y = sfft.irfftn(X, s=(2 * N,) * 3, axes=(-3, -2, -1), workers=WORKERS)[..., :N, :N, :N]
+        y = sfft.irfftn(X, s=(2 * N,) * 3, axes=(-3, -2, -1), workers=fft_workers())[..., :N, :N, :N]
         return y + reg * x if reg else y
 
     def solve(self, rhs: np.ndarray, maxiter: int = 40, tol: float = 1e-4) -> np.ndarray:
@@ -100,7 +98,8 @@ def _dots(a, b):
 
 def estimate_mean(d: HetData, *, regularization: float = 1e-3, maxiter: int = 40, tol: float = 1e-5,
                   n_workers: int | None = None, progress: bool = True, checkpoints=None) -> MeanOperator:
-    """Least-squares mean ``(Ā + λ I) μ = (1/n) Σ M_sᵀ y_s`` (seed eq. 13) on the ``N³`` grid.
+    """Least-squares mean ``(Ā + λ I) μ = (1/n) Σ M_sᵀ y_s`` (Andén, Katsevich & Singer 2015, eq. 13) on the
+    ``N³`` grid.
 
     ``regularization``: λ relative to the largest eigenvalue of ``Ā`` (the kernel's peak). The
     right-hand side and kernel come from :func:`cryoprism.reconstruct.accumulate_normal_equations`.
@@ -125,7 +124,7 @@ def apply_data_term(d: HetData, W: np.ndarray, n_workers: int | None = None,
                     progress: bool = False) -> np.ndarray:
     """``(1/n) Σ_s M_sᵀ z_s (z_sᵀ M_s W_j)`` for volumes ``W (m, N, N, N)``: the data part of ``B_n W``."""
     workers = n_workers or default_workers()
-    nt = _nthreads(workers)
+    nt = finufft_threads(workers)
     m, N = W.shape[0], d.N
 
     def job(r):
@@ -184,7 +183,7 @@ def range_basis(d: HetData, A: MeanOperator, block: int = 8, steps: int = 3, see
     if got is not None:
         blocks = [got[0][f"block_{i}"] for i in range(int(got[1]["steps_done"]))]
         X = blocks[-1].reshape((-1,) + (d.N,) * 3)
-    for _ in tqdm(range(len(blocks), steps), desc="range finder", disable=not progress, leave=False):
+    for _ in progress_bar(range(len(blocks), steps), desc="range finder", progress=progress, leave=False):
         # the noise term −σ²Ā⁻¹ of B_n is left out here: it only shifts the spectrum, and with a
         # regularised inverse it would favour poorly measured directions (docs/heterogeneity.md)
         Y = A.solve(apply_data_term(d, A.solve(X), n_workers))
@@ -363,16 +362,16 @@ class CovarianceKernel6:
 
     def apply(self, S: np.ndarray) -> np.ndarray:
         N = self.N
-        X = sfft.rfftn(S.reshape((N,) * 6), s=(2 * N,) * 6, workers=WORKERS)
+        X = sfft.rfftn(S.reshape((N,) * 6), s=(2 * N,) * 6, workers=fft_workers())
         X *= self.kernel_hat
-        y = sfft.irfftn(X, s=(2 * N,) * 6, workers=WORKERS)[(slice(0, N),) * 6]
+        y = sfft.irfftn(X, s=(2 * N,) * 6, workers=fft_workers())[(slice(0, N),) * 6]
         return y.reshape(N ** 3, N ** 3)
 
     def precondition(self, R: np.ndarray, eps: float) -> np.ndarray:
         N = self.N
-        X = sfft.rfftn(R.reshape((N,) * 6), s=(2 * N,) * 6, workers=WORKERS)
+        X = sfft.rfftn(R.reshape((N,) * 6), s=(2 * N,) * 6, workers=fft_workers())
         X /= np.abs(self.kernel_hat) + eps
-        y = sfft.irfftn(X, s=(2 * N,) * 6, workers=WORKERS)[(slice(0, N),) * 6]
+        y = sfft.irfftn(X, s=(2 * N,) * 6, workers=fft_workers())[(slice(0, N),) * 6]
         y = y.reshape(N ** 3, N ** 3)
         return 0.5 * (y + y.T)
 
@@ -402,7 +401,7 @@ def build_kernel6(d: HetData, *, max_bytes: float = 2e9, n_workers: int | None =
     K, GG, ksum = map_reduce(job, d.batches(256), add, n_workers=workers, desc="6-D kernel",
                              progress=progress)
     K /= d.n
-    kh = sfft.rfftn(sfft.ifftshift(K.reshape((2 * N,) * 6)), workers=WORKERS).real.astype(np.float32)
+    kh = sfft.rfftn(sfft.ifftshift(K.reshape((2 * N,) * 6)), workers=fft_workers()).real.astype(np.float32)
     del K
     kbar = (ksum / d.n).reshape((2 * N,) * 3)
     r = np.indices((N, N, N)).reshape(3, -1)

@@ -24,14 +24,11 @@ from cryoprism.fourier.resample import downsample
 from cryoprism.image.normalize import background_stats
 from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import map_reduce
+from cryoprism.parallel.config import finufft_threads
 from cryoprism.parallel.core import batch_ranges, default_workers
 
 #: images per batch in the particle passes
 BATCH = 512
-
-
-def _nthreads(workers: int) -> int:
-    return 1 if workers > 1 else 0
 
 
 @dataclass
@@ -169,7 +166,7 @@ def compute_residuals(d: HetData, mean: np.ndarray, n_workers: int | None = None
                       progress: bool = True) -> np.ndarray:
     """``y_s − M_s μ`` for every particle (float32), stored on ``d.residuals``."""
     workers = n_workers or default_workers()
-    nt = _nthreads(workers)
+    nt = finufft_threads(workers)
 
     def job(r):
         a, b = r
@@ -269,7 +266,7 @@ def subspace_statistics(d: HetData, basis: np.ndarray, n_workers: int | None = N
     if d.residuals is None:
         raise ValueError("compute_residuals first")
     workers = n_workers or default_workers()
-    nt = _nthreads(workers)
+    nt = finufft_threads(workers)
     m, N = basis.shape[0], d.N
 
     def job(r):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -56,25 +55,26 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
             max_states: int = 8, block: int = 8, steps: int = 3, n_boot: int = 20, wiener: bool = True,
             reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
             progress: bool = True, max_full_bytes: float = 2e9,
-            oversample: float | None = None, checkpoint_dir=None, resume: bool = False,
-            checkpoint_every_s: float | None = None,
+            oversample: float | None = None, job=None, star=None,
             support_radius: float | None = 1.0) -> HeterogeneityResult:
     """Run the heterogeneity analysis on the particles of ``source`` (``io.ParticleSource`` with poses).
 
     ``method``: ``lowrank`` (matrix-free subspace estimator, the default: it runs at any ``N_res`` and
-    measured better gaps and accuracy than the dense path wherever both ran) or ``cg`` (the seed's dense
-    estimator with the 6-D Toeplitz kernel, ``N_res`` ≤ ~10 within ``max_full_bytes``). ``classes``: ``auto``
-    (from the spectral gap) or a number of states. ``reconstruct``: per-class volumes at full
-    resolution (CG mean with the class's particles). ``oversample``: volume grid / band ratio
-    (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows as the sixth power of the grid).
-    ``support_radius``: the covariance is estimated inside the ball of this radius, a fraction of half
-    the box (1.0: the inscribed ball; None: the whole cube); the particle must lie inside it.
+    measured better gaps and accuracy than the dense path wherever both ran) or ``cg`` (the dense estimator
+    of Andén, Katsevich & Singer 2015, with the 6-D Toeplitz kernel, ``N_res`` ≤ ~10 within
+    ``max_full_bytes``). ``classes``: ``auto`` (from the spectral gap) or a number of states.
+    ``reconstruct``: per-class volumes at full resolution (CG mean with the class's particles).
+    ``oversample``: volume grid / band ratio (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows
+    as the sixth power of the grid). ``support_radius``: the covariance is estimated inside the ball of this
+    radius, a fraction of half the box (1.0: the inscribed ball; None: the whole cube); the particle must
+    lie inside it.
 
-    ``checkpoint_dir``: keep checkpoints there (mean normal equations and CG, the dense 6-D kernel up
-    to ~1 GB, range-finder blocks, Galerkin statistics, covariance CG state, finished class volumes;
-    see :mod:`cryoprism.heterogeneity.covariance`); ``resume``: continue from them. The checkpoints
-    are stamped with a digest of the prepared data and the settings; others are refused
-    (``InputError``).
+    ``job`` (:class:`cryoprism.io.job.Job`): keep checkpoints in it (mean normal equations and CG, the
+    dense 6-D kernel up to ~1 GB, range-finder blocks, Galerkin statistics, covariance CG state,
+    finished class volumes; see :mod:`cryoprism.heterogeneity.covariance`; ``job.resume`` continues
+    from them), stamped with a digest of the prepared data and the settings (others are refused,
+    ``InputError``), and write the outputs through it (:func:`write_outputs`; ``star``: the input
+    STAR file, whose rows and columns classes.star keeps).
     """
     t = {}
     t0 = time.perf_counter()
@@ -86,8 +86,8 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
     d = prepare(source, n_res, oversample=oversample, n_workers=n_workers, progress=progress)
     t["read_s"] = time.perf_counter() - t0
     ck = None
-    if checkpoint_dir is not None or resume:
-        ck = open_checkpoints(checkpoint_dir, resume, d, checkpoint_every_s, method=method, classes=classes,
+    if job is not None:
+        ck = open_checkpoints(job, d, method=method, classes=classes,
                               cg_iterations=cg_iterations, max_states=max_states, block=block, steps=steps,
                               n_boot=n_boot, wiener=wiener, reconstruct=reconstruct, refine=refine, seed=seed,
                               oversample=oversample, support_radius=support_radius)
@@ -140,21 +140,25 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
         t["reconstruct_s"] = time.perf_counter() - t1
     t["total_s"] = time.perf_counter() - t0
     t["cpu_s"] = time.process_time() - c0
+    if job is not None:
+        write_outputs(job, res, star=star, pixel_size_A=float(source.pixel_size_A))
     return res
 
 
-def open_checkpoints(checkpoint_dir, resume: bool, d: HetData, every_s: float | None = None, **settings):
-    """The analysis' :class:`cryoprism.io.checkpoint.Checkpoints` folder, stamped with the prepared
-    data (counts, box, N_res, grid, pixel size, noise, digest of images/poses/CTF) and ``settings``."""
-    from cryoprism.errors import InputError
-    from cryoprism.io.checkpoint import Checkpoints, digest
+def data_fingerprint(d: HetData) -> dict:
+    """Identity of the prepared data: counts, box, N_res, grid, pixel size, noise, digest of
+    images/poses/CTF."""
+    from cryoprism.io.checkpoint import digest
 
-    if checkpoint_dir is None:
-        raise InputError("resume needs a checkpoint folder")
-    fp = {"n_images": d.n, "box": d.L, "n_res": d.band_size, "grid": d.N, "pixel_size_A": float(d.pixel_size_A),
-          "noise_var": float(d.noise_var), "data_digest": digest(d.images, d.rotations, d.origins_px, d.ctf),
-          **settings}
-    return Checkpoints(checkpoint_dir, fp, resume, every_s=every_s)
+    return {"n_images": d.n, "box": d.L, "n_res": d.band_size, "grid": d.N, "pixel_size_A": float(d.pixel_size_A),
+            "noise_var": float(d.noise_var), "data_digest": digest(d.images, d.rotations, d.origins_px, d.ctf)}
+
+
+def open_checkpoints(job, d: HetData, **settings):
+    """The checkpoints of ``job`` (:class:`cryoprism.io.job.Job`), its fingerprint extended with the
+    prepared data (:func:`data_fingerprint`) and ``settings``."""
+    job.add_inputs(**data_fingerprint(d), **settings)
+    return job.checkpoints
 
 
 def class_reconstructions(source: ParticleSource, labels: np.ndarray, n_classes: int, *, regularization: float = 1e-3,
@@ -207,17 +211,15 @@ def eigenvolumes_full_box(res: HeterogeneityResult, r: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, L, L, L), np.float32)
 
 
-def write_outputs(res: HeterogeneityResult, out_dir, *, star=None, pixel_size_A: float,
+def write_outputs(job, res: HeterogeneityResult, *, star=None, pixel_size_A: float,
                   n_eigvols: int | None = None) -> dict:
     """Write eigenvalues.csv, coords.csv, classes.star (+ class_NN.star), class_NN.mrc, eigvol_NN.mrc,
-    report.png into ``out_dir``. ``star``: the input StarFile (its rows and columns are kept)."""
+    report.png through ``job`` (:class:`cryoprism.io.job.Job`) and record the figures in its summary.
+    ``star``: the input StarFile (its rows and columns are kept)."""
     import pandas as pd
 
-    from cryoprism.io.atomic import atomic_path
-    from cryoprism.io.mrc import write_mrc
+    from cryoprism.report.plots import heterogeneity_figure
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     files = []
     lam = res.covariance.eigenvalues
     K = min(len(lam), 50)
@@ -225,36 +227,33 @@ def write_outputs(res: HeterogeneityResult, out_dir, *, star=None, pixel_size_A:
     g = res.states.gaps
     gaps[:min(len(g), K)] = g[:K]
     ev = pd.DataFrame({"index": np.arange(1, K + 1), "eigenvalue": lam[:K], "gap_ratio": gaps})
-    with atomic_path(out / "eigenvalues.csv") as p:
-        ev.to_csv(p, index=False)
+    job.write_csv("eigenvalues.csv", ev)
     files.append("eigenvalues.csv")
     co = pd.DataFrame(res.coords, columns=[f"alpha_{i + 1}" for i in range(res.coords.shape[1])])
     co.insert(0, "particle", np.arange(len(co)))
     co["class"] = res.labels + 1
-    with atomic_path(out / "coords.csv") as p:
-        co.to_csv(p, index=False)
+    job.write_csv("coords.csv", co)
     files.append("coords.csv")
     if star is not None:
-        from cryoprism.io.star import write_star
-
         table = star.particles.copy()
         table["rlnClassNumber"] = res.labels + 1
         s2 = _with_particles(star, table)
-        write_star(out / "classes.star", s2)
+        job.write_star("classes.star", s2)
         files.append("classes.star")
         for k in range(res.n_states):
             sub = table[table["rlnClassNumber"] == k + 1].reset_index(drop=True)
-            write_star(out / f"class_{k + 1:02d}.star", _with_particles(star, sub))
+            job.write_star(f"class_{k + 1:02d}.star", _with_particles(star, sub))
             files.append(f"class_{k + 1:02d}.star")
     for k, v in enumerate(res.class_volumes):
-        write_mrc(out / f"class_{k + 1:02d}.mrc", v, pixel_size_A)
+        job.write_mrc(f"class_{k + 1:02d}.mrc", v, pixel_size_A)
         files.append(f"class_{k + 1:02d}.mrc")
     r = n_eigvols if n_eigvols is not None else max(res.n_states - 1, 1)
     for k, v in enumerate(eigenvolumes_full_box(res, r)):
-        write_mrc(out / f"eigvol_{k + 1:02d}.mrc", v, pixel_size_A)
+        job.write_mrc(f"eigvol_{k + 1:02d}.mrc", v, pixel_size_A)
         files.append(f"eigvol_{k + 1:02d}.mrc")
-    report_png(res, out / "report.png")
+    job.save_figure("report.png", heterogeneity_figure(res), dpi=90)
     files.append("report.png")
+    job.record(files=files)
     return {"files": files}
 
 
@@ -264,47 +263,3 @@ def _with_particles(star, table):
     s2 = copy.copy(star)
     s2.particles = table
     return s2
-
-
-def report_png(res: HeterogeneityResult, path) -> None:
-    """Eigenvalue spectrum with the gap, coordinates coloured by class, central class slices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cryoprism.io.atomic import atomic_path
-
-    C = res.n_states
-    ncol = 2 + max(C, 1)
-    fig, ax = plt.subplots(1, ncol, figsize=(3.2 * ncol, 3.2))
-    lam = res.covariance.eigenvalues[:min(30, len(res.covariance.eigenvalues))]
-    ax[0].bar(np.arange(1, len(lam) + 1), lam, color=["C3" if i < C - 1 else "C0" for i in range(len(lam))])
-    gap = res.states.gaps.max() if res.states.gaps.size else 0.0
-    ax[0].set_title(f"eigenvalues: {C} state(s), gap {gap:.2f}")
-    ax[0].set_xlabel("index")
-    a = res.coords
-    if a.shape[1] >= 2:
-        for k in range(C):
-            s = res.labels == k
-            ax[1].scatter(a[s, 0], a[s, 1], s=2, alpha=0.4, label=f"class {k + 1}")
-        ax[1].set_xlabel("α₁")
-        ax[1].set_ylabel("α₂")
-    else:
-        bins = np.linspace(a[:, 0].min(), a[:, 0].max(), 60)
-        for k in range(C):
-            ax[1].hist(a[res.labels == k, 0], bins=bins, alpha=0.6, label=f"class {k + 1}")
-        ax[1].set_xlabel("α₁")
-    ax[1].set_title("coordinates")
-    ax[1].legend(fontsize=7)
-    vols = res.class_volumes or [res.mean]
-    for k in range(ncol - 2):
-        if k < len(vols):
-            v = vols[k]
-            ax[2 + k].imshow(v[v.shape[0] // 2], cmap="gray")
-            ax[2 + k].set_title(f"class {k + 1} (z = L/2)")
-        ax[2 + k].axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as p:
-        fig.savefig(p, dpi=90, format="png")
-    plt.close(fig)

@@ -235,7 +235,7 @@ def template_peaks(images: np.ndarray, templates: np.ndarray, max_shift_px: floa
     """
     import scipy.fft as sfft
 
-    from cryoprism.fourier.core import WORKERS
+    from cryoprism.parallel.config import fft_workers
 
     x, _ = _as_stack(images)
     T = np.asarray(templates, dtype=np.float64)
@@ -267,7 +267,7 @@ def template_peaks(images: np.ndarray, templates: np.ndarray, max_shift_px: floa
         FX = fft2c(x[a:b] - x[a:b].mean(axis=(1, 2), keepdims=True))[band]
         norm = np.sqrt((np.abs(FX) ** 2).sum(axis=(1, 2)))
         prod = sfft.ifftshift(FX, axes=(-2, -1))[..., :h].astype(np.complex64)[:, None] * FTc[None]
-        cc = sfft.irfft2(prod, s=(Ls, Ls), workers=WORKERS, overwrite_x=True).reshape(m * nt, Ls, Ls)
+        cc = sfft.irfft2(prod, s=(Ls, Ls), workers=fft_workers(), overwrite_x=True).reshape(m * nt, Ls, Ls)
         w = cc.reshape(m * nt, Ls * Ls)[:, widx].argmax(axis=1)
         py, px = np.divmod(widx[w], Ls)
         r = np.arange(m * nt)

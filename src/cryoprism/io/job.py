@@ -4,8 +4,8 @@ A :class:`Job` owns ``OUT/``. Every command (and every library entry point that 
 through it, so outputs, checkpoints, figures, the log and the JSON summary look the same everywhere:
 
 - ``job.path(name)`` — a path inside ``OUT/`` (folders created);
-- ``job.write_mrc / write_star / write_particles / write_csv / write_json / write_text`` — atomic
-  writers (a temporary name in the same folder, renamed on success);
+- ``job.write_mrc / write_stack / write_star / write_particles / write_csv / write_json / write_text``
+  — atomic writers (a temporary name in the same folder, renamed on success);
 - ``job.save_figure(name, fig)`` — a matplotlib figure, written atomically and closed;
 - ``job.checkpoints`` — one checkpoint format (``OUT/checkpoints/NAME.ckpt.npz``) stamped with the
   job's fingerprint (command, settings, input digests); ``resume=True`` refuses files written with other
@@ -13,6 +13,11 @@ through it, so outputs, checkpoints, figures, the log and the JSON summary look 
 - ``job.log`` — a :mod:`logging` logger (``cryoprism.<command>``), also written to ``OUT/job.log``;
 - ``job.record(**figures)`` then ``job.finish()`` — the summary, written to ``OUT/summary.json`` and
   returned (the CLI prints it, or prints it as one JSON object with ``--json``).
+
+Library entry points take an optional ``job``: they add what identifies their prepared data to the
+fingerprint (:meth:`Job.add_inputs`) before their first checkpoint, and write their outputs through it.
+A command whose output is one file (``cryoprism downsample IN OUT.mrcs``) uses :meth:`Job.for_file`:
+the folder is the file's, and no summary or log file is added next to it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ LOG = "job.log"
 
 def jsonable(x: Any):
     """``x`` with numpy scalars/arrays turned into Python numbers/lists, non-finite floats into None."""
+    if isinstance(x, Path):
+        return str(x)
     x = _jsonable(x)
     if isinstance(x, dict):
         return {k: jsonable(v) for k, v in x.items()}
@@ -58,35 +65,72 @@ class Job:
     """
 
     def __init__(self, out, command: str, settings: dict | None = None, inputs: dict | None = None, *,
-                 resume: bool = False, every_s: float | None = None, log_to_file: bool = True):
+                 resume: bool = False, every_s: float | None = None, log_to_file: bool = True,
+                 volatile: tuple = (), write_summary: bool = True):
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.command = command
         self.settings = jsonable(dict(settings or {}))
         self.inputs = jsonable(dict(inputs or {}))
+        #: settings recorded in the summary but left out of the fingerprint (e.g. an iteration limit
+        #: that a resumed run may raise)
+        self.volatile = tuple(volatile)
         self.resume = bool(resume)
         self._every_s = every_s
+        self._write_summary = bool(write_summary)
         self._checkpoints: Checkpoints | None = None
         self.summary: dict = {}
         self.t0 = time.perf_counter()
         self.log = logging.getLogger(f"cryoprism.{command}")
         self._handler = None
-        if log_to_file:
-            h = logging.FileHandler(self.out / LOG, mode="a" if resume else "w")
-            h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            self.log.addHandler(h)
-            self._handler = h
         if resume and not (self.out / CHECKPOINT_DIR).is_dir():
             from cryoprism.errors import InputError
 
             raise InputError("--resume: no checkpoint folder here (run without --resume first)",
                              self.out / CHECKPOINT_DIR)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if log_to_file:
+            h = logging.FileHandler(self.out / LOG, mode="a" if resume else "w")
+            h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self.log.addHandler(h)
+            self._handler = h
+
+    @classmethod
+    def for_file(cls, path, command: str, settings: dict | None = None) -> Job:
+        """A job writing one output file ``path`` (its folder; no log or summary file added there)."""
+        return cls(Path(path).parent, command, settings, log_to_file=False, write_summary=False)
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Detach the log file (done by :meth:`finish`; call it when a run stops early)."""
+        if self._handler is not None:
+            self.log.removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
 
     # ------------------------------------------------------------------ checkpoints
     @property
     def fingerprint(self) -> dict:
-        return {"command": self.command, **{f"setting.{k}": v for k, v in self.settings.items()},
+        return {"command": self.command,
+                **{f"setting.{k}": v for k, v in self.settings.items() if k not in self.volatile},
                 **{f"input.{k}": v for k, v in self.inputs.items()}}
+
+    def add_inputs(self, **entries) -> None:
+        """Add entries identifying the inputs (digests, sizes, derived settings) to the fingerprint.
+
+        Library code calls this before its first checkpoint; once the checkpoint folder is open the
+        fingerprint is fixed, and adding a different value raises ``RuntimeError``."""
+        new = jsonable(entries)
+        if self._checkpoints is not None:
+            changed = {k for k, v in new.items() if self.inputs.get(k, object()) != v}
+            if changed:
+                raise RuntimeError(f"checkpoints already open; cannot add inputs {sorted(changed)}")
+            return
+        self.inputs.update(new)
 
     @property
     def checkpoints(self) -> Checkpoints:
@@ -105,6 +149,17 @@ class Job:
         from cryoprism.io.mrc import write_mrc
 
         return write_mrc(self.path(name), data, voxel_size_A, is_stack=is_stack)
+
+    def write_stack(self, name, batches, n: int, box, voxel_size_A: float | None) -> Path:
+        """Stream ``n`` images (an iterable of ``(b, box, box)`` batches, in order) into an MRC stack."""
+        from cryoprism.io.mrc import MrcStackWriter
+
+        p = self.path(name)
+        with atomic_path(p) as tmp:
+            with MrcStackWriter(tmp, n, box, voxel_size_A) as w:
+                for b in batches:
+                    w.write(b)
+        return p
 
     def write_star(self, name, star, optics=None) -> Path:
         from cryoprism.io.star import write_star
@@ -148,14 +203,12 @@ class Job:
     # ------------------------------------------------------------------ summary
     def record(self, **figures) -> None:
         """Add figures (numbers, short lists, paths) to the summary."""
-        self.summary.update(jsonable({k: str(v) if isinstance(v, Path) else v for k, v in figures.items()}))
+        self.summary.update(jsonable(figures))
 
     def finish(self) -> dict:
         """Write ``OUT/summary.json`` (with the wall time) and return the summary."""
         self.summary.setdefault("time_s", round(time.perf_counter() - self.t0, 3))
-        self.write_json(SUMMARY, {"command": self.command, "settings": self.settings, **self.summary})
-        if self._handler is not None:
-            self.log.removeHandler(self._handler)
-            self._handler.close()
-            self._handler = None
+        if self._write_summary:
+            self.write_json(SUMMARY, {"command": self.command, "settings": self.settings, **self.summary})
+        self.close()
         return self.summary

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
-from tqdm.auto import tqdm
 
-from cryoprism.fourier import WORKERS, downsample, real_grid
+from cryoprism.fourier import downsample, real_grid
 from cryoprism.geometry import angular_distance_deg, rotvec_to_matrix, so3_grid
 from cryoprism.image.masks import spherical_mask
+from cryoprism.parallel.config import fft_workers, progress_bar
 
 _MIRROR_Z = np.diag([1.0, 1.0, -1.0])
 
@@ -114,13 +114,13 @@ class _Scorer:
         self.mask = spherical_mask(self.box, self.box / 2 - 1 - edge, edge, dtype=np.float64)
         r = (ref - ref.mean()) * self.mask
         self.vol = vol - vol.mean()
-        self.Fref = sfft.rfftn(r, workers=WORKERS)
+        self.Fref = sfft.rfftn(r, workers=fft_workers())
         self.ref_norm = np.sqrt(np.sum(r * r))
 
     def __call__(self, M: np.ndarray):
         rot = _resample(self.vol, M, np.zeros((len(M), 3)), order=1) * self.mask
-        Fr = sfft.rfftn(rot, axes=(1, 2, 3), workers=WORKERS)
-        cc = sfft.irfftn(self.Fref[None] * np.conj(Fr), s=rot.shape[1:], axes=(1, 2, 3), workers=WORKERS)
+        Fr = sfft.rfftn(rot, axes=(1, 2, 3), workers=fft_workers())
+        cc = sfft.irfftn(self.Fref[None] * np.conj(Fr), s=rot.shape[1:], axes=(1, 2, 3), workers=fft_workers())
         norms = np.sqrt(np.sum(rot * rot, axis=(1, 2, 3))) * self.ref_norm
         value, shift = _peak(cc)
         return value / np.maximum(norms, 1e-30), shift * self.scale
@@ -151,7 +151,7 @@ def _polish(score: _Scorer, R: np.ndarray, H: np.ndarray, shift: np.ndarray):
     """Maximise the real-space correlation over a rotation vector and the shift jointly (Powell)."""
     from scipy.optimize import minimize
 
-    ref = sfft.irfftn(score.Fref, s=(score.box,) * 3, workers=WORKERS)
+    ref = sfft.irfftn(score.Fref, s=(score.box,) * 3, workers=fft_workers())
     t0 = shift / score.scale
 
     def cost(x):
@@ -190,7 +190,7 @@ def align_volumes(ref, vol, n_coarse: int = 3000, coarse_box: int = 16, refine_b
 
     coarse = _Scorer(ref, vol, min(coarse_box, L))
     cands = []
-    bar = tqdm(total=len(hands) * n_coarse, disable=not progress, desc="coarse rotations")
+    bar = progress_bar(total=len(hands) * n_coarse, progress=progress, desc="coarse rotations")
     for flipped in hands:
         H = _MIRROR_Z if flipped else np.eye(3)
         scores = np.empty(n_coarse)

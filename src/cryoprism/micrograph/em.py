@@ -1,4 +1,4 @@
-"""Approximate, incremental EM over micrograph patches (seed 001: Kreymer, Singer & Bendory).
+"""Approximate, incremental EM over micrograph patches (Kreymer, Singer & Bendory 2025).
 
 Patch model (eqs. 17–19). The micrograph is cut into non-overlapping ``L × L`` patches. A patch
 holds nothing, or part of one particle image: the (filtered) particle image lives in a box of side
@@ -21,10 +21,10 @@ matrices). The weighted least squares ``Σ_p Σ_{ω,t} γ ‖X_p − C_t A_ω x�
 ``b_ω[v] = Σ_p Σ_t γ_{p,ω,t} X_p[v + t]`` — again correlations, done by FFT. Solved by Cholesky.
 ``ρ_empty`` ← mean posterior of the empty state (eqs. 31–32).
 
-Incremental EM (Neal & Hinton; seed §3.3): patches are split into ``1/batch_fraction`` random
-blocks; each iteration runs the E-step on one block, replaces that block's sufficient statistics
-and solves the M-step with the sum over all blocks seen so far. Frequency marching (§3.4): stages of
-increasing (ℓ_max, band limit), each initialised by re-expanding the previous estimate.
+Incremental EM (Neal & Hinton; Kreymer, Singer & Bendory 2025, §3.3): patches are split into
+``1/batch_fraction`` random blocks; each iteration runs the E-step on one block, replaces that block's
+sufficient statistics and solves the M-step with the sum over all blocks seen so far. Frequency marching
+(§3.4): stages of increasing (ℓ_max, band limit), each initialised by re-expanding the previous estimate.
 """
 
 from __future__ import annotations

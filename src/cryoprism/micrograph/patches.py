@@ -1,6 +1,6 @@
 """Micrograph preparation for the patch EM: patches, noise spectrum, whitening, the model filter.
 
-* :func:`cut_patches` — non-overlapping ``L × L`` patches (seed 001 §3.1).
+* :func:`cut_patches` — non-overlapping ``L × L`` patches (Kreymer, Singer & Bendory 2025 §3.1).
 * :func:`noise_profile` / :func:`whiten_micrograph` — radial power spectrum of the micrograph
   (cycles/pixel) and division of the micrograph's transform by its square root.
 * :class:`ModelFilter` — the linear filter that acts on a particle image in the likelihood: the
@@ -18,7 +18,7 @@ import scipy.fft as sfft
 from scipy.stats import chi2
 
 from cryoprism.ctf.model import CTFParams, ctf_on_grid
-from cryoprism.fourier.core import WORKERS
+from cryoprism.parallel.config import fft_workers
 
 
 def cut_patches(micrograph: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +46,7 @@ def noise_profile(micrograph: np.ndarray, block: int = 64, n_bins: int = 48) -> 
     block = int(min(block, m.shape[0], m.shape[1]))
     tiles, _ = cut_patches(m, block)
     tiles = tiles.astype(np.float64) - m.mean()
-    F = sfft.rfft2(tiles, workers=WORKERS)
+    F = sfft.rfft2(tiles, workers=fft_workers())
     ps = (np.abs(F) ** 2).mean(0) / block**2
     r = _radial_freq((block, block))
     edges = np.linspace(0, np.sqrt(0.5), n_bins + 1)
@@ -62,9 +62,9 @@ def whiten_micrograph(micrograph: np.ndarray, profile: tuple[np.ndarray, np.ndar
     """Micrograph (mean removed) divided in Fourier space by ``√power(|s|)``."""
     m = np.asarray(micrograph, dtype=np.float64)
     f, p = profile
-    F = sfft.rfft2(m - m.mean(), workers=WORKERS)
+    F = sfft.rfft2(m - m.mean(), workers=fft_workers())
     F /= np.sqrt(np.interp(_radial_freq(m.shape), f, p))
-    return sfft.irfft2(F, s=m.shape, workers=WORKERS).astype(np.float32)
+    return sfft.irfft2(F, s=m.shape, workers=fft_workers()).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,9 @@ def filter_images(images: np.ndarray, filt: ModelFilter, margin: int) -> np.ndar
     pad = np.zeros((G, G) + x.shape[2:])
     o = G // 2 - L // 2
     pad[o:o + L, o:o + L] = x
-    F = sfft.rfft2(sfft.ifftshift(pad, axes=(0, 1)), axes=(0, 1), workers=WORKERS)
+    F = sfft.rfft2(sfft.ifftshift(pad, axes=(0, 1)), axes=(0, 1), workers=fft_workers())
     T = filt.transfer(G).reshape((G, G // 2 + 1) + (1,) * (x.ndim - 2))
-    y = sfft.fftshift(sfft.irfft2(F * T, s=(G, G), axes=(0, 1), workers=WORKERS), axes=(0, 1))
+    y = sfft.fftshift(sfft.irfft2(F * T, s=(G, G), axes=(0, 1), workers=fft_workers()), axes=(0, 1))
     o2 = G // 2 - Lb // 2
     return y[o2:o2 + Lb, o2:o2 + Lb]
 
@@ -132,7 +132,7 @@ def filter_margin(filt: ModelFilter, L: int, energy: float = 0.97, max_margin: i
         return 0
     max_margin = L if max_margin is None else int(max_margin)
     G = _fast(4 * L + 8)
-    psf = sfft.fftshift(sfft.irfft2(filt.transfer(G), s=(G, G), workers=WORKERS))
+    psf = sfft.fftshift(sfft.irfft2(filt.transfer(G), s=(G, G), workers=fft_workers()))
     e2 = psf**2
     tot = e2.sum()
     c = G // 2

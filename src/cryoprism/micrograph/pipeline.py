@@ -1,20 +1,21 @@
 """File-level driver of the micrograph EM: reading micrographs, CTF STAR and maps, checkpoints,
-the iteration table and the FSC-per-iteration figure (used by ``cryoprism micrograph-em``)."""
+the iteration table and the FSC-per-iteration figure (used by ``cryoprism micrograph-em``).
+
+Outputs and the checkpoint (``em``, after every iteration) go through a
+:class:`cryoprism.io.job.Job`; the checkpoint is fingerprinted with the micrographs and settings."""
 
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from cryoprism.ctf.model import CTFParams
 from cryoprism.errors import InputError
-from cryoprism.io.atomic import atomic_path
 from cryoprism.micrograph.em import EMState, MicrographPatches, Stage, run_em
 from cryoprism.micrograph.patches import (
     ModelFilter,
@@ -26,7 +27,7 @@ from cryoprism.micrograph.patches import (
 )
 from cryoprism.micrograph.sbasis import evaluate_volume, fit_volume, make_basis
 
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = "em"  # name of the EM state in the job's checkpoints
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,8 +112,9 @@ def map_to_box(volume: np.ndarray, voxel_size_A: float | None, L: int,
 # checkpoints
 
 
-def save_checkpoint(path, state: EMState, config: dict) -> None:
-    """Atomic ``.npz`` with the EM state (coefficients, counters, incremental statistics, history)."""
+def save_checkpoint(checkpoints, state: EMState) -> None:
+    """Save the EM state (coefficients, counters, incremental statistics, history) in ``checkpoints``
+    (:class:`cryoprism.io.checkpoint.Checkpoints`)."""
     keys = sorted(state.block_H)
     arrays = {
         "coef": np.asarray(state.coef, dtype=np.float64),
@@ -123,71 +125,47 @@ def save_checkpoint(path, state: EMState, config: dict) -> None:
         "block_r": np.stack([state.block_r[k] for k in keys]) if keys else np.zeros((0, 0)),
         "block_empty": np.array([state.block_empty[k] for k in keys]),
         "block_n": np.array([state.block_n[k] for k in keys], dtype=np.int64),
-        "history": np.array(json.dumps(state.history)),
-        "config": np.array(json.dumps(config, sort_keys=True)),
     }
-    with atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    checkpoints.save(CHECKPOINT, arrays, history=state.history)
 
 
-def load_checkpoint(path) -> tuple[EMState, dict]:
-    with np.load(path, allow_pickle=False) as z:
-        keys = [int(k) for k in z["block_keys"]]
-        st = EMState(stage=int(z["counters"][0]), iteration=int(z["counters"][1]), coef=z["coef"].copy(),
-                     rho_empty=float(z["rho_empty"]), done=bool(z["counters"][2]))
-        for i, k in enumerate(keys):
-            st.block_H[k] = z["block_H"][i].copy()
-            st.block_r[k] = z["block_r"][i].copy()
-            st.block_empty[k] = float(z["block_empty"][i])
-            st.block_n[k] = int(z["block_n"][i])
-        st.history = json.loads(str(z["history"]))
-        config = json.loads(str(z["config"]))
-    return st, config
+def load_checkpoint(checkpoints) -> EMState | None:
+    """The saved EM state when resuming (None otherwise); other inputs or settings: ``InputError``."""
+    got = checkpoints.load(CHECKPOINT)
+    if got is None:
+        return None
+    z, meta = got
+    keys = [int(k) for k in z["block_keys"]]
+    st = EMState(stage=int(z["counters"][0]), iteration=int(z["counters"][1]), coef=z["coef"].copy(),
+                 rho_empty=float(z["rho_empty"]), done=bool(z["counters"][2]))
+    for i, k in enumerate(keys):
+        st.block_H[k] = z["block_H"][i].copy()
+        st.block_r[k] = z["block_r"][i].copy()
+        st.block_empty[k] = float(z["block_empty"][i])
+        st.block_n[k] = int(z["block_n"][i])
+    st.history = list(meta["history"])
+    return st
 
 
 # --------------------------------------------------------------------------------------------------
 # outputs
 
 
-def write_iterations_csv(path, history: list, pixel_size_A: float | None) -> None:
+def write_iterations_csv(job, history: list, pixel_size_A: float | None) -> None:
+    """``iterations.csv`` through ``job``: one row per iteration (log-likelihood per patch, band limit in
+    cycles/pixel and Å, seconds, FSC figures with a truth)."""
     cols = ["iteration", "stage", "stage_iteration", "ell_max", "bandlimit_cpp", "bandlimit_A",
             "n_coefficients",
             "n_rotations", "n_patches", "loglik_per_patch", "rho_empty", "seconds", "cpu_seconds", "fsc_mean",
             "fsc05_A"]
-    with atomic_path(Path(path)) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(cols)
-            for h in history:
-                row = dict(h)
-                row["bandlimit_A"] = (pixel_size_A / h["bandlimit_cpp"]) if pixel_size_A else ""
-                w.writerow([row.get(c, "") for c in cols])
+    rows = []
+    for h in history:
+        row = dict(h)
+        row["bandlimit_A"] = (pixel_size_A / h["bandlimit_cpp"]) if pixel_size_A else ""
+        rows.append([row.get(c, "") for c in cols])
+    import pandas as pd
 
-
-def plot_fsc_per_iteration(path, rows: list, freq_invA: np.ndarray, title: str = "") -> None:
-    """FSC curves ``rows = [(iteration, curve), ...]`` coloured by iteration (0 = initial volume)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    cmap = plt.get_cmap("viridis")
-    n = len(rows)
-    for j, (it, c) in enumerate(rows):
-        ax.plot(freq_invA, c, color=cmap(j / max(n - 1, 1)), lw=1.2,
-                label=f"iteration {it}" if j in (0, n - 1) else None)
-    ax.axhline(0.5, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("spatial frequency (1/Å)" if freq_invA[-1] < 1 else "shell")
-    ax.set_ylabel("FSC with band-limited truth")
-    ax.set_ylim(-0.2, 1.02)
-    ax.set_title(title or "FSC per iteration (iteration 0 = initial volume)")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    job.write_csv("iterations.csv", pd.DataFrame(rows, columns=cols))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,16 +206,21 @@ def prepare_micrographs(mics: Sequence[np.ndarray], L: int, ctfs: Sequence[CTFPa
     return out, int(max(margins) if margins else 0), sigma2
 
 
-def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None, ctf_star=None,
-                 truth_path=None, resume: bool = False, pixel_size_A: float | None = None,
-                 noise_var: float | None = None, log: Callable[[str], None] = print) -> dict:
-    """Read, run the EM (checkpointing after every iteration) and write the outputs; returns figures."""
-    from cryoprism.io.mrc import read_mrc, write_mrc
+def run_pipeline(mic_paths: Sequence, cfg: RunConfig, *, job=None, init_path=None, ctf_star=None,
+                 truth_path=None, pixel_size_A: float | None = None,
+                 noise_var: float | None = None) -> dict:
+    """Read, run the EM and return the figures. With ``job`` (:class:`cryoprism.io.job.Job`): the EM
+    state is checkpointed after every iteration (``job.resume`` continues), and volume.mrc,
+    iterations.csv (and with a truth fsc_per_iteration.csv/.png) are written through the job after
+    every iteration; progress goes to the job's log."""
+    import logging
+
+    from cryoprism.io.checkpoint import digest
+    from cryoprism.io.mrc import read_mrc
     from cryoprism.metrics.fsc import fsc, resolution_at
 
+    log = job.log if job is not None else logging.getLogger("cryoprism.micrograph")
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     L = int(cfg.L)
     if L < 5:
         raise InputError(f"--particle-box must be at least 5 pixels, got {L}")
@@ -257,15 +240,14 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
     stages = stages_for(cfg)
     config = {"L": L, "stages": [asdict(s) for s in stages], "micrographs": [Path(p).name for p in mic_paths],
               "bin": cfg.bin_factor, "whiten": cfg.whiten, "seed": cfg.seed, "ctf": bool(ctfs)}
-    ck = out_dir / CHECKPOINT
-    state = None
-    if resume:
-        if not ck.exists():
-            raise InputError("--resume: no checkpoint in the output folder", ck)
-        state, old = load_checkpoint(ck)
-        if old != config:
-            raise InputError("--resume: the checkpoint was written with different inputs or settings", ck)
-        log(f"resuming after iteration {len(state.history)}")
+    ck = state = None
+    if job is not None:
+        job.add_inputs(em_config=config, micrographs_digest=digest(*mics), pixel_size_A=px,
+                       noise_var=noise_var, init=None if init_path is None else digest(read_mrc(init_path)[0]))
+        ck = job.checkpoints
+        state = load_checkpoint(ck)
+        if state is not None:
+            log.info("resuming after iteration %d", len(state.history))
     data, margin, sigma2 = prepare_micrographs(mics, L, ctfs, px, cfg.whiten)
     if noise_var:
         sigma2 = float(noise_var)
@@ -280,8 +262,8 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
         truth_c = fit_volume(final_basis, map_to_box(v, vs, L, px))
         truth_vol = evaluate_volume(final_basis, truth_c, L)
     fsc_rows: list = []
-    fsc_path = out_dir / "fsc_per_iteration.csv"
-    if resume and fsc_path.exists():
+    fsc_path = job.path("fsc_per_iteration.csv") if job is not None else None
+    if state is not None and fsc_path.exists():
         with open(fsc_path) as f:
             fsc_rows = [(int(r[0]), list(map(float, r[1:]))) for r in csv.reader(f)
                         if r and r[0] != "iteration"]
@@ -304,15 +286,12 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
             rec["fsc_mean"] = float(np.mean(res.curve[1:]))
             rec["fsc05_A"] = float(r05)
             fsc_rows.append((int(rec["iteration"]), list(res.curve)))
-            with atomic_path(fsc_path) as tmp:
-                with open(tmp, "w", newline="") as f:
-                    w = csv.writer(f)
-                    w.writerow(["iteration"] + [f"shell_{k}" for k in range(len(res.curve))])
-                    for i, r in fsc_rows:
-                        w.writerow([i] + [f"{x:.5f}" for x in r])
-        save_checkpoint(ck, st, config)
-        write_iterations_csv(out_dir / "iterations.csv", st.history, px)
-        write_mrc(out_dir / "volume.mrc", vol, px)
+            if job is not None:
+                job.write_text("fsc_per_iteration.csv", _fsc_rows_csv(fsc_rows))
+        if job is not None:
+            save_checkpoint(ck, st)
+            write_iterations_csv(job, st.history, px)
+            job.write_mrc("volume.mrc", vol, px)
         msg = (f"iteration {rec['iteration']}: stage {rec['stage'] + 1}/{len(stages)} "
                f"ell_max {rec['ell_max']} "
                f"band {rec['bandlimit_cpp']:.2f} c/px, {rec['n_patches']} patches, "
@@ -320,7 +299,7 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
                f"{rec['seconds']:.1f} s")
         if "fsc_mean" in rec:
             msg += f", FSC mean {rec['fsc_mean']:.3f} (0.5 at {rec['fsc05_A']:.1f} Å)"
-        log(msg)
+        log.info(msg)
 
     if state is not None and state.done:
         from cryoprism.micrograph.em import EMResult
@@ -330,24 +309,40 @@ def run_pipeline(mic_paths: Sequence, out_dir, cfg: RunConfig, *, init_path=None
     else:
         import sys
 
+        from cryoprism.parallel.config import progress_enabled
+
         res = run_em(data, L, stages, init_volume=init_vol, sigma2=sigma2, margin=margin, seed=cfg.seed,
-                     state=state, callback=callback, progress=sys.stderr.isatty())
-        save_checkpoint(ck, EMState(stage=len(stages) - 1, iteration=stages[-1].n_iterations, coef=res.coef,
-                                    rho_empty=res.rho_empty, history=res.history, done=True), config)
-    write_mrc(out_dir / "volume.mrc", res.volume, px)
-    write_iterations_csv(out_dir / "iterations.csv", res.history, px)
-    figures = {
-        "volume": str(out_dir / "volume.mrc"), "iterations_csv": str(out_dir / "iterations.csv"),
+                     state=state, callback=callback, progress=progress_enabled(sys.stderr.isatty()))
+        if ck is not None:
+            save_checkpoint(ck, EMState(stage=len(stages) - 1, iteration=stages[-1].n_iterations, coef=res.coef,
+                                        rho_empty=res.rho_empty, history=res.history, done=True))
+    figures = {}
+    if job is not None:
+        figures.update(volume=job.write_mrc("volume.mrc", res.volume, px))
+        write_iterations_csv(job, res.history, px)
+        figures.update(iterations_csv=job.path("iterations.csv"))
+    figures.update({
         "n_micrographs": len(mics), "n_patches": int(sum(len(d.patches) for d in data)),
         "particle_box": L, "pixel_size_A": px, "noise_variance": sigma2, "filter_margin_px": margin,
         "n_iterations": len(res.history), "rho_empty": res.rho_empty,
         "final_loglik_per_patch": res.history[-1]["loglik_per_patch"] if res.history else None,
         "seconds": time.perf_counter() - t_start,
-    }
+    })
     if truth_vol is not None and fsc_rows:
-        freq = fsc(res.volume, truth_vol, pxo).freq_invA
-        plot_fsc_per_iteration(out_dir / "fsc_per_iteration.png", fsc_rows, freq)
         final, r05 = fsc_of(res.volume)
-        figures.update({"fsc_final": list(final.curve), "fsc05_A": r05,
-                        "fsc_plot": str(out_dir / "fsc_per_iteration.png")})
+        figures.update({"fsc_final": list(final.curve), "fsc05_A": r05})
+        if job is not None:
+            from cryoprism.report.plots import fsc_per_iteration_figure
+
+            figures["fsc_plot"] = job.save_figure("fsc_per_iteration.png",
+                                                  fsc_per_iteration_figure(fsc_rows, final.freq_invA))
+    if job is not None:
+        job.record(**figures)
     return figures
+
+
+def _fsc_rows_csv(rows) -> str:
+    n = len(rows[0][1]) if rows else 0
+    lines = [",".join(["iteration"] + [f"shell_{k}" for k in range(n)])]
+    lines += [",".join([str(i)] + [f"{x:.5f}" for x in r]) for i, r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""3-D spherical-Bessel × real spherical-harmonic volume basis (seed 001, eqs. 6–9 and 13–16).
+"""3-D spherical-Bessel × real spherical-harmonic volume basis (Kreymer, Singer & Bendory 2025, eqs. 6–9 and 13–16).
 
 A volume is represented by its Fourier transform on the ball ``|k| ≤ c`` (``c`` in cycles/pixel,
 0.5 = Nyquist):
@@ -9,7 +9,8 @@ with ``Y_{ℓm}`` the *real* orthonormal spherical harmonics, ``z_{ℓs}`` the p
 spherical Bessel function ``j_ℓ`` and ``N_{ℓs} = √2 / (c^{3/2} |j_{ℓ+1}(z_{ℓs})|)``. The factor
 ``i^ℓ`` makes every real-space basis function real, so a real volume has **real** coefficients
 ``x`` (this is the conjugate symmetry ``x_{ℓ,-m} = (-1)^m conj(x_{ℓm})`` of the complex basis of
-the seed, written in the real basis). The functions are orthonormal on the Fourier ball and hence
+Kreymer, Singer & Bendory 2025, written in the real basis). The functions are orthonormal on the
+Fourier ball and hence
 (Parseval) in real space. ``S_ℓ`` counts the zeros with ``z_{ℓs} ≤ 2π c R`` (``R = L/2``): the
 Nyquist criterion for a volume supported in a ball of radius ``R``.
 

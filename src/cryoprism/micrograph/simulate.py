@@ -2,7 +2,8 @@
 
 Particles are the exact projections of a volume given by its spherical-Bessel coefficients, at
 Haar-random rotations, placed with their ``L × L`` boxes either *well separated* (Chebyshev distance
-between box corners ≥ ``2L − 1``, so no ``L × L`` window meets two particles — the seed's condition 5)
+between box corners ≥ ``2L − 1``, so no ``L × L`` window meets two particles —
+condition 5 of Kreymer, Singer & Bendory 2025)
 or *arbitrary non-overlapping* (boxes do not overlap, distance ≥ ``L``). The sum is optionally
 filtered by a CTF (RELION convention) and white Gaussian noise is added.
 """

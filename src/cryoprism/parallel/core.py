@@ -2,7 +2,7 @@
 
 * local threads (default) — numpy/FFT/NUFFT release the GIL, so threads scale on one machine;
 * local processes (``processes=True``) — a ``dask.distributed.LocalCluster`` for GIL-bound code;
-* a cluster — pass ``scheduler="tcp://host:8786"`` or set ``CRYOPRISM_SCHEDULER``; any
+* a cluster — pass ``scheduler="tcp://host:8786"`` or set it in :mod:`cryoprism.parallel.config`; any
   ``dask.distributed`` scheduler works (SLURM through dask-jobqueue, see docs/scaling.md).
 
 Results are reduced in batch order whatever order they finish in, so the answer does not depend on
@@ -11,11 +11,10 @@ the number of workers.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
-from tqdm.auto import tqdm
+from cryoprism.parallel.config import default_workers, progress_bar, settings
 
 
 def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -24,20 +23,9 @@ def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-def default_workers() -> int:
-    """Worker count: CRYOPRISM_WORKERS, else the CPUs this process may use."""
-    env = os.environ.get("CRYOPRISM_WORKERS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover
-        return max(1, os.cpu_count() or 1)
-
-
 def scheduler_address(scheduler: str | None = None) -> str | None:
-    """The dask scheduler address to use: the argument, else CRYOPRISM_SCHEDULER, else None."""
-    return scheduler or os.environ.get("CRYOPRISM_SCHEDULER") or None
+    """The dask scheduler address to use: the argument, else the ``scheduler`` setting, else None."""
+    return scheduler or settings().scheduler or None
 
 
 def map_batches(func: Callable[[Any], Any], items: Sequence[Any], *, scheduler: str | None = None,
@@ -84,7 +72,7 @@ def map_reduce(func: Callable[[Any], Any], items: Sequence[Any],
 def _run(func, items, collect, *, scheduler, processes, n_workers, desc, progress):
     items = list(items)
     n = len(items)
-    bar = tqdm(total=n, desc=desc or "batches", disable=not progress or n <= 1, leave=False)
+    bar = progress_bar(total=n, desc=desc or "batches", progress=progress and n > 1, leave=False)
     addr = scheduler_address(scheduler)
     try:
         if addr or processes:

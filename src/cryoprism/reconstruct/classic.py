@@ -30,6 +30,7 @@ from cryoprism.forward.projection import backproject
 from cryoprism.fourier.core import fft2c, ifft2c, ifft3c
 from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import map_reduce
+from cryoprism.parallel.config import finufft_threads
 from cryoprism.parallel.core import batch_ranges, default_workers
 from cryoprism.reconstruct.mean import (
     MeanKernel,
@@ -186,7 +187,7 @@ def reconstruct_wbp(source: ParticleSource, *, use_ctf: bool = True,
     groups, G = _group_labels(src, halfmaps, seed)
     counts = np.bincount(groups, minlength=G)
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
 
     def job(r):
         a, b = r
@@ -221,23 +222,21 @@ def reconstruct(source: ParticleSource, *, method: str = "cg", use_ctf: bool = T
                 regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
                 scheduler: str | None = None, seed: int = 0, mask_radius_px: float | None = None,
-                eps: float | None = None, progress: bool = True, checkpoint_dir=None,
-                resume: bool = False) -> MeanResult:
+                eps: float | None = None, progress: bool = True, job=None) -> MeanResult:
     """Reconstruct by ``method``: ``"cg"`` (least squares, default), ``"fourier"`` (direct Fourier
     inversion), ``"wbp"`` (weighted back-projection), ``"sirt"`` (``maxiter`` Landweber steps).
 
     ``source``: the particles with poses (``io.ParticleSource``); ``use_ctf=False`` ignores the CTF.
     Other arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
-    ``mask_radius_px``, ``eps``, ``checkpoint_dir`` and ``resume`` apply to ``"cg"`` only;
+    ``mask_radius_px``, ``eps`` and ``job`` — checkpoints and ``--resume`` — apply to ``"cg"`` only;
     ``batch_size`` None = automatic).
     """
     common = dict(use_ctf=use_ctf, halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers, scheduler=scheduler,
                   seed=seed, progress=progress)
     if method == "cg":
         return reconstruct_mean(source, regularization=regularization, tol=tol, maxiter=maxiter,
-                                mask_radius_px=mask_radius_px, eps=eps, checkpoint_dir=checkpoint_dir,
-                                resume=resume, **common)
-    if checkpoint_dir is not None or resume:
+                                mask_radius_px=mask_radius_px, eps=eps, job=job, **common)
+    if job is not None and job.resume:
         raise ValueError(f"checkpoints are for method 'cg' only, not {method!r}")
     if isinstance(regularization, str):
         raise ValueError(f"regularization='auto' is for method 'cg' only, not {method!r}")

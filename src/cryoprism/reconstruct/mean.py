@@ -41,9 +41,9 @@ from cryoprism.forward.projection import (
     slice_indices,
     slice_points,
 )
-from cryoprism.fourier.core import WORKERS
 from cryoprism.io.particles import ParticleSource
 from cryoprism.parallel import map_reduce
+from cryoprism.parallel.config import fft_workers, finufft_threads, progress_bar
 from cryoprism.parallel.core import batch_ranges, default_workers
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ class MeanKernel:
 def kernel_from_spatial(K: np.ndarray) -> MeanKernel:
     """Build a :class:`MeanKernel` from a centred spatial kernel ``K[d + L]`` on ``(2L)³``."""
     L = K.shape[0] // 2
-    kh = sfft.rfftn(sfft.ifftshift(K), workers=WORKERS).real
+    kh = sfft.rfftn(sfft.ifftshift(K), workers=fft_workers()).real
     return MeanKernel(L, kh.astype(K.dtype, copy=False))
 
 
@@ -103,7 +103,7 @@ def kernel_spatial(rotations, L: int, ctf=None, weights=None, eps: float | None 
     wh[:, 1:] = w[:, P0 + 1:] + w[:, P0 - 1::-1]
     wh[:, 0] = w[:, P0]
     z, y, x = slice_points(rot, L, dtype=rdtype, half=True)
-    nt = 0 if nthreads is None else nthreads
+    nt = finufft_threads(1) if nthreads is None else nthreads
     # upsampfac 1.25 keeps the fine grid at ~(2.5L)³ instead of (4L)³
     out = finufft.nufft3d1(z, y, x, wh.astype(cdtype).ravel(), (2 * L, 2 * L, 2 * L), eps=eps, isign=1,
                            nthreads=nt, upsampfac=1.25 if rdtype == np.float32 else 2.0)
@@ -130,7 +130,7 @@ def mean_kernel(rotations, L: int, ctf=None, weights=None, pixel_size_A=None, ba
 
     w = None if weights is None else np.asarray(weights, np.float64)
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
 
     def job(r):
         a, b = r
@@ -150,14 +150,14 @@ def apply_kernel(kernel: MeanKernel, x: np.ndarray, regularization=0.0) -> np.nd
     of Fourier multipliers (``Λ = F⁻¹ diag(λ(k)) F``, see :func:`wiener_regularization`).
     """
     L = kernel.L
-    X = sfft.rfftn(x.astype(kernel.dtype, copy=False), s=(2 * L,) * 3, workers=WORKERS)
+    X = sfft.rfftn(x.astype(kernel.dtype, copy=False), s=(2 * L,) * 3, workers=fft_workers())
     X *= kernel.kernel_hat
-    y = sfft.irfftn(X, s=(2 * L,) * 3, workers=WORKERS)[:L, :L, :L]
+    y = sfft.irfftn(X, s=(2 * L,) * 3, workers=fft_workers())[:L, :L, :L]
     if np.ndim(regularization) == 0:
         if regularization:
             y = y + regularization * x
     else:
-        y = y + sfft.irfftn(sfft.rfftn(x, workers=WORKERS) * regularization, s=(L,) * 3, workers=WORKERS)
+        y = y + sfft.irfftn(sfft.rfftn(x, workers=fft_workers()) * regularization, s=(L,) * 3, workers=fft_workers())
     return y
 
 
@@ -178,8 +178,8 @@ def wiener_regularization(x1: np.ndarray, x2: np.ndarray, noise_var: float, floo
     pixel. Returns an ``rfftn``-layout ``(L, L, L//2+1)`` array for :func:`apply_kernel`.
     """
     L = x1.shape[0]
-    X1 = sfft.rfftn(np.asarray(x1, np.float64), workers=WORKERS)
-    X2 = sfft.rfftn(np.asarray(x2, np.float64), workers=WORKERS)
+    X1 = sfft.rfftn(np.asarray(x1, np.float64), workers=fft_workers())
+    X2 = sfft.rfftn(np.asarray(x2, np.float64), workers=fft_workers())
     r = _rfft_shell_index(L)
     cross = np.real(X1 * np.conj(X2))
     nsh = int(r.max()) + 1
@@ -230,7 +230,6 @@ def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 10
     continue from, or None — and ``__call__(state, final)``, called after every iteration and once at
     the end). Continuing from a saved state repeats the uninterrupted run's arithmetic exactly.
     """
-    from tqdm.auto import tqdm
 
     b = np.asarray(b, np.float64)
     bn = np.sqrt(_dot(b, b)) or 1.0
@@ -247,7 +246,7 @@ def conjugate_gradient(apply_A, b, x0=None, tol: float = 1e-5, maxiter: int = 10
         rz = _dot(r, z)
         info = CGInfo(0, [np.sqrt(_dot(r, r)) / bn])
     start = info.iterations + 1
-    bar = tqdm(total=maxiter, initial=info.iterations, desc="CG", disable=not progress, leave=False)
+    bar = progress_bar(total=maxiter, initial=info.iterations, desc="CG", progress=progress, leave=False)
     for it in range(start, maxiter + 1):
         if info.residuals[-1] <= tol:
             info.converged = True
@@ -394,7 +393,7 @@ def accumulate_normal_equations(source: ParticleSource, groups=None, batch_size:
     g = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
     G = int(g.max()) + 1 if n else 1
     workers = n_workers or default_workers()
-    nt = 1 if workers > 1 else 0
+    nt = finufft_threads(workers)
     kdtype = np.float32 if source.dtype == np.float32 else np.float64
 
     def job(r):
@@ -466,20 +465,13 @@ def source_fingerprint(source: ParticleSource, use_ctf: bool = True) -> dict:
             "image_sample_digest": digest(np.asarray(source.images(idx), np.float32))}
 
 
-def open_checkpoints(checkpoint_dir, resume: bool, source: ParticleSource, every_s: float | None = None, **settings):
-    """A :class:`cryoprism.io.checkpoint.Checkpoints` folder stamped with ``src``'s fingerprint and
-    ``settings`` (None without ``checkpoint_dir``)."""
-    if checkpoint_dir is None:
-        if resume:
-            from cryoprism.errors import InputError
-
-            raise InputError("--resume needs a checkpoint folder (--checkpoint-dir)")
+def open_checkpoints(job, source: ParticleSource, **settings):
+    """The checkpoints of ``job`` (:class:`cryoprism.io.job.Job`), its fingerprint extended with
+    ``source``'s identity and ``settings``; None without a job."""
+    if job is None:
         return None
-    from cryoprism.io.checkpoint import Checkpoints
-
-    use_ctf = settings.get("use_ctf", True)
-    return Checkpoints(checkpoint_dir, {**source_fingerprint(source, use_ctf), **settings}, resume,
-                       every_s=every_s)
+    job.add_inputs(**source_fingerprint(source, settings.get("use_ctf", True)), **settings)
+    return job.checkpoints
 
 
 def half_set_labels(n: int, table=None, seed: int = 0) -> np.ndarray:
@@ -536,8 +528,7 @@ def reconstruct_mean(source: ParticleSource, *, use_ctf: bool = True, regulariza
                      n_workers: int | None = None, scheduler: str | None = None, seed: int = 0,
                      eps: float | None = None, auto_iterations: int = 15,
                      mask_radius_px: float | None = None, mask_edge_px: float = 0.0,
-                     progress: bool = True, checkpoint_dir=None, resume: bool = False,
-                     checkpoint_every_s: float | None = None) -> MeanResult:
+                     progress: bool = True, job=None) -> MeanResult:
     """Least-squares mean volume from particles with poses (and CTF), by CG on the normal equations.
 
     ``source``: the particles (``io.ParticleSource``: poses, origins, CTF from its table; arrays go
@@ -556,21 +547,21 @@ def reconstruct_mean(source: ParticleSource, *, use_ctf: bool = True, regulariza
     centre — a support prior (e.g. ``L/2 - 1``, the inscribed sphere), with a raised-cosine edge of
     ``mask_edge_px`` beyond it; None: the whole box.
 
-    ``checkpoint_dir``: keep the normal equations (after the pass over the particles) and the state
-    of every CG solve there (atomic ``.ckpt.npz`` files, see :mod:`cryoprism.io.checkpoint`; CG states
-    every ``checkpoint_every_s`` seconds, default: as often as costs ≤ 5 % of the time, and at the end
-    of each solve). ``resume``: continue from them — the result equals an uninterrupted run's; a
+    ``job`` (:class:`cryoprism.io.job.Job`): keep the normal equations (after the pass over the
+    particles) and the state of every CG solve in its checkpoints (CG states as often as the job's
+    ``every_s`` allows, default: as often as costs ≤ 2 % of the time, and at the end of each solve).
+    With ``job.resume`` the run continues from them — the result equals an uninterrupted run's; a
     checkpoint written from other particles, poses, CTF or settings is refused (``InputError``).
     ``maxiter`` is not part of the fingerprint: resuming with a larger one continues the solves.
     """
     if isinstance(regularization, str) and regularization != "auto":
         raise ValueError("regularization must be a number or 'auto'")
     ck = None
-    if checkpoint_dir is not None or resume:
+    if job is not None:
         src = checked_source(source)
         groups = (half_set_labels(src.n, src.table, seed)
                   if halfmaps or regularization == "auto" else None)
-        ck = open_checkpoints(checkpoint_dir, resume, src, checkpoint_every_s, method="cg", use_ctf=use_ctf,
+        ck = open_checkpoints(job, src, method="cg", use_ctf=use_ctf,
                               regularization=regularization if isinstance(regularization, str)
                               else float(regularization), tol=float(tol), halfmaps=bool(halfmaps),
                               groups_digest=None if groups is None else _digest(groups),

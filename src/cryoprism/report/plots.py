@@ -120,3 +120,75 @@ def trace_figure(traces: dict, xlabel: str = "iteration", ylabel: str = "value",
     if len(traces) > 1:
         ax.legend(fontsize=7)
     return fig
+
+
+def abinitio_trace_figure(initial_traces, refinement_trace, best: int):
+    """Log-posterior of each initial-stage restart per alternation (the best one bold) and of the
+    refinement per recorded sweep."""
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for r, tr in enumerate(initial_traces):
+        ax[0].plot(np.arange(1, len(tr) + 1), tr, marker="o", lw=2 if r == best else 1,
+                   label=f"restart {r}" + (" (best)" if r == best else ""))
+    ax[0].set_xlabel("alternation")
+    ax[0].set_ylabel("log-posterior")
+    ax[0].set_title("initial stage")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(refinement_trace, marker=".")
+    ax[1].set_xlabel("recorded sweep")
+    ax[1].set_title("refinement")
+    fig.tight_layout()
+    return fig
+
+
+def heterogeneity_figure(res):
+    """A heterogeneity result (:class:`cryoprism.heterogeneity.HeterogeneityResult`): eigenvalue
+    spectrum with the gap, coordinates coloured by class, central slices of the class volumes."""
+    C = res.n_states
+    ncol = 2 + max(C, 1)
+    fig, ax = plt.subplots(1, ncol, figsize=(3.2 * ncol, 3.2))
+    lam = res.covariance.eigenvalues[:min(30, len(res.covariance.eigenvalues))]
+    ax[0].bar(np.arange(1, len(lam) + 1), lam, color=["C3" if i < C - 1 else "C0" for i in range(len(lam))])
+    gap = res.states.gaps.max() if res.states.gaps.size else 0.0
+    ax[0].set_title(f"eigenvalues: {C} state(s), gap {gap:.2f}")
+    ax[0].set_xlabel("index")
+    a = res.coords
+    if a.shape[1] >= 2:
+        for k in range(C):
+            s = res.labels == k
+            ax[1].scatter(a[s, 0], a[s, 1], s=2, alpha=0.4, label=f"class {k + 1}")
+        ax[1].set_xlabel("α₁")
+        ax[1].set_ylabel("α₂")
+    else:
+        bins = np.linspace(a[:, 0].min(), a[:, 0].max(), 60)
+        for k in range(C):
+            ax[1].hist(a[res.labels == k, 0], bins=bins, alpha=0.6, label=f"class {k + 1}")
+        ax[1].set_xlabel("α₁")
+    ax[1].set_title("coordinates")
+    ax[1].legend(fontsize=7)
+    vols = res.class_volumes or [res.mean]
+    for k in range(ncol - 2):
+        if k < len(vols):
+            v = vols[k]
+            ax[2 + k].imshow(v[v.shape[0] // 2], cmap="gray")
+            ax[2 + k].set_title(f"class {k + 1} (z = L/2)")
+        ax[2 + k].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def fsc_per_iteration_figure(rows: list, freq_invA, title: str = ""):
+    """FSC curves ``rows = [(iteration, curve), ...]`` coloured by iteration (0 = initial volume)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    n = len(rows)
+    for j, (it, c) in enumerate(rows):
+        ax.plot(freq_invA, c, color=cmap(j / max(n - 1, 1)), lw=1.2,
+                label=f"iteration {it}" if j in (0, n - 1) else None)
+    ax.axhline(0.5, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("spatial frequency (1/Å)" if freq_invA[-1] < 1 else "shell")
+    ax.set_ylabel("FSC with band-limited truth")
+    ax.set_ylim(-0.2, 1.02)
+    ax.set_title(title or "FSC per iteration (iteration 0 = initial volume)")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""Diagnostic figure of a CTF fit (matplotlib, written atomically)."""
+"""Diagnostic figure of a CTF fit (matplotlib)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ from cryoprism.ctf.model import electron_wavelength_A
 from cryoprism.fourier.core import freq_grid
 from cryoprism.fourier.resample import radial_average, shells_to_grid
 from cryoprism.image.filters import gaussian_blur
-from cryoprism.io.atomic import atomic_path
 
 
-def plot_ctf_fit(path, fit: CTFFit, extra: dict, pixel_size_A: float, voltage_kV: float, cs_mm: float,
-                 amplitude_contrast: float) -> None:
+def ctf_fit_figure(fit: CTFFit, extra: dict, pixel_size_A: float, voltage_kV: float, cs_mm: float,
+                   amplitude_contrast: float):
     """Left: the background-subtracted amplitude spectrum, each ring scaled by its r.m.s. (left half),
     next to the fitted CTF² (right half), out to the band limit. Right: equal-phase average of the
     background-subtracted spectrum, the model and the windowed correlation used for the fit
-    resolution. Writes a PNG to ``path``."""
+    resolution. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,6 +59,4 @@ def plot_ctf_fit(path, fit: CTFFit, extra: dict, pixel_size_A: float, voltage_kV
     ax[1].set_title(f"score {fit.score:.3f}, fit to {fit.fit_resolution_A:.1f} Å")
     ax[1].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    return fig
