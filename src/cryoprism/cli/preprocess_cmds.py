@@ -52,16 +52,13 @@ def _movie_shape(path: Path) -> tuple[int, int, int]:
 
         try:
             with tifffile.TiffFile(path) as tif:
-                shapes = sorted({tuple(p.shape) for p in tif.pages})
-                n = len(tif.pages)
+                shapes = [tuple(sr.shape) for sr in tif.series]
         except (tifffile.TiffFileError, ValueError, OSError) as e:
             raise InputError(f"not a readable TIFF file ({e})", path) from e
-        if len(shapes) != 1:
-            raise InputError(f"TIFF frames disagree in size: {', '.join('x'.join(map(str, s)) for s in shapes)}",
-                             path)
-        if len(shapes[0]) != 2:
-            raise InputError(f"expected 2-D TIFF frames, found shape {shapes[0]}", path)
-        return (n, *shapes[0])
+        hw = sorted({s[-2:] for s in shapes})
+        if len(hw) != 1:
+            raise InputError(f"TIFF frames disagree in size: {', '.join('x'.join(map(str, s)) for s in hw)}", path)
+        return (int(sum(np.prod(s[:-2], dtype=int) for s in shapes)), *hw[0])
     h = read_mrc_header(path)
     return h["nz"], h["ny"], h["nx"]
 

@@ -128,7 +128,7 @@ def plot_ctf_diagnostic(fit, extra: dict, pixel_size_A: float, voltage_kV: float
     resid = sub - np.interp(s, extra["freq_1d_invA"], extra["background_1d"])
     rms = np.sqrt(radial_average(resid**2))
     resid = resid / np.maximum(shells_to_grid(rms, resid.shape), 1e-30)
-    resid = gaussian_blur(resid, 0.7)
+    resid = gaussian_blur(resid, 1.2)
     resid = resid / max(float(resid[band].std()), 1e-30)
     data = np.clip((resid + 2.0) / 4.0, 0, 1)
     # model with 3×3 supersampling (each display pixel averages the rings it covers)

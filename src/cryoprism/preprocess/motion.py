@@ -20,8 +20,9 @@ Method (derivation in docs/preprocess.md, "Motion correction"):
    zero at the first frame, polynomial in time and quadratic in space; outliers beyond 4 robust
    standard deviations are dropped and the fit repeated once.
 4. **Sums.** The frames are cut into tiles (``tile_px`` + margins); each tile of each frame is cut at the
-   integer part of its displacement (global + local model at the tile centre) and shifted by the
-   fractional rest in Fourier space, then accumulated plain and dose-weighted with the critical exposure
+   integer part of its displacement (global + local model at the tile centre) and resampled at the
+   fractional rest with a Lanczos-16 kernel applied as a filter on the tile's transform (compact: the
+   tile's periodic wrap stays in its margin), then accumulated plain and dose-weighted with the critical exposure
    of Grant & Grigorieff (2015): ``S(k) = √n · Σ_t q_t(k) F_t(k) / √(Σ_t q_t(k)²)``,
    ``q_t(k) = exp(−N_t / (2 Ne(k)))`` with ``N_t`` the exposure at the middle of frame ``t``.
 
@@ -267,6 +268,26 @@ def dose_filters(n_frames: int, shape_rfft_s: np.ndarray, dose_per_frame_e_A2: f
     return np.exp(-N.reshape((-1,) + (1,) * ne.ndim) / (2 * ne[None])).astype(np.float32)
 
 
+LANCZOS_A = 16
+
+
+def _lanczos_response(N: int, f: np.ndarray, full: bool, a: int = LANCZOS_A) -> np.ndarray:
+    """DFT (length N, or N//2+1 for the half axis) of the 2a+1 taps ``h[m] = L(m + f)`` of a Lanczos-``a``
+    kernel ``L(x) = sinc(x) sinc(x/a)`` (normalised to unit sum), one row per fractional shift ``f``.
+
+    Multiplying a tile's transform by it resamples the tile at ``x + f`` with a compact kernel, so
+    the periodic wrap of the tile reaches only ``a`` pixels into its margin (a plain phase ramp is a
+    periodic sinc, whose slowly decaying tails carry the far edge of the tile into its interior).
+    """
+    m = np.arange(-a, a + 1, dtype=np.float64)
+    x = m[None, :] + np.asarray(f, np.float64)[:, None]
+    h = np.sinc(x) * np.sinc(x / a) * (np.abs(x) < a)
+    h /= h.sum(axis=1, keepdims=True)
+    k = np.fft.fftfreq(N) * N if full else np.arange(N // 2 + 1, dtype=np.float64)
+    E = np.exp(-2j * np.pi * np.outer(m, k) / N)
+    return (h @ E).astype(np.complex64)
+
+
 def sum_frames(frames, displacement_at, pixel_size_A: float, dose_per_frame_e_A2: float,
                voltage_kV: float = 300.0, pre_exposure_e_A2: float = 0.0, *, tile_px: int = 256,
                margin_px: int = 32, n_workers: int | None = None, progress: bool = False):
@@ -291,8 +312,6 @@ def sum_frames(frames, displacement_at, pixel_size_A: float, dose_per_frame_e_A2
     tiles_y0 = np.repeat(np.arange(nty) * T, ntx)
     tiles_x0 = np.tile(np.arange(ntx) * T, nty)
     pad = ((P, P + nty * T - H), (P, P + ntx * T - W))
-    fy = np.fft.fftfreq(N)[None, :]
-    fx = np.arange(N // 2 + 1)[None, :] / N
 
     def batch(rng):
         acc_dw = np.zeros((nty * ntx, N, N // 2 + 1), np.complex64)
@@ -305,9 +324,8 @@ def sum_frames(frames, displacement_at, pixel_size_A: float, dose_per_frame_e_A2
                                  P + x0 - M + int(ox): P + x0 - M + int(ox) + N]
                               for y0, x0, (ox, oy) in zip(tiles_y0, tiles_x0, r)])
             X = sfft.rfft2(tiles, workers=1)
-            ph = (np.exp(2j * np.pi * frac[:, 1:2] * fy).astype(np.complex64)[:, :, None]
-                  * np.exp(2j * np.pi * frac[:, 0:1] * fx).astype(np.complex64)[:, None, :])
-            X *= ph
+            X *= _lanczos_response(N, frac[:, 1], full=True)[:, :, None]
+            X *= _lanczos_response(N, frac[:, 0], full=False)[:, None, :]
             acc += X
             X *= q[t][None]
             acc_dw += X

@@ -32,14 +32,12 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = list(tif.pages)
-            shapes = sorted({tuple(p.shape) for p in pages})
+            series = list(tif.series)
+            shapes = sorted({tuple(sr.shape[-2:]) for sr in series})
             if len(shapes) != 1:
                 raise InputError(f"TIFF frames disagree in size: {', '.join('x'.join(map(str, s)) for s in shapes)}",
                                  path)
-            if len(shapes[0]) != 2:
-                raise InputError(f"expected 2-D TIFF frames, found shape {shapes[0]}", path)
-            return np.stack([p.asarray() for p in pages])
+            return np.concatenate([sr.asarray().reshape((-1,) + shapes[0]) for sr in series])
     except InputError:
         raise
     except (tifffile.TiffFileError, ValueError, OSError) as e:
