@@ -5,7 +5,8 @@ Method (derivation in docs/preprocess.md, "Motion correction"):
 1. **Fourier cropping.** Every frame is mean-subtracted, transformed once at full size and cropped
    in Fourier space to the alignment grid (``align_bin``, default 2: frequencies up to a quarter of a
    cycle per pixel, where the alignment B-factors leave no weight anyway). The cropped frames are kept
-   in real space for the patches.
+   in real space for the patches; the global alignment uses a further crop to at most ``global_px``²
+   (default 1024²: for a 4k movie a 4× coarser grid, still sampling the B = 500 px² peak finely).
 2. **Global alignment.** Each frame (cosine-tapered edges) is correlated with the sum of all the
    others, aligned with the current shifts, under a B-factor weight ``exp(−B k²/4)`` (``k`` in cycles
    per pixel, ``B`` in pixel², default 500). The peak is located to sub-pixel precision by a
@@ -364,7 +365,7 @@ def align_movie(frames, pixel_size_A: float, *, dose_per_frame_e_A2: float, volt
                 pre_exposure_e_A2: float = 0.0, patches=(5, 5), align_bin: int = 2,
                 bfactor_global_px2: float = 500.0, bfactor_local_px2: float = 150.0,
                 patch_overlap: float = 0.5, max_shift_px: float = 80.0, max_local_shift_px: float = 10.0,
-                max_iter: int = 10,
+                max_iter: int = 10, global_px: int = 1024,
                 tol_px: float = 0.01, model_degree: int = 2, tile_px: int = 256,
                 n_workers: int | None = None, progress: bool = False) -> MotionResult:
     """Motion-correct a movie ``frames (n, H, W)`` (any real dtype; counts or gain-corrected).
@@ -382,22 +383,29 @@ def align_movie(frames, pixel_size_A: float, *, dose_per_frame_e_A2: float, volt
         raise ValueError("the pixel size (Å) is needed for dose weighting")
     b = max(1, int(align_bin))
     hb, wb = H // b // 2 * 2, W // b // 2 * 2
+    # the global alignment runs on at most global_px² (Fourier-cropped further)
+    hg, wg = min(hb, global_px) // 2 * 2, min(wb, global_px) // 2 * 2
+    gy, gx = b * hb / hg, b * wb / wg  # movie pixels per global-grid pixel
     taper = _taper(hb, wb)
+    Rb = np.zeros((n, hb, wb), np.float32)
+    G = np.zeros((n, hg, wg // 2 + 1), np.complex64)
 
     def prep(t):
         f = np.asarray(frames[t], np.float32)
         f = f - f.mean()
         if b == 1:
-            return np.ascontiguousarray(f[:hb, :wb])
-        F = sfft.rfft2(f, workers=1)
-        return sfft.irfft2(_crop_rfft(F, hb, wb), s=(hb, wb), workers=1).astype(np.float32)
+            Rb[t] = f[:hb, :wb]
+        else:
+            Rb[t] = sfft.irfft2(_crop_rfft(sfft.rfft2(f, workers=1), hb, wb), s=(hb, wb), workers=1)
+        G[t] = _crop_rfft(sfft.rfft2(Rb[t] * taper, workers=1), hg, wg)
 
-    Rb = np.stack(map_batches(prep, list(range(n)), n_workers=n_workers, desc="frames", progress=progress))
-    G = sfft.rfft2(Rb * taper[None], workers=n_workers or 1).astype(np.complex64)
+    map_batches(prep, list(range(n)), n_workers=n_workers, desc="frames", progress=progress)
     t1 = time.perf_counter()
-    d_b, it_g = align_spectra(G, (hb, wb), bfactor_global_px2 / b**2, max_shift_px=max_shift_px / b,
-                              max_iter=max_iter, tol_px=tol_px / b, n_workers=n_workers)
-    del G
+    g = 0.5 * (gy + gx)
+    d_g, it_g = align_spectra(G, (hg, wg), bfactor_global_px2 / g**2, max_shift_px=max_shift_px / g,
+                              max_iter=max_iter, tol_px=tol_px / g, n_workers=n_workers)
+    G = None  # noqa: F841 (free the spectra)
+    d_b = d_g * np.array([gx, gy]) / b
     d_b -= d_b[0]
     shifts = d_b * b
     t2 = time.perf_counter()
@@ -492,7 +500,7 @@ def read_trajectory_star(path) -> np.ndarray:
 
 def plot_trajectories(result: MotionResult, title: str = ""):
     """Figure: global track (frames coloured by time) and the local model at the patch centres
-    (exaggerated ×10), plus the measured patch tracks."""
+    (exaggerated to fill the patch spacing; the factor is in the title), over the measured patch tracks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -515,9 +523,12 @@ def plot_trajectories(result: MotionResult, title: str = ""):
         c = result.patch_centres_px
         t = np.arange(result.n_frames)
         lx, ly = result.local_model(c[None, :, 0], c[None, :, 1], t[:, None])
-        scale = 10.0 * (W / 4096) * 4
         meas = result.patch_trajectories - result.shifts_px[None]
         meas = meas - meas[:, :1]
+        amp = max(float(np.hypot(lx, ly).max()), 0.05)
+        d = np.hypot(*(c[:, None, :] - c[None, :, :]).transpose(2, 0, 1))
+        spacing = float(d[d > 0].min()) if len(c) > 1 else float(W)
+        scale = max(1.0, round(0.45 * spacing / amp))
         for i in range(len(c)):
             ax[1].plot(c[i, 0] + scale * meas[i, :, 0], c[i, 1] + scale * meas[i, :, 1], ".", ms=1.5,
                        color="0.6")
