@@ -132,7 +132,7 @@ def part_timing(quick):
     by_size = []
     keep = None
     for N in sizes:
-        sim = simulate_movie((N, N), 40, 1.0, 1.0, drift_px=20, local_px=2, interp_order=1,
+        sim = simulate_movie((N, N), 40, 1.0, 1.0, drift_px=20, local_px=2, interp_order=1, damage=False,
                              rng=int(rng.integers(2**31)))
         load0 = _load()
         t, c = time.perf_counter(), time.process_time()

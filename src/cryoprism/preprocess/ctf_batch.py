@@ -92,10 +92,12 @@ def plot_ctf_diagnostic(fit, extra: dict, pixel_size_A: float, voltage_kV: float
     """A CTFFIND-style figure (a matplotlib ``Figure``, no pyplot state: safe in worker threads).
 
     Left: the amplitude spectrum inside the fit band only — left half the data (smooth background
-    subtracted, each ring scaled by its r.m.s., lightly smoothed), right half the fitted CTF² drawn
+    subtracted, each ring scaled to zero mean and unit r.m.s., the tile-edge cross removed, smoothed by
+    a 1-px Gaussian), right half the fitted CTF² drawn
     with 3 × 3 supersampling (no moiré), both cut where a Thon ring is narrower than 3 spectrum pixels.
-    Right: the equal-phase average of the background-subtracted spectrum, scaled by its least-squares
-    fit ``a·CTF² + b`` in the band, against the fitted CTF² on the same 0–1 scale; the windowed
+    Right: the equal-phase average of the background-subtracted spectrum, mapped by local least-squares
+    fits ``a·CTF² + b`` over ±1 ring (envelope and leftover background) onto the fitted CTF²'s 0–1
+    scale, against that CTF²; the windowed
     correlation that sets the fit resolution; the fit resolution and the figure of merit in the title.
     """
     from matplotlib.figure import Figure
@@ -126,9 +128,13 @@ def plot_ctf_diagnostic(fit, extra: dict, pixel_size_A: float, voltage_kV: float
     s, a = freq_grid(sub.shape, pixel_size_A * T / sub.shape[0], polar=True)
     band = (s >= s_lo) & (s <= s_show)
     resid = sub - np.interp(s, extra["freq_1d_invA"], extra["background_1d"])
+    resid = resid - shells_to_grid(radial_average(resid), resid.shape)  # each ring: zero mean...
     rms = np.sqrt(radial_average(resid**2))
-    resid = resid / np.maximum(shells_to_grid(rms, resid.shape), 1e-30)
-    resid = gaussian_blur(resid, 1.2)
+    resid = resid / np.maximum(shells_to_grid(rms, resid.shape), 1e-30)  # ...and unit r.m.s.
+    # the tile-edge cross (|k| ≤ 1 on an axis) carries no rings: zero it, then smooth lightly (display)
+    ky_, kx_ = np.meshgrid(np.arange(2 * half) - half, np.arange(2 * half) - half, indexing="ij")
+    resid[(np.abs(ky_) <= 1) | (np.abs(kx_) <= 1)] = 0.0
+    resid = gaussian_blur(resid, 1.0)
     resid = resid / max(float(resid[band].std()), 1e-30)
     data = np.clip((resid + 2.0) / 4.0, 0, 1)
     # model with 3×3 supersampling (each display pixel averages the rings it covers)
@@ -154,12 +160,27 @@ def plot_ctf_diagnostic(fit, extra: dict, pixel_size_A: float, voltage_kV: float
     e = np.asarray(extra["epa"])
     m = np.asarray(extra["epa_model"])
     inb = (f >= s_lo) & (f <= s_hi)
-    if inb.sum() >= 3:
-        X = np.column_stack([m[inb], np.ones(inb.sum())])
-        (sc, off), *_ = np.linalg.lstsq(X, e[inb], rcond=None)
-        sc = sc if abs(sc) > 1e-30 else 1.0
-        ax1.plot(f[inb], (e[inb] - off) / sc, lw=0.9, color="C0",
-                 label="spectrum − background (equal-phase average, scaled)")
+    if inb.sum() >= 8:
+        # local least squares e ≈ a_j·CTF² + b_j over ±1 ring around every point (envelope and
+        # leftover background); (e − b)/a puts every ring of the data on the model's 0–1 scale. Past
+        # the last window with a positive fit the last a, b are kept.
+        fb, eb, mb = f[inb], e[inb], m[inb]
+        dm = 0.5 * (fit.defocus_u_A + fit.defocus_v_A)
+        gam = np.pi * lam * dm * fb**2 - 0.5 * np.pi * cs_A * lam**3 * fb**4
+        aa, bb = np.full(fb.size, np.nan), np.full(fb.size, np.nan)
+        for j in range(fb.size):
+            w = np.abs(gam - gam[j]) <= np.pi
+            if w.sum() >= 5 and np.ptp(mb[w]) > 0.2:
+                (aj, bj), *_ = np.linalg.lstsq(np.column_stack([mb[w], np.ones(w.sum())]), eb[w], rcond=None)
+                if aj > 0:
+                    aa[j], bb[j] = aj, bj
+        good = np.isfinite(aa)
+        if good.any():
+            idx = np.maximum.accumulate(np.where(good, np.arange(fb.size), -1))
+            first = int(np.flatnonzero(good)[0])
+            idx = np.where(idx < 0, first, idx)
+            y = (eb - bb[idx]) / aa[idx]
+            ax1.plot(fb, y, lw=0.9, color="C0", label="spectrum − background, ÷ local envelope (equal-phase avg.)")
         ax1.plot(f[inb], m[inb], lw=0.9, color="C3", label="fitted CTF²")
         ax1.plot(f[inb], np.asarray(extra["epa_window_cc"])[inb], lw=0.8, color="C2", ls="--",
                  label="local correlation (two rings)")
