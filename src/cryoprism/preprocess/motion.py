@@ -244,6 +244,16 @@ def fit_local_model(centres_px: np.ndarray, residual_px: np.ndarray, shape, degr
     coef = np.zeros((2, nt, ns))
     keep = np.ones(p * n, bool)
     resid_all = np.zeros((p * n, 2))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # a small system: threaded BLAS on busy cores is far slower
+        _fit_rounds(A, residual_px, p, nt, ns, coef, keep, resid_all)
+    rms = float(np.sqrt(np.mean(np.sum(resid_all[keep] ** 2, axis=1))))
+    return LocalMotionModel(coef, degree, (int(H), int(W)), int(n), rms, int((~keep).sum()))
+
+
+def _fit_rounds(A, residual_px, p, nt, ns, coef, keep, resid_all):
+    """Least squares, then once more without the measurements beyond 4 robust standard deviations."""
     for rnd in range(2):
         for ax in range(2):
             b = residual_px[:, :, ax].reshape(-1)
@@ -253,11 +263,9 @@ def fit_local_model(centres_px: np.ndarray, residual_px: np.ndarray, shape, degr
         if rnd == 0:
             r = np.hypot(resid_all[:, 0], resid_all[:, 1])
             sigma = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-6
-            keep = r <= np.median(r) + 4 * sigma
+            keep[:] = r <= np.median(r) + 4 * sigma
             if keep.sum() < A.shape[1] + 2:
                 keep[:] = True
-    rms = float(np.sqrt(np.mean(np.sum(resid_all[keep] ** 2, axis=1))))
-    return LocalMotionModel(coef, degree, (int(H), int(W)), int(n), rms, int((~keep).sum()))
 
 
 # ----------------------------------------------------------------------------- sums
