@@ -207,10 +207,9 @@ def register(app: typer.Typer) -> None:
 def _ctf_one(micrograph, pixel_size, voltage, cs, amp, plot, as_json, kw):
     """The single-micrograph behaviour: print the fit, optional PNG."""
     from cryoprism.ctf import estimate_ctf
+    from cryoprism.ctf.plot import plot_ctf_fit
     from cryoprism.errors import InputError
     from cryoprism.io import read_mrc
-    from cryoprism.io.atomic import atomic_path
-    from cryoprism.preprocess.ctf_batch import plot_ctf_diagnostic
 
     voltage = 300.0 if voltage is None else voltage
     cs = 2.7 if cs is None else cs
@@ -227,9 +226,7 @@ def _ctf_one(micrograph, pixel_size, voltage, cs, amp, plot, as_json, kw):
     except ValueError as e:
         raise InputError(str(e), micrograph) from e
     if plot is not None:
-        fig = plot_ctf_diagnostic(fit, extra, px, voltage, cs, amp, title=Path(micrograph).name)
-        with atomic_path(Path(plot)) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+        plot_ctf_fit(Path(plot), fit, extra, px, voltage, cs, amp, title=Path(micrograph).name)
     fig_ = {"micrograph": str(micrograph), "pixel_size_A": px, "voltage_kV": voltage, "cs_mm": cs,
             "amplitude_contrast": amp, **fit.to_dict(),
             "defocus_mean_A": 0.5 * (fit.defocus_u_A + fit.defocus_v_A),
