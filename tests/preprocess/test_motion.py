@@ -84,6 +84,11 @@ def test_local_model_fit_recovers_polynomial_and_offsets():
     fit = fit_local_model(c, resid, (H, W))
     assert np.allclose(fit.coef, truth.coef, atol=1e-6)
     assert fit.n_outliers >= 1
+    # measurements at fractional times (groups of frames at their mean index)
+    tg = np.array([0.5, 2.5, 4.5, 6.5, 8.5, 10.5])
+    gx, gy = truth(c[None, :, 0], c[None, :, 1], tg[:, None])
+    fit = fit_local_model(c, np.stack([gx.T, gy.T], axis=-1) + off[:, None, :], (H, W), times=tg, n_frames=n)
+    assert np.allclose(fit.coef, truth.coef, atol=1e-6) and fit.n_frames == n
 
 
 def test_global_alignment_recovers_subpixel_shifts():

@@ -14,7 +14,9 @@ Method (derivation in docs/preprocess.md, "Motion correction"):
    rebuilt, until no shift moves by more than ``tol_px`` (Jacobi iteration of the "align to the sum of
    the others" scheme of Li et al. 2013 / MotionCor2, Zheng et al. 2017).
 3. **Local alignment.** The field is cut into ``patches`` (default 5 × 5); in each patch the frames,
-   cut at the globally shifted positions, are aligned the same way (B = 150 pixel²). The measured
+   cut at the globally shifted positions and moved by the fractional global shift, are aligned the same
+   way (B = 150 pixel²); with ``patch_group`` k > 1 the frames are summed in groups of k first, each group
+   measured at its mean frame index (MotionCor2's grouping; default 1). The measured
    residual shifts ``r_p(t)`` (patch minus global) are fitted by least squares with the smooth model of
    MotionCor2: a free offset per patch plus ``Σ_{c=1..3} τ^c · Σ_{a+b≤2} β_abc x^a y^b`` (``τ`` the
    frame index over the last index, ``x, y`` ∈ [−1, 1] over the frame), i.e. a deformation that is
@@ -224,18 +226,22 @@ def align_spectra(G: np.ndarray, shape: tuple[int, int], bfactor_px2: float, *, 
 
 # ----------------------------------------------------------------------------- local model fit
 def fit_local_model(centres_px: np.ndarray, residual_px: np.ndarray, shape, degree: int = 2,
-                    n_time: int = 3) -> LocalMotionModel:
-    """Least-squares fit of the smooth model to residual patch displacements ``(p, n, 2)``.
+                    n_time: int = 3, times=None, n_frames: int | None = None) -> LocalMotionModel:
+    """Least-squares fit of the smooth model to residual patch displacements ``(p, m, 2)``.
 
+    ``times``: the (possibly fractional) frame index of each of the ``m`` measurements (default
+    ``0 … m−1``; a group of frames is measured at its mean index); ``n_frames`` of the movie (default m).
     Each patch has a free offset (its reference is the patch's own sum); the model is zero at t = 0.
     """
     p, n, _ = residual_px.shape
     H, W = shape
+    n_frames = int(n_frames or n)
+    times = np.arange(n, dtype=np.float64) if times is None else np.asarray(times, np.float64)
     X = 2 * centres_px[:, 0] / W - 1
     Y = 2 * centres_px[:, 1] / H - 1
     terms = _space_terms(degree)
     S = np.stack([X**a * Y**b for a, b in terms], axis=1)  # (p, ns)
-    tau = np.arange(n) / max(n - 1, 1)
+    tau = times / max(n_frames - 1, 1)
     T = np.stack([tau ** (c + 1) for c in range(n_time)], axis=1)  # (n, nt)
     ns, nt = S.shape[1], T.shape[1]
     rows_model = (T[None, :, :, None] * S[:, None, None, :]).reshape(p * n, nt * ns)
@@ -249,7 +255,7 @@ def fit_local_model(centres_px: np.ndarray, residual_px: np.ndarray, shape, degr
     with threadpool_limits(1):  # a small system: threaded BLAS on busy cores is far slower
         _fit_rounds(A, residual_px, p, nt, ns, coef, keep, resid_all)
     rms = float(np.sqrt(np.mean(np.sum(resid_all[keep] ** 2, axis=1))))
-    return LocalMotionModel(coef, degree, (int(H), int(W)), int(n), rms, int((~keep).sum()))
+    return LocalMotionModel(coef, degree, (int(H), int(W)), n_frames, rms, int((~keep).sum()))
 
 
 def _fit_rounds(A, residual_px, p, nt, ns, coef, keep, resid_all):
@@ -373,7 +379,7 @@ def align_movie(frames, pixel_size_A: float, *, dose_per_frame_e_A2: float, volt
                 pre_exposure_e_A2: float = 0.0, patches=(5, 5), align_bin: int = 2,
                 bfactor_global_px2: float = 500.0, bfactor_local_px2: float = 150.0,
                 patch_overlap: float = 0.5, max_shift_px: float = 80.0, max_local_shift_px: float = 10.0,
-                max_iter: int = 10, global_px: int = 1024,
+                max_iter: int = 10, global_px: int = 1024, patch_group: int = 1,
                 tol_px: float = 0.01, model_degree: int = 2, tile_px: int = 256,
                 n_workers: int | None = None, progress: bool = False) -> MotionResult:
     """Motion-correct a movie ``frames (n, H, W)`` (any real dtype; counts or gain-corrected).
@@ -442,14 +448,23 @@ def align_movie(frames, pixel_size_A: float, *, dose_per_frame_e_A2: float, volt
                               for t in range(n)])
             stack = stack - stack.mean(axis=(1, 2), keepdims=True)
             Gp = sfft.rfft2(stack * ptaper[None], workers=1).astype(np.complex64)
-            dp, _ = align_spectra(Gp, (ph_, pw_), bfactor_local_px2 / b**2,
-                                  max_shift_px=max_local_shift_px / b, d0=frac, max_iter=max_iter,
+            for t in range(n):  # the global shift, exactly: integer cut above, fraction here
+                Gp[t] *= _phase(ph_, pw_, *frac[t])
+            Gg = np.stack([Gp[groups == j].sum(axis=0) for j in range(n_groups)])
+            dp, _ = align_spectra(Gg, (ph_, pw_), bfactor_local_px2 / b**2,
+                                  max_shift_px=max_local_shift_px / b, max_iter=max_iter,
                                   tol_px=max(tol_px, 0.02) / b, n_workers=1)
-            return (o + dp) * b
+            return dp * b  # residual displacement of each group, movie pixels
 
-        traj = np.stack(map_batches(one_patch, corners, n_workers=n_workers, desc="patches", progress=progress))
+        k = max(1, int(patch_group)) if n >= 6 * max(1, int(patch_group)) else 1
+        groups = np.arange(n) // k
+        n_groups = int(groups.max()) + 1
+        t_group = np.array([np.arange(n)[groups == j].mean() for j in range(n_groups)])
+        resid = np.stack(map_batches(one_patch, corners, n_workers=n_workers, desc="patches", progress=progress))
         centres = np.array([[(x0 + pw_ / 2) * b, (y0 + ph_ / 2) * b] for y0, x0 in corners], np.float64)
-        model = fit_local_model(centres, traj - shifts[None], (H, W), degree=model_degree)
+        model = fit_local_model(centres, resid, (H, W), degree=model_degree, times=t_group, n_frames=n)
+        traj = shifts[None] + np.stack([np.stack([np.interp(np.arange(n), t_group, r[:, ax]) for ax in range(2)],
+                                                 axis=-1) for r in resid])
     t3 = time.perf_counter()
 
     res = MotionResult(np.zeros(0), np.zeros(0), shifts, model, traj, centres, float(pixel_size_A),
