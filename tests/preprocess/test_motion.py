@@ -229,3 +229,7 @@ def test_motioncorr_cli_frames_of_different_sizes(tmp_path, capsys):
     rc, so, err = _run(capsys, "motioncorr", tmp_path / "bad.tif", "-o", tmp_path / "out", "--pixel-size", 1.0)
     assert rc == 2 and err.count("\n") == 1 and "disagree in size" in err
     assert not (tmp_path / "out").exists()
+    tifffile.imwrite(tmp_path / "good.tif", np.ones((4, 40, 50), np.uint8), photometric="minisblack")
+    rc, so, err = _run(capsys, "motioncorr", tmp_path / "good.tif", "-o", tmp_path / "out")
+    assert rc == 2 and err.count("\n") == 1 and "--pixel-size" in err
+    assert not (tmp_path / "out").exists()

@@ -63,6 +63,14 @@ def _movie_shape(path: Path) -> tuple[int, int, int]:
     return h["nz"], h["ny"], h["nx"]
 
 
+def _header_pixel_size(path: Path) -> float | None:
+    from cryoprism.io.mrc import read_mrc_header
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return None
+    return read_mrc_header(path)["voxel_size_A"] or None
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the cryoprism app."""
 
@@ -118,6 +126,8 @@ def register(app: typer.Typer) -> None:
         for p, s in zip(paths, shapes):
             if s[0] < 2:
                 raise InputError(f"a movie needs at least 2 frames, found {s[0]}", p)
+            if pixel_size is None and _header_pixel_size(p) is None:
+                raise InputError("unknown pixel size (MRC header says 0, or TIFF): give --pixel-size", p)
         if gain is not None:
             from cryoprism.preprocess.movies import read_gain
 
