@@ -1,4 +1,5 @@
-"""CLI of the image and CTF areas: downsample, filter, normalize, whiten, phase-flip, ctf-estimate.
+"""CLI of the image and CTF areas: downsample, filter, normalize, whiten, phase-flip (ctf-estimate is in
+preprocess_cmds).
 
 Every command reads an MRC image, volume or stack, or a RELION STAR (or cryoSPARC .cs) particle file,
 and streams the operation over it with :func:`cryoprism.image.stack.process_file` (batches through
@@ -227,52 +228,3 @@ def register(app: typer.Typer) -> None:
              {"correction": "phase flip" if wiener is None else f"Wiener (SSNR {wiener})"},
              pixel_size_A=pixel_size, need_pixel=True, batch_size=batch_size, star_fn=star_fn,
              kind=None if inp.suffix.lower() == ".mrcs" else "stack")
-
-    @app.command("ctf-estimate")
-    def ctf_estimate_cmd(
-        micrograph: Path = typer.Argument(..., help="Micrograph (2-D MRC, any mode)."),
-        pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size in Å (default: "
-                                                   "the MRC header)."),
-        voltage: float = typer.Option(300.0, "--voltage", help="Accelerating voltage in kV."),
-        cs: float = typer.Option(2.7, "--cs", help="Spherical aberration in mm."),
-        amp: float = typer.Option(0.1, "--amp", "--amp-contrast", help="Amplitude contrast (fraction)."),
-        tile: int = typer.Option(512, "--tile", help="Periodogram tile size in pixels (50 % overlap)."),
-        res_low: float = typer.Option(30.0, "--res-low", help="Low-resolution limit of the fit in Å."),
-        res_high: float = typer.Option(5.0, "--res-high", help="High-resolution limit of the fit in Å."),
-        defocus_min: float = typer.Option(2000.0, "--defocus-min", help="Smallest defocus searched, Å."),
-        defocus_max: float = typer.Option(60000.0, "--defocus-max", help="Largest defocus searched, Å."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the spectrum and the fit."),
-        as_json: bool = JSON_OPTION,
-    ):
-        """Estimate defocus U, V (Å, positive underfocus) and astigmatism angle (degrees) from the Thon
-        rings of a micrograph. Prints them with the fit score (correlation) and fit resolution (Å);
-        writes nothing unless --plot is given."""
-        from cryoprism.ctf import estimate_ctf
-        from cryoprism.errors import InputError
-        from cryoprism.image.stack import pixel_size as choose_pixel_size
-        from cryoprism.io import read_mrc
-        from cryoprism.io.job import Job
-
-        m, hdr_px = read_mrc(micrograph, ndim=2, finite=True)
-        px = choose_pixel_size(hdr_px, pixel_size, micrograph, True)
-        if not 0 <= amp < 1:
-            raise InputError(f"--amp must be in [0, 1), got {amp}")
-        try:
-            fit, extra = estimate_ctf(m, px, voltage, cs, amp, tile_px=tile,
-                                      resolution_range_A=(res_low, res_high),
-                                      defocus_range_A=(defocus_min, defocus_max), return_spectrum=True)
-        except ValueError as e:
-            raise InputError(str(e), micrograph) from e
-        job = Job.for_file(plot or micrograph, "ctf-estimate")
-        if plot is not None:
-            from cryoprism.report.ctf_fit import ctf_fit_figure
-
-            job.save_figure(plot.name, ctf_fit_figure(fit, extra, px, voltage, cs, amp), dpi=100)
-        job.record(**{"micrograph": str(micrograph), "pixel_size_A": px, "voltage_kV": voltage, "cs_mm": cs,
-               "amplitude_contrast": amp, **fit.to_dict(),
-               "defocus_mean_A": 0.5 * (fit.defocus_u_A + fit.defocus_v_A),
-               "astigmatism_A": fit.defocus_u_A - fit.defocus_v_A, "plot": str(plot) if plot else None})
-        human = (f"defocus U: {fit.defocus_u_A:.1f} Å\ndefocus V: {fit.defocus_v_A:.1f} Å\n"
-                 f"angle: {fit.defocus_angle_deg:.2f}°\nscore: {fit.score:.4f}\n"
-                 f"fit resolution: {fit.fit_resolution_A:.2f} Å")
-        finish(job, as_json, human)
