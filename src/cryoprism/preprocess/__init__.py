@@ -1,0 +1,1 @@
+"""From movies to particles: motion correction, CTF per micrograph, picking and extraction."""
