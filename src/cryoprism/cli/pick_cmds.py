@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
         diameter: float = typer.Option(..., "--diameter", min=1.0, help="Particle diameter in Å."),
         template: Optional[Path] = typer.Option(None, "--template", help="Template picker: a map (3-D MRC; "
-                                                "projected over 24 directions × 12 in-plane angles) or "
-                                                "2-D class averages (MRC stack .mrcs; 12 in-plane angles)."
+                                                "projected over 16 directions × 8 in-plane angles) or "
+                                                "2-D class averages (MRC stack .mrcs; 8 in-plane angles)."
                                                 " Default: the reference-free blob picker."),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Figure-of-merit threshold "
                                                   "(a z-score); default: chosen from the data."),

@@ -43,9 +43,10 @@ from scipy import ndimage
 from cryoprism.ctf.model import CTFParams, ctf_on_grid
 from cryoprism.fourier.resample import fourier_resize
 
-WORK_DIAMETER_PX = 32.0  # particle diameter on the working grid (pixels)
+WORK_DIAMETER_PX = 24.0  # particle diameter on the working grid (pixels)
 MIN_DISTANCE_FRACTION = 0.8  # default minimum distance between picks, in diameters
 VARIANCE_WINDOW_DIAMETERS = 2.0
+BLOB_SIGMA_FRACTION = 0.5  # LoG scale σ in particle radii (measured: docs/preprocess_picking.md)
 
 
 @dataclass
@@ -171,13 +172,15 @@ def _correlate(prep: Prepared, S: np.ndarray, norm: float) -> np.ndarray:
 
 
 def log_template_hat(shape, radius_px: float) -> np.ndarray:
-    """Scale-normalised Laplacian of a Gaussian, ``−σ²∇²G_σ``, σ = r/√2, on the rfft2 grid.
+    """Scale-normalised Laplacian of a Gaussian, ``−σ²∇²G_σ``, on the rfft2 grid.
 
-    ``σ = r/√2`` is the scale at which the response to a disk of radius ``r`` is largest
-    (Lindeberg 1998); the filter is zero-mean, so smooth background (ice gradients) is removed.
+    ``σ = r/√2`` is the scale at which the response to a bare disk of radius ``r`` is largest
+    (Lindeberg 1998); under the CTF, which removes the lowest frequencies, a finer scale
+    ``σ = BLOB_SIGMA_FRACTION · r = r/2`` catches more of the particle's signal (measured). The filter
+    is zero-mean, so smooth background (ice gradients) is removed.
     """
     s, _ = _uncentred_freqs(shape)
-    sig = radius_px / np.sqrt(2.0)
+    sig = radius_px * BLOB_SIGMA_FRACTION
     q = (2 * np.pi * s * sig) ** 2
     return q * np.exp(-0.5 * q)
 
@@ -261,6 +264,21 @@ def find_peaks(score: np.ndarray, min_distance_px: float, border_px: float,
     return rc[keep], v[keep]
 
 
+def subpixel_offsets(score: np.ndarray, rc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel offsets (rows, cols) of peaks ``rc`` from a parabola through 3 samples per axis."""
+    if len(rc) == 0:
+        return np.zeros(0), np.zeros(0)
+    r = np.clip(rc[:, 0], 1, score.shape[0] - 2)
+    c = np.clip(rc[:, 1], 1, score.shape[1] - 2)
+
+    def para(m, z, p):
+        den = m - 2 * z + p
+        return np.where(den < 0, np.clip(0.5 * (m - p) / np.where(den < 0, den, -1), -0.5, 0.5), 0.0)
+
+    z = score[r, c]
+    return para(score[r - 1, c], z, score[r + 1, c]), para(score[r, c - 1], z, score[r, c + 1])
+
+
 def null_peaks(pos_rc, pos_v, neg_rc, neg_v, exclusion_px: float, shape=None,
                border_px: float = 0.0) -> tuple[np.ndarray, float]:
     """Values of the opposite-map peaks that are not next to a stronger pick (its side lobes), and
@@ -299,8 +317,10 @@ def auto_threshold(pos: np.ndarray, neg: np.ndarray, neg_weight: float = 1.0) ->
         return np.inf, 0.0
     neg = np.sort(np.asarray(neg, np.float64))
     n_pos = np.arange(1, pos.size + 1, dtype=np.float64)
-    n_neg = neg_weight * (neg.size - np.searchsorted(neg, pos, side="left"))
-    tp = np.maximum(n_pos - n_neg, 0.0)
+    k = neg.size - np.searchsorted(neg, pos, side="left")
+    n_neg = neg_weight * k
+    # true picks: the excess over the noise count, less two standard errors of that count (Poisson)
+    tp = np.maximum(n_pos - n_neg - 2.0 * neg_weight * np.sqrt(k), 0.0)
     total = float(tp.max())
     if total <= 0:
         return float(pos[0]) + 1e-6, 0.0
@@ -376,8 +396,9 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
         if np.isfinite(variance_z) else np.zeros(len(rc), bool)
     rc, v = rc[~bad], v[~bad]
     # working-grid pixel centre i ↔ input pixel centre i·scale (Fourier cropping keeps the field)
-    x = rc[:, 1] * prep.scale
-    y = rc[:, 0] * prep.scale
+    dy, dx = subpixel_offsets(plus if polarity > 0 else minus, rc)
+    x = (rc[:, 1] + dx) * prep.scale
+    y = (rc[:, 0] + dy) * prep.scale
     tmpl = None if which is None else which[rc[:, 0], rc[:, 1]]
     return Picks(x, y, v.astype(np.float64), float(threshold), int(polarity), tmpl, n_cand,
                  int(bad.sum()), prep.pixel_size_A, extra)
@@ -385,7 +406,7 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
 
 # ------------------------------------------------------------------------------- templates
 def map_templates(volume: np.ndarray, voxel_size_A: float, pixel_size_A: float, diameter_A: float,
-                  n_directions: int = 24, n_inplane: int = 12) -> np.ndarray:
+                  n_directions: int = 16, n_inplane: int = 8) -> np.ndarray:
     """Projections of ``volume`` over a sphere grid × in-plane rotations, at the working pixel size.
 
     ``pixel_size_A`` is the micrograph's; the templates are resampled to the working grid's pixel
@@ -408,7 +429,7 @@ def map_templates(volume: np.ndarray, voxel_size_A: float, pixel_size_A: float, 
 
 
 def average_templates(averages: np.ndarray, pixel_size_A: float, mic_pixel_size_A: float,
-                      diameter_A: float, n_inplane: int = 12) -> np.ndarray:
+                      diameter_A: float, n_inplane: int = 8) -> np.ndarray:
     """2-D class averages resampled to the working pixel size and rotated in-plane: ``(n, L, L)``."""
     from cryoprism.image.transform import rotate
 
@@ -488,8 +509,8 @@ def plot_picks(micrograph: np.ndarray, picks: Picks, diameter_px: float, title: 
     return fig
 
 
-def load_templates(path, mic_pixel_size_A: float, diameter_A: float, *, n_directions: int = 24,
-                   n_inplane: int = 12) -> np.ndarray:
+def load_templates(path, mic_pixel_size_A: float, diameter_A: float, *, n_directions: int = 16,
+                   n_inplane: int = 8) -> np.ndarray:
     """Templates from a map (3-D MRC: projections) or 2-D class averages (an MRC stack)."""
     from cryoprism.errors import InputError
     from cryoprism.io import read_mrc, read_mrc_header
