@@ -73,7 +73,15 @@ def run_preprocess(inputs, job, diameter_A: float, box: int | None = None, *,
     from cryoprism.ctf import estimate_ctf
     from cryoprism.io import read_mrc
     from cryoprism.preprocess.extract import extract_particles
-    from cryoprism.preprocess.pick import Picks, ctf_from_row, load_templates, pick_micrograph, picks_table, plot_picks
+    from cryoprism.preprocess.pick import (
+        PNG_DPI,
+        Picks,
+        ctf_from_row,
+        load_templates,
+        pick_micrograph,
+        picks_table,
+        plot_picks,
+    )
 
     inputs = [Path(p) for p in inputs]
     stems = [p.stem for p in inputs]
@@ -117,7 +125,7 @@ def run_preprocess(inputs, job, diameter_A: float, box: int | None = None, *,
             picks = pick_micrograph(mic, px, diameter_A, ctf=ctf, templates=templates, threshold=threshold)
             job.save_figure(f"picks/{path.stem}.png", plot_picks(
                 mic, picks, diameter_A / px, f"{path.name}: {len(picks)} picks (threshold "
-                f"{picks.threshold:.2f})"))
+                f"{picks.threshold:.2f})"), dpi=PNG_DPI)
             p_x, p_y, p_f, pol = picks.x, picks.y, picks.fom, picks.polarity
             ctf_rows.append({k: (float(v) if k != "rlnMicrographName" else v) for k, v in row.items()})
             ck.save(name, {"x": p_x, "y": p_y, "fom": p_f}, micrograph=mic_path, pixel_size_A=px,

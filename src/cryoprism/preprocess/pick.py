@@ -46,6 +46,7 @@ from cryoprism.fourier.resample import fourier_resize
 WORK_DIAMETER_PX = 24.0  # particle diameter on the working grid (pixels)
 MIN_DISTANCE_FRACTION = 0.8  # default minimum distance between picks, in diameters
 VARIANCE_WINDOW_DIAMETERS = 2.0
+MIN_GAUSSIAN_Z = 2.0
 BLOB_SIGMA_FRACTION = 0.5  # LoG scale σ in particle radii (measured: docs/preprocess_picking.md)
 
 
@@ -196,11 +197,12 @@ def template_hats(templates: np.ndarray, shape) -> np.ndarray:
 
 
 def score_blob(prep: Prepared, diameter_A: float) -> tuple[np.ndarray, np.ndarray]:
-    """Score maps (+, −) of the reference-free picker on the working grid (not yet normalised)."""
+    """Score maps (+, −) of the reference-free picker on the working grid (not yet normalised), and
+    the whitened filter (rfft grid)."""
     r = 0.5 * diameter_A / prep.pixel_size_A
     S, norm = _signal_filter(prep, log_template_hat(prep.shape, r))
     c = _correlate(prep, S, norm)
-    return c, -c
+    return c, -c, S
 
 
 def score_templates(prep: Prepared, templates: np.ndarray, progress: bool = False):
@@ -307,26 +309,65 @@ def null_peaks(pos_rc, pos_v, neg_rc, neg_v, exclusion_px: float, shape=None,
     return neg_v[keep], factor
 
 
-def auto_threshold(pos: np.ndarray, neg: np.ndarray, neg_weight: float = 1.0) -> tuple[float, float]:
-    """Threshold maximising the estimated F1 (module doc, step 6), and the estimated particle count.
+def threshold_from_counts(pos: np.ndarray, n_false: np.ndarray, sd_false: np.ndarray) -> tuple[float, float]:
+    """Threshold maximising the estimated F1, and the estimated particle count.
 
-    ``neg``: noise-peak values; each counts ``neg_weight`` false picks (area correction).
+    ``pos``: pick values sorted in decreasing order; ``n_false[i]``, ``sd_false[i]``: the expected
+    number of noise picks at or above ``pos[i]`` and its standard error. True picks at threshold
+    ``pos[i]``: ``(i + 1) − n_false − 2 sd_false`` (the excess, less two standard errors).
     """
-    pos = np.sort(np.asarray(pos, np.float64))[::-1]
     if pos.size == 0:
         return np.inf, 0.0
-    neg = np.sort(np.asarray(neg, np.float64))
     n_pos = np.arange(1, pos.size + 1, dtype=np.float64)
-    k = neg.size - np.searchsorted(neg, pos, side="left")
-    n_neg = neg_weight * k
-    # true picks: the excess over the noise count, less two standard errors of that count (Poisson)
-    tp = np.maximum(n_pos - n_neg - 2.0 * neg_weight * np.sqrt(k), 0.0)
+    tp = np.maximum(n_pos - n_false - 2.0 * sd_false, 0.0)
     total = float(tp.max())
     if total <= 0:
         return float(pos[0]) + 1e-6, 0.0
     f1 = 2 * tp / (n_pos + total)
     i = int(np.argmax(f1))
     return float(pos[i]), total
+
+
+def auto_threshold(pos: np.ndarray, neg: np.ndarray, neg_weight: float = 1.0) -> tuple[float, float]:
+    """:func:`threshold_from_counts` with the noise counted by the peaks ``neg`` of the opposite sign
+    (module doc, step 6); each counts ``neg_weight`` false picks (area correction)."""
+    pos = np.sort(np.asarray(pos, np.float64))[::-1]
+    neg = np.sort(np.asarray(neg, np.float64))
+    k = neg.size - np.searchsorted(neg, pos, side="left")
+    return threshold_from_counts(pos, neg_weight * k, neg_weight * np.sqrt(k))
+
+
+def spectral_moment(S: np.ndarray, shape) -> float:
+    """``√det Λ`` of a stationary field with spectrum ``|S|²`` on the rfft2 grid of ``shape``:
+    ``Λ = Var ∇c`` for unit-variance ``c`` (per pixel²), ``Λ_ab = Σ (2π f_a)(2π f_b) |S|² / Σ |S|²``."""
+    fy = sfft.fftfreq(shape[0])[:, None]
+    fx = sfft.rfftfreq(shape[1])[None, :]
+    w = np.full(S.shape[1], 2.0)
+    w[0] = 1.0
+    if shape[1] % 2 == 0:
+        w[-1] = 1.0
+    P = w * np.abs(S) ** 2
+    tot = P.sum()
+    lxx = float(np.sum((2 * np.pi * fx) ** 2 * P) / tot)
+    lyy = float(np.sum((2 * np.pi * fy) ** 2 * P) / tot)
+    return np.sqrt(lxx * lyy)
+
+
+def gaussian_field_peaks(u: np.ndarray, sqrt_det_lambda: float, area_px: float) -> np.ndarray:
+    """Expected number of local maxima above ``u`` of a unit-variance 2-D Gaussian field over
+    ``area_px`` pixels: the Euler-characteristic density ``√detΛ (2π)^(−3/2) u e^(−u²/2)`` (Adler
+    1981; Worsley et al. 1996), accurate for the high levels where thresholds fall."""
+    u = np.asarray(u, np.float64)
+    return area_px * sqrt_det_lambda * (2 * np.pi) ** -1.5 * np.maximum(u, 0) * np.exp(-0.5 * u * u)
+
+
+def gaussian_threshold(pos: np.ndarray, sqrt_det_lambda: float, area_px: float) -> tuple[float, float]:
+    """:func:`threshold_from_counts` with the noise counted by :func:`gaussian_field_peaks`, over
+    thresholds ≥ MIN_GAUSSIAN_Z (below, the Euler characteristic undercounts the maxima)."""
+    pos = np.sort(np.asarray(pos, np.float64))[::-1]
+    pos = pos[pos >= MIN_GAUSSIAN_Z]
+    fp = gaussian_field_peaks(pos, sqrt_det_lambda, area_px)
+    return threshold_from_counts(pos, fp, np.sqrt(fp))
 
 
 def variance_outliers(whitened: np.ndarray, rc: np.ndarray, window_px: float, z: float = 5.0,
@@ -364,7 +405,7 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
     prep = prepare(mic, pixel_size_A, diameter_A, ctf)
     r_work = 0.5 * diameter_A / prep.pixel_size_A
     if templates is None:
-        plus, minus = score_blob(prep, diameter_A)
+        plus, minus, S = score_blob(prep, diameter_A)
         which = None
     else:
         plus, minus, which = score_templates(prep, templates, progress)
@@ -375,20 +416,33 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
     border = r_work
     p_rc, p_v = find_peaks(plus, dmin, border)
     n_rc, n_v = find_peaks(minus, dmin, border)
-    if polarity is None:
-        _, tot_p = auto_threshold(p_v, n_v)
-        _, tot_n = auto_threshold(n_v, p_v)
-        polarity = 1 if tot_p >= tot_n else -1
-    (rc, v), (orc, ov) = ((p_rc, p_v), (n_rc, n_v)) if polarity > 0 else ((n_rc, n_v), (p_rc, p_v))
     extra = {}
-    if threshold is None:
-        # pass 1: all opposite peaks as the null (conservative: includes the particles' side lobes);
-        # pass 2: without the opposite peaks next to a stronger pick above the first threshold
-        t0, _ = auto_threshold(v, ov)
-        strong = v >= t0
-        null, w = null_peaks(rc[strong], v[strong], orc, ov, 2 * r_work, prep.shape, border)
-        threshold, est = auto_threshold(v, null, w)
-        extra["estimated_particles"] = est
+    if templates is None:
+        # one linear filter: the score is a Gaussian field in noise (unit variance: robust scale)
+        b = int(np.ceil(border))
+        inner = plus[b:plus.shape[0] - b, b:plus.shape[1] - b]
+        scale = 1.4826 * float(np.median(np.abs(inner - np.median(inner))))
+        p_v, n_v = p_v / scale, n_v / scale
+        lam, area = spectral_moment(S, prep.shape), float(inner.size)
+        (t_p, tot_p), (t_n, tot_n) = gaussian_threshold(p_v, lam, area), gaussian_threshold(n_v, lam, area)
+        if polarity is None:
+            polarity = 1 if tot_p >= tot_n else -1
+        rc, v = (p_rc, p_v) if polarity > 0 else (n_rc, n_v)
+        if threshold is None:
+            threshold, extra["estimated_particles"] = (t_p, tot_p) if polarity > 0 else (t_n, tot_n)
+    else:
+        if polarity is None:
+            _, tot_p = auto_threshold(p_v, n_v)
+            _, tot_n = auto_threshold(n_v, p_v)
+            polarity = 1 if tot_p >= tot_n else -1
+        (rc, v), (orc, ov) = ((p_rc, p_v), (n_rc, n_v)) if polarity > 0 else ((n_rc, n_v), (p_rc, p_v))
+        if threshold is None:
+            # pass 1: all opposite peaks as the null (conservative: includes the particles' side
+            # lobes); pass 2: without the opposite peaks next to a pick above the first threshold
+            t0, _ = auto_threshold(v, ov)
+            strong = v >= t0
+            null, w = null_peaks(rc[strong], v[strong], orc, ov, 2 * r_work, prep.shape, border)
+            threshold, extra["estimated_particles"] = auto_threshold(v, null, w)
     keep = v >= threshold
     n_cand = int(keep.sum())
     rc, v = rc[keep], v[keep]
@@ -474,6 +528,7 @@ def match_picks(picked_xy: np.ndarray, true_xy: np.ndarray, radius_px: float) ->
 
 
 # ------------------------------------------------------------------------------- files
+PNG_DPI = 80
 COORD_COLUMNS = ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"]
 
 
@@ -569,10 +624,9 @@ def pick_files(micrographs, diameter_A: float, job, *, ctf_table=None, estimate:
         tables.append(picks_table(str(path), p))
         counts.append(len(p))
         pols.append(p.polarity)
-        job.save_figure(f"picks/{Path(path).stem}.png",
-                        plot_picks(mic, p, diameter_A / px, f"{Path(path).name}: {len(p)} picks "
-                                   f"(threshold {p.threshold:.2f}, {p.n_rejected_variance} rejected by "
-                                   f"local variance)"))
+        fig = plot_picks(mic, p, diameter_A / px, f"{Path(path).name}: {len(p)} picks (threshold "
+                         f"{p.threshold:.2f}, {p.n_rejected_variance} rejected by local variance)")
+        job.save_figure(f"picks/{Path(path).stem}.png", fig, dpi=PNG_DPI)
         job.log.info("%s: %d picks, threshold %.3f, polarity %+d", path, len(p), p.threshold, p.polarity)
     coords = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COORD_COLUMNS)
     star = job.write_star("coordinates.star", coords)
