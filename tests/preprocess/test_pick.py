@@ -87,3 +87,23 @@ def test_pure_noise_gives_few_picks():
               for _ in range(2)]
     # ≈ 230 noise peaks per micrograph: the threshold keeps only a few of them
     assert max(counts) <= 6, counts
+
+
+def test_carbon_edge_picks_are_rejected(sim):
+    """A carbon-film step (20 noise σ, CTF-filtered) draws a line of strong peaks; the local-variance
+    test removes the picks along it and keeps those away from it."""
+    from cryoprism.ctf.model import ctf_2d
+    from cryoprism.fourier.core import fft2c, ifft2c
+
+    m = -sim.micrographs[0].astype(np.float64)
+    xx = np.arange(m.shape[1])[None, :] * np.ones((m.shape[0], 1))
+    step = 20 * sim.noise_sigma[0] / (1 + np.exp(-(xx - 500) / 2.0))
+    m = m + ifft2c(fft2c(step) * ctf_2d(m.shape[0], PX, sim.ctf.take(0), np.float64)).real
+    truth = truth_xy(sim, 0)
+    kept = pick_micrograph(m.astype(np.float32), PX, DIAMETER_A, ctf=sim.ctf.take(0))
+    everything = pick_micrograph(m.astype(np.float32), PX, DIAMETER_A, ctf=sim.ctf.take(0), variance_z=np.inf)
+    assert np.sum(np.abs(everything.x - 500) < 25) >= 5  # without the test: a line of picks
+    assert np.sum(np.abs(kept.x - 500) < 25) <= np.sum(np.abs(truth[:, 0] - 500) < 25)
+    far = np.abs(truth[:, 0] - 500) > 100
+    m_far = match_picks(np.c_[kept.x, kept.y][np.abs(kept.x - 500) > 100], truth[far], RADIUS)
+    assert m_far["recall"] >= 0.8  # the edge also raises the threshold a little

@@ -45,7 +45,7 @@ from cryoprism.fourier.resample import fourier_resize
 
 WORK_DIAMETER_PX = 24.0  # particle diameter on the working grid (pixels)
 MIN_DISTANCE_FRACTION = 0.8  # default minimum distance between picks, in diameters
-VARIANCE_WINDOW_DIAMETERS = 2.0
+VARIANCE_WINDOW_DIAMETERS = 1.0
 MIN_GAUSSIAN_Z = 2.0
 BLOB_SIGMA_FRACTION = 0.5  # LoG scale σ in particle radii (measured: docs/preprocess_picking.md)
 
@@ -370,6 +370,16 @@ def gaussian_threshold(pos: np.ndarray, sqrt_det_lambda: float, area_px: float) 
     return threshold_from_counts(pos, fp, np.sqrt(fp))
 
 
+def highpassed(prep: Prepared, diameter_px: float) -> np.ndarray:
+    """The (unwhitened) working micrograph high-passed at 1/diameter: smooth ice gradients removed,
+    edges and aggregates kept at their strength (whitening would flatten a strong edge's spectrum)."""
+    s, _ = _uncentred_freqs(prep.shape)
+    isq = np.where(prep.inv_sqrt_psd > 0, prep.inv_sqrt_psd, np.inf)
+    F = prep.Fw / isq
+    h = 1.0 - np.exp(-0.5 * (2 * np.pi * s * diameter_px / 2) ** 2)
+    return sfft.irfft2(F * h, s=prep.shape, workers=-1).astype(np.float32)
+
+
 def variance_outliers(whitened: np.ndarray, rc: np.ndarray, window_px: float, z: float = 5.0,
                       min_ratio: float = 1.3) -> np.ndarray:
     """Boolean mask over picks ``rc`` in regions whose local variance is a robust outlier."""
@@ -446,8 +456,8 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
     keep = v >= threshold
     n_cand = int(keep.sum())
     rc, v = rc[keep], v[keep]
-    bad = variance_outliers(prep.whitened, rc, VARIANCE_WINDOW_DIAMETERS * 2 * r_work, variance_z) \
-        if np.isfinite(variance_z) else np.zeros(len(rc), bool)
+    bad = variance_outliers(highpassed(prep, 2 * r_work), rc, VARIANCE_WINDOW_DIAMETERS * 2 * r_work,
+                            variance_z) if np.isfinite(variance_z) else np.zeros(len(rc), bool)
     rc, v = rc[~bad], v[~bad]
     # working-grid pixel centre i ↔ input pixel centre i·scale (Fourier cropping keeps the field)
     dy, dx = subpixel_offsets(plus if polarity > 0 else minus, rc)
