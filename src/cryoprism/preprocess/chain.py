@@ -127,7 +127,8 @@ def run_preprocess(inputs, job, diameter_A: float, box: int | None = None, *,
                 mic, picks, diameter_A / px, f"{path.name}: {len(picks)} picks (threshold "
                 f"{picks.threshold:.2f})"), dpi=PNG_DPI)
             p_x, p_y, p_f, pol = picks.x, picks.y, picks.fom, picks.polarity
-            ctf_rows.append({k: (float(v) if k != "rlnMicrographName" else v) for k, v in row.items()})
+            ctf_rows.append({k: (v if k in ("rlnMicrographName", "rlnOpticsGroup") else float(v))
+                             for k, v in row.items()})
             ck.save(name, {"x": p_x, "y": p_y, "fom": p_f}, micrograph=mic_path, pixel_size_A=px,
                     ctf_row=ctf_rows[-1], polarity=pol)
             job.log.info("%s: defocus %.0f/%.0f Å, %d picks", path.name, fit.defocus_u_A, fit.defocus_v_A,
@@ -140,7 +141,11 @@ def run_preprocess(inputs, job, diameter_A: float, box: int | None = None, *,
         raise InputError("inputs have different pixel sizes; run them separately")
     px = pxs[0]
     t, optics = ctf_star_table(ctf_rows, px, voltage_kV, cs_mm, amplitude_contrast)
-    job.write_star("micrographs_ctf.star", t, optics)
+    from cryoprism.io.star import StarFile
+
+    job.write_star("micrographs_ctf.star", StarFile(
+        particles=t, optics=optics, blocks={"optics": optics, "micrographs": t}, style="3.1",
+        particles_block="micrographs", optics_block="optics"))
     table = pd.concat(coords, ignore_index=True)
     job.write_star("coordinates.star", table)
     if box is None:
