@@ -85,7 +85,7 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
                          bfactor_A2: float = 0.0, ctf: bool = True, noise_color="white", rng=None,
                          out_dir=None, keep_clean: bool = False, n_workers: int | None = None,
                          progress: bool = True, ice_gradient: float = 0.0,
-                         carbon_edge: float = 0.0) -> MicrographResult:
+                         carbon_edge: float = 0.0, ctf_noise_fraction: float = 0.0) -> MicrographResult:
     """Simulate ``n_micrographs`` fields of ``size_px²`` pixels with particles of ``volumes``.
 
     Returns the micrographs (and, with ``keep_clean``, the noiseless ones) and a coordinate table
@@ -141,7 +141,13 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
         sigma = 0.0
         if snr is not None and len(c):
             sigma = float(np.sqrt(np.sum(field**2) / (len(c) * L * L * snr)))
-        noisy = field + make_noise((M, M), sigma, psd, np.random.default_rng(seeds[i]), np.float64)
+        nrng = np.random.default_rng(seeds[i])
+        f_ice = float(ctf_noise_fraction) if ctf else 0.0
+        noise = make_noise((M, M), sigma, psd, nrng, np.float64)
+        if f_ice > 0:
+            ice = ifft2c(fft2c(make_noise((M, M), 1.0, psd, nrng, np.float64)) * ctf_i).real
+            noise = np.sqrt(1 - f_ice) * noise + np.sqrt(f_ice) * sigma * ice / ice.std()
+        noisy = field + noise
         if ice_gradient or carbon_edge:
             yy, xx = np.mgrid[0:M, 0:M] - M / 2.0
             if carbon_edge:
