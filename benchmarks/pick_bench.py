@@ -191,7 +191,7 @@ def run_apple(paths, diameter_px, venv: Path, work: Path, truth, radius, size):
         write_mrc(q, read_mrc(p)[0], None)
         local.append(q)
     r = subprocess.run([str(py), "-c", APPLE_SCRIPT, str(int(round(diameter_px))), str(work), str(size)]
-                       + [str(p) for p in local], capture_output=True, text=True, timeout=3000)
+                       + [str(p) for p in local], capture_output=True, text=True, timeout=3000, cwd=work)
     line = [s for s in r.stdout.splitlines() if s.startswith("@@")]
     if r.returncode != 0 or not line:
         raise RuntimeError(f"APPLE exit {r.returncode}: {r.stderr.strip()[-300:]}")
