@@ -117,3 +117,20 @@ def test_cli_coordinate_outside_is_one_line_exit_2(tmp_path, sim, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "outside" in err[0]
     assert not (tmp_path / "o" / "particles.star").exists() and not (tmp_path / "o" / "particles.mrcs").exists()
+
+
+def test_relion_reads_the_particles(written, tmp_path):
+    import shutil
+    import subprocess
+
+    exe = shutil.which("relion_stack_create")
+    if exe is None:
+        pytest.skip("RELION is not installed")
+    figs, coords, sim, out = written
+    r = subprocess.run([exe, "--i", "particles.star", "--o", str(tmp_path / "relion")], cwd=out,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    from cryoprism.io import read_mrc
+
+    stack, _ = read_mrc(tmp_path / "relion.mrcs")
+    assert stack.shape == (len(coords), 32, 32)
