@@ -46,6 +46,7 @@ from cryoprism.fourier.resample import fourier_resize
 WORK_DIAMETER_PX = 24.0  # particle diameter on the working grid (pixels)
 MIN_DISTANCE_FRACTION = 0.8  # default minimum distance between picks, in diameters
 VARIANCE_WINDOW_DIAMETERS = 1.0
+VARIANCE_MIN_RATIO = 2.0  # and at least this factor off the median
 MIN_GAUSSIAN_Z = 2.0
 BLOB_SIGMA_FRACTION = 0.5  # LoG scale σ in particle radii (measured: docs/preprocess_picking.md)
 
@@ -381,7 +382,7 @@ def highpassed(prep: Prepared, diameter_px: float) -> np.ndarray:
 
 
 def variance_outliers(whitened: np.ndarray, rc: np.ndarray, window_px: float, z: float = 5.0,
-                      min_ratio: float = 1.3) -> np.ndarray:
+                      min_ratio: float | None = None) -> np.ndarray:
     """Boolean mask over picks ``rc`` in regions whose local variance is a robust outlier."""
     if len(rc) == 0:
         return np.zeros(0, bool)
@@ -392,7 +393,7 @@ def variance_outliers(whitened: np.ndarray, rc: np.ndarray, window_px: float, z:
     med = float(np.median(grid))
     mad = 1.4826 * float(np.median(np.abs(grid - med))) + 1e-12
     d = lv[rc[:, 0], rc[:, 1]] - med
-    return (np.abs(d) > z * mad) & (np.abs(d) > np.log(min_ratio))
+    return (np.abs(d) > z * mad) & (np.abs(d) > np.log(VARIANCE_MIN_RATIO if min_ratio is None else min_ratio))
 
 
 # ------------------------------------------------------------------------------- picking
