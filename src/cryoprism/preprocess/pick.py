@@ -19,15 +19,19 @@ the local maxima of the score (see docs/preprocess_picking.md):
    with more noise (thicker ice) does not fill the list.
 5. **Peaks.** Local maxima at least ``min_distance`` apart (greedy non-maximum suppression, best
    first); the figure of merit (FOM) of a pick is its score.
-6. **Threshold.** Chosen from the data: noise is symmetric, so the peaks of ``−score`` (minus those
-   lying next to a stronger positive peak, a particle's side lobes) are a sample of the noise peaks.
-   At threshold ``t`` the true picks are estimated as ``N₊(t) − N₋(t)``, the false ones as
-   ``N₋(t)``, the number of particles as ``max_t (N₊ − N₋)``; ``t`` maximises the F1 score of these
-   estimates. The same count decides the particles' contrast (``polarity``: the sign with the larger
-   excess of strong peaks) unless given.
-7. **Outlier regions.** The local variance of the whitened micrograph over windows of two particle
-   diameters; picks where its logarithm is a robust outlier (median ± ``variance_z`` × 1.4826 MAD,
-   and at least 30 % off the median: carbon edges, aggregates, thick contamination) are rejected.
+6. **Threshold.** Chosen from the data: at threshold ``t`` the true picks are estimated as
+   ``N₊(t) − F(t) − 2 sd F(t)`` with ``F`` the expected number of noise peaks above ``t``, the
+   number of particles as the maximum of that over ``t``, and ``t`` maximises the F1 score of these
+   estimates. Reference-free picker: the score is a linear filter of Gaussian noise, and ``F`` is the
+   Euler-characteristic density of that field (from the filter's spectral moments; Adler 1981,
+   Worsley et al. 1996). Template picker (a maximum over templates): noise is symmetric, so the
+   peaks of ``−score`` away from the picks (their CTF side lobes) count the noise peaks, scaled by
+   the area. The same count decides the particles' contrast (``polarity``: the sign with the larger
+   estimated number of particles) unless given.
+7. **Outlier regions.** The local variance of the (unwhitened) micrograph high-passed at 1/diameter,
+   over windows of the particle's size; picks where its logarithm is a robust outlier (beyond
+   ``variance_z`` × 1.4826 MAD of the micrograph, and at least 2× off the median: carbon edges,
+   aggregates, thick contamination) are rejected.
 """
 
 from __future__ import annotations
