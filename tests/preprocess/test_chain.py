@@ -7,7 +7,14 @@ import pytest
 
 from cryoprism.io import write_mrc
 
-from .conftest import PX
+from . import pick_data
+from .pick_data import PX
+
+
+@pytest.fixture
+def sim():
+    return pick_data.simulated()
+
 
 
 @pytest.fixture

@@ -1,8 +1,16 @@
 """The micrograph simulator's additions for the pickers: ice noise through the CTF, ice gradient."""
 
 import numpy as np
+import pytest
 
-from .conftest import PX
+from . import pick_data
+from .pick_data import PX
+
+
+@pytest.fixture
+def volume():
+    return pick_data.volume()
+
 
 
 def test_ice_noise_keeps_sigma_and_shows_thon_rings(volume):

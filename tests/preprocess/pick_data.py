@@ -1,7 +1,9 @@
-"""Small simulated micrographs with known particle centres, shared by the picking/extraction tests."""
+"""Small simulated micrographs with known particle centres, shared by the picking/extraction tests
+(fixtures imported by the test modules; not a conftest, so that the folder stays shared)."""
+
+from functools import lru_cache
 
 import numpy as np
-import pytest
 
 PX = 2.0  # Å/px
 DIAMETER_A = 100.0
@@ -17,16 +19,17 @@ def blob_volume(L: int = 64, seed: int = 0) -> np.ndarray:
     return gaussian_blob_volume(L, c, 4.0)
 
 
-@pytest.fixture(scope="session")
-def volume():
+@lru_cache(maxsize=None)
+def volume() -> np.ndarray:
     return blob_volume()
 
 
-@pytest.fixture(scope="session")
-def sim(volume):
+@lru_cache(maxsize=None)
+def simulated():
+    """Two 768² micrographs at 2 Å/px, 20 particles requested each, SNR 0.05, defocus 1–3 µm."""
     from cryoprism.forward.micrographs import simulate_micrographs
 
-    return simulate_micrographs(volume, 2, 768, 20, PX, snr=0.05, rng=3, progress=False, n_workers=1)
+    return simulate_micrographs(volume(), 2, 768, 20, PX, snr=0.05, rng=3, progress=False, n_workers=1)
 
 
 def truth_xy(res, i: int) -> np.ndarray:
