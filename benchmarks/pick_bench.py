@@ -274,7 +274,7 @@ def main(argv=None):
               "simulation_s": round(time.time() - t0, 1), "ctf_for_cryoprism": CTF_NOTE.get(args.ctf, args.ctf),
               "true_defocus_A": [round(0.5 * float(u + v)) for u, v in zip(sim.ctf.defocus_u_A, sim.ctf.defocus_v_A)],
               "pickers": {}, "notes": []}
-    venv = Path(args.bench_venv)
+    venv = Path(args.bench_venv).resolve()
 
     def record(name, fn):
         t = time.time()
