@@ -183,6 +183,7 @@ def run_apple(paths, diameter_px, venv: Path, work: Path, truth, radius, size):
     from cryoprism.io import read_mrc, write_mrc
 
     py = _venv_python(venv)
+    work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     # aspire 0.14 refuses a micrograph whose header has a pixel size (it passes None on): copies without
     local = []
