@@ -17,6 +17,11 @@ coordinate; the CTF of the micrograph (one defocus per micrograph) multiplies th
 whole field; then Gaussian noise. SNR: ``‖clean CTF-affected micrograph‖² / (k · L² · σ²)`` with
 ``k`` particles — the per-particle SNR of :mod:`cryoprism.forward.simulate`, for separated
 particles.
+
+Optional defects (for pickers' outlier tests), in units of the noise σ: ``ice_gradient`` adds a linear
+ramp of that peak-to-peak amplitude in a random direction (thickness change of the ice);
+``carbon_edge`` adds a step of that height along a random line through the middle third of the
+micrograph (the edge of a carbon film), before the CTF, so that the edge rings as in real images.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
                          voltage_kV: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1,
                          bfactor_A2: float = 0.0, ctf: bool = True, noise_color="white", rng=None,
                          job=None, keep_clean: bool = False, n_workers: int | None = None,
-                         progress: bool = True) -> MicrographResult:
+                         progress: bool = True, ice_gradient: float = 0.0,
+                         carbon_edge: float = 0.0, ctf_noise_fraction: float = 0.0) -> MicrographResult:
     """Simulate ``n_micrographs`` fields of ``size_px²`` pixels with particles of ``volumes``.
 
     Returns the micrographs (and, with ``keep_clean``, the noiseless ones) and a coordinate table
@@ -112,6 +118,9 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
     states = [rng.choice(K, size=len(c), p=wts / wts.sum()) for c in centres]
     rots = [uniform_rotations(len(c), rng) for c in centres]
     seeds = np.random.SeedSequence(int(rng.integers(2**63))).spawn(m)
+    ramp_dir = rng.uniform(0, 2 * np.pi, m)
+    edge_dir = rng.uniform(0, 2 * np.pi, m)
+    edge_off = rng.uniform(-M / 6, M / 6, m)
     psd = noise_psd_grid(M, pixel_size_A, noise_color)
     workers = n_workers or default_workers()
     nt = finufft_threads(workers)
@@ -126,13 +135,27 @@ def simulate_micrographs(volumes, n_micrographs: int, size_px: int, particles_pe
             imgs = project(vols[k], A[sel], nthreads=nt)
             for (x, y), im in zip(c[sel], imgs):
                 field[y - L // 2:y - L // 2 + L, x - L // 2:x - L // 2 + L] += im
+        ctf_i = ctf_2d(M, pixel_size_A, cp.take(np.array([i])), dtype=np.float64)[0] if ctf else None
         if ctf:
-            field = ifft2c(fft2c(field) * ctf_2d(M, pixel_size_A, cp.take(np.array([i])),
-                                                 dtype=np.float64)[0]).real
+            field = ifft2c(fft2c(field) * ctf_i).real
         sigma = 0.0
         if snr is not None and len(c):
             sigma = float(np.sqrt(np.sum(field**2) / (len(c) * L * L * snr)))
-        noisy = field + make_noise((M, M), sigma, psd, np.random.default_rng(seeds[i]), np.float64)
+        nrng = np.random.default_rng(seeds[i])
+        f_ice = float(ctf_noise_fraction) if ctf else 0.0
+        noise = make_noise((M, M), sigma, psd, nrng, np.float64)
+        if f_ice > 0:
+            ice = ifft2c(fft2c(make_noise((M, M), 1.0, psd, nrng, np.float64)) * ctf_i).real
+            noise = np.sqrt(1 - f_ice) * noise + np.sqrt(f_ice) * sigma * ice / ice.std()
+        noisy = field + noise
+        if ice_gradient or carbon_edge:
+            yy, xx = np.mgrid[0:M, 0:M] - M / 2.0
+            if carbon_edge:
+                d = xx * np.cos(edge_dir[i]) + yy * np.sin(edge_dir[i]) - edge_off[i]
+                step = carbon_edge * sigma / (1.0 + np.exp(-d / 2.0))
+                noisy += ifft2c(fft2c(step) * ctf_i).real if ctf else step
+            if ice_gradient:
+                noisy += ice_gradient * sigma * (xx * np.cos(ramp_dir[i]) + yy * np.sin(ramp_dir[i])) / M
         return noisy.astype(np.float32), (field.astype(np.float32) if keep_clean else None), sigma
 
     res = map_batches(one, list(range(m)), n_workers=workers, desc="micrographs", progress=progress)

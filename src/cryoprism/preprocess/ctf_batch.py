@@ -152,7 +152,7 @@ def estimate_ctf_many(inputs, *, job=None, pixel_size_A: float | None = None, vo
     optics = _optics_table(ml, opt, [r[1] for r in res], table)
     star = None
     if job is not None:
-        star = _write_mic_star(job, table, optics)
+        star = write_micrographs_star(job, table, optics)
     return {"table": table, "optics": optics, "fits": fits, "star": star,
             "plots": [r[2] for r in res], "paths": ml.paths}
 
@@ -183,7 +183,7 @@ def _optics_table(ml: MicrographList, opt, pixels, table: pd.DataFrame) -> pd.Da
                          "rlnAmplitudeContrast": [k[2] for k in uniq]})
 
 
-def _write_mic_star(job, table, optics):
+def write_micrographs_star(job, table, optics):
     """RELION 3.1 layout: ``data_optics`` then ``data_micrographs``, with the version line."""
     from cryoprism.io.star import StarFile
 
