@@ -8,19 +8,7 @@ from cryoprism.io import write_mrc
 from cryoprism.io.job import Job
 from cryoprism.preprocess.extract import cut_boxes, extract_particles, process_boxes
 
-from . import pick_data
 from .pick_data import PX
-
-
-@pytest.fixture
-def volume():
-    return pick_data.volume()
-
-
-@pytest.fixture
-def sim():
-    return pick_data.simulated()
-
 
 
 def test_box_centre_sits_on_the_rounded_coordinate():

@@ -13,19 +13,7 @@ from cryoprism.preprocess.pick import (
     variance_outliers,
 )
 
-from . import pick_data
 from .pick_data import DIAMETER_A, PX, truth_xy
-
-
-@pytest.fixture
-def volume():
-    return pick_data.volume()
-
-
-@pytest.fixture
-def sim():
-    return pick_data.simulated()
-
 
 RADIUS = 0.25 * DIAMETER_A / PX
 

@@ -474,6 +474,20 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
 
 
 # ------------------------------------------------------------------------------- templates
+def _to_working_grid(x: np.ndarray, ndim: int, pixel_size_A: float, mic_pixel_size_A: float,
+                     diameter_A: float) -> np.ndarray:
+    """``x`` (a volume or images at ``pixel_size_A``) Fourier-resampled to the working pixel size at
+    which the particle spans :data:`WORK_DIAMETER_PX` micrograph pixels (never finer than the
+    micrograph's ``mic_pixel_size_A``)."""
+    f = min(1.0, mic_pixel_size_A * WORK_DIAMETER_PX / float(diameter_A))
+    work_px = mic_pixel_size_A / f
+    L = x.shape[-1]
+    Ln = max(8, int(round(L * pixel_size_A / work_px)))
+    if Ln != L:
+        x, _ = fourier_resize(x, Ln, ndim, pixel_size_A)
+    return x
+
+
 def map_templates(volume: np.ndarray, voxel_size_A: float, pixel_size_A: float, diameter_A: float,
                   n_directions: int = 16, n_inplane: int = 8) -> np.ndarray:
     """Projections of ``volume`` over a sphere grid × in-plane rotations, at the working pixel size.
@@ -484,13 +498,7 @@ def map_templates(volume: np.ndarray, voxel_size_A: float, pixel_size_A: float, 
     from cryoprism.forward.projection import project
     from cryoprism.geometry import direction_to_euler, euler_to_matrix, sphere_grid
 
-    vol = np.asarray(volume, np.float32)
-    f = min(1.0, pixel_size_A * WORK_DIAMETER_PX / float(diameter_A))
-    work_px = pixel_size_A / f
-    L = vol.shape[-1]
-    Ln = max(8, int(round(L * voxel_size_A / work_px)))
-    if Ln != L:
-        vol, _ = fourier_resize(vol, Ln, 3, voxel_size_A)
+    vol = _to_working_grid(np.asarray(volume, np.float32), 3, voxel_size_A, pixel_size_A, diameter_A)
     rot, tilt = direction_to_euler(sphere_grid(int(n_directions)))
     psi = np.arange(int(n_inplane)) * 360.0 / int(n_inplane)
     R = np.stack([euler_to_matrix(r, t, p) for r, t in zip(rot, tilt) for p in psi])
@@ -505,12 +513,7 @@ def average_templates(averages: np.ndarray, pixel_size_A: float, mic_pixel_size_
     a = np.asarray(averages, np.float32)
     if a.ndim == 2:
         a = a[None]
-    f = min(1.0, mic_pixel_size_A * WORK_DIAMETER_PX / float(diameter_A))
-    work_px = mic_pixel_size_A / f
-    L = a.shape[-1]
-    Ln = max(8, int(round(L * pixel_size_A / work_px)))
-    if Ln != L:
-        a, _ = fourier_resize(a, Ln, 2, pixel_size_A)
+    a = _to_working_grid(a, 2, pixel_size_A, mic_pixel_size_A, diameter_A)
     angles = np.arange(int(n_inplane)) * 360.0 / int(n_inplane)
     out = [rotate(np.repeat(im[None], len(angles), 0), angles) for im in a]
     return np.concatenate(out).astype(np.float32)
