@@ -44,7 +44,8 @@ class RefineSettings:
     initial_lowpass_A: float = 40.0  # low-pass of the starting map; also the first frequency limit
     max_iterations: int = 14
     grid_size: int = 4608  # rotations of the global grid (~12° covering)
-    shortlist: int = 4  # best grid rotations refined locally in the first iteration
+    shortlist: int = 4  # best grid rotations refined locally in the global iterations
+    global_iterations: int = 2  # iterations that search the whole grid (the second at fixed shifts)
     local_shift_step_px: float = 1.0  # first local shift step (halved each iteration)
     min_step_deg: float | None = None  # finest angular step (default from the box: ~0.5 px at Nyquist)
     min_shift_step_px: float = 0.25
@@ -260,59 +261,62 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         old_rot = rot.copy()
         res_acc = np.zeros(int(fs.shell.max()) + 1)
         cnt_acc = np.zeros_like(res_acc)
-        if it == 0:
+        first = it == 0
+        regrid = it < st.global_iterations
+        if regrid:
             n_dir, n_psi = so3_grid_views_for(st.grid_size)
             grid, _ = so3_grid_views(n_dir, n_psi)
             grid_step = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir)))
-            step_deg = grid_step / 2
-            radius = st.precentre_radius_px or L / 4
+        if first:
             g_step = max(1.0, L / (4 * max(k_lim, 1)))
-            offsets = search.shift_grid(2.0 * g_step, g_step)
-            loc_off = search.shift_grid(1.5 * g_step / 2, g_step / 2)
-            stencil = search.rotation_stencil(step_deg)
-            for h in range(2):
-                P = search.slices(refs_w[h], grid, fs, wk[h])
-                Pbar = P.mean(0)
-                idx_h = sel[h]
+            offsets0 = search.shift_grid(2.0 * g_step, g_step)  # around the pre-centred origin
+            shift_step = g_step / 2
+            step_deg = grid_step / 2
+        # coarse-to-fine stages: the stencil step halves from the grid's half-spacing (global
+        # iterations) down to this iteration's step; shift steps halve alongside
+        steps = [step_deg]
+        if regrid:
+            steps = [grid_step / 2]
+            while steps[-1] / 2 >= step_deg * 0.99:
+                steps.append(steps[-1] / 2)
+        shifts = [max(st.min_shift_step_px, shift_step / 2 ** j) for j in range(len(steps))]
+        for h in range(2):
+            idx_h = sel[h]
+            P = search.slices(refs_w[h], grid, fs, wk[h]) if regrid else None
+            Pbar = P.mean(0) if first else None
 
-                def job_g(r, P=P, Pbar=Pbar, idx_h=idx_h, h=h):
-                    idx = idx_h[r[0]:r[1]]
-                    Y = _data_at(imgs_w, idx, L, fs)
-                    C = _ctf_at(ctf, idx, Lw, px_w, fs)
+            def job_s(r, idx_h=idx_h, h=h, P=P, Pbar=Pbar):
+                idx = idx_h[r[0]:r[1]]
+                Y = _data_at(imgs_w, idx, L, fs)
+                C = _ctf_at(ctf, idx, Lw, px_w, fs)
+                o_start = org[idx]
+                start = rot[idx][:, None]
+                if P is not None:  # the whole grid: a shortlist of rotations (and origins)
                     A = (np.conj(Y) * C * inv_s2[None]).astype(np.complex64)
-                    o0 = _precentre(A, Pbar, fs, L, radius)
-                    sl = search.global_search(A, C * C * inv_s2[None], P, o0, offsets, fs, L, st.shortlist)
-                    cand = (grid[sl.index][:, :, None] @ stencil[None, None]).reshape(len(idx), -1, 3, 3)
-                    org_c = np.repeat(sl.origins_px, len(stencil), axis=1)
-                    return idx, search.local_search(Y, C, inv_s2, refs_w[h], cand, org_c, loc_off, fs, L, wk[h])
+                    if first:
+                        o0 = _precentre(A, Pbar, fs, L, st.precentre_radius_px or L / 4)
+                        sl = search.global_search(A, C * C * inv_s2[None], P, o0, offsets0, fs, L, st.shortlist)
+                        start, o_start = grid[sl.index], sl.origins_px
+                    else:
+                        sl = search.global_search(A, C * C * inv_s2[None], P, o_start, np.zeros((1, 2)), fs, L,
+                                                  st.shortlist)
+                        start = np.concatenate([start, grid[sl.index]], axis=1)
+                lr = None
+                for j, (sd, ss) in enumerate(zip(steps, shifts)):
+                    stencil = search.rotation_stencil(sd)
+                    cand = (start[:, :, None] @ stencil[None, None]).reshape(len(idx), -1, 3, 3)
+                    lr = search.local_search(Y, C, inv_s2, refs_w[h], cand, o_start,
+                                             search.shift_grid(1.5 * ss, ss), fs, L, wk[h])
+                    start, o_start = lr.rotations[:, None], lr.origins_px
+                return idx, lr
 
-                ranges = [(a, min(a + st.batch_size, len(idx_h))) for a in range(0, len(idx_h), st.batch_size)]
-                for idx, lr in map_batches(job_g, ranges, n_workers=n_workers, progress=False):
-                    rot[idx], org[idx] = lr.rotations, lr.origins_px
-                    res_acc += lr.residual_shell
-                    cnt_acc += lr.count_shell
-            shift_step = g_step / 4
-            step_deg = step_deg / 2
-        else:
-            stencil = search.rotation_stencil(step_deg)
-            offsets = search.shift_grid(1.5 * shift_step, shift_step)
-            for h in range(2):
-                idx_h = sel[h]
-
-                def job_l(r, idx_h=idx_h, h=h):
-                    idx = idx_h[r[0]:r[1]]
-                    Y = _data_at(imgs_w, idx, L, fs)
-                    C = _ctf_at(ctf, idx, Lw, px_w, fs)
-                    cand = rot[idx][:, None] @ stencil[None]
-                    return idx, search.local_search(Y, C, inv_s2, refs_w[h], cand, org[idx], offsets, fs, L, wk[h])
-
-                ranges = [(a, min(a + st.batch_size, len(idx_h))) for a in range(0, len(idx_h), st.batch_size)]
-                for idx, lr in map_batches(job_l, ranges, n_workers=n_workers, progress=False):
-                    rot[idx], org[idx] = lr.rotations, lr.origins_px
-                    res_acc += lr.residual_shell
-                    cnt_acc += lr.count_shell
-            step_deg = max(min_step, step_deg / 2)
-            shift_step = max(st.min_shift_step_px, shift_step / 2)
+            ranges = [(a, min(a + st.batch_size, len(idx_h))) for a in range(0, len(idx_h), st.batch_size)]
+            for idx, lr in map_batches(job_s, ranges, n_workers=n_workers, progress=False):
+                rot[idx], org[idx] = lr.rotations, lr.origins_px
+                res_acc += lr.residual_shell
+                cnt_acc += lr.count_shell
+        step_deg = max(min_step, steps[-1] / 2)
+        shift_step = max(st.min_shift_step_px, shifts[-1] / 2)
         # noise spectrum inside the compared band (full-box units)
         ok = cnt_acc > 0
         noise = noise.copy()

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryoprism.forward.projection import project_slices
 from cryoprism.geometry.rotations import rotvec_to_matrix
 
 #: NUFFT tolerance of the search projections (scores need ~3 digits)
@@ -62,10 +61,14 @@ def fourier_set(L: int, k_max: float) -> FourierSet:
 
 
 def shift_phases(fs: FourierSet, shifts_px, L_full: int) -> np.ndarray:
-    """``E_o(k) = exp(+2πi (kx ox + ky oy) / L_full)`` for origins ``(t, 2)`` [x, y] in full-box pixels."""
-    o = np.asarray(shifts_px, np.float64).reshape(-1, 2)
-    ph = 2 * np.pi * (o[:, :1] * fs.kx[None] + o[:, 1:] * fs.ky[None]) / L_full
-    return np.exp(1j * ph).astype(np.complex64)
+    """``E_o(k) = exp(+2πi (kx ox + ky oy) / L_full)`` for origins ``(..., 2)`` [x, y] in full-box pixels:
+    ``(..., fs.n)`` complex64."""
+    o = np.asarray(shifts_px, np.float32)
+    ph = (2 * np.pi / L_full) * (o[..., :1] * fs.kx.astype(np.float32) + o[..., 1:] * fs.ky.astype(np.float32))
+    out = np.empty(ph.shape, np.complex64)
+    out.real = np.cos(ph)
+    out.imag = np.sin(ph)
+    return out
 
 
 def shift_grid(radius_px: float, step_px: float) -> np.ndarray:
@@ -77,15 +80,31 @@ def shift_grid(radius_px: float, step_px: float) -> np.ndarray:
     return u[np.hypot(u[:, 0], u[:, 1]) <= radius_px + 1e-9]
 
 
-def slices(volume, rotations, fs: FourierSet, weight=None, chunk: int = 4096) -> np.ndarray:
-    """Central slices of ``volume`` (box ``fs.L``) at the coefficients of ``fs``: ``(n, fs.n)`` complex64,
-    times an optional per-coefficient ``weight`` (e.g. an FSC weight per shell)."""
+def slices(volume, rotations, fs: FourierSet, weight=None, chunk: int = 8192, eps: float = SEARCH_EPS,
+           nthreads: int = 1) -> np.ndarray:
+    """Central slices ``V̂(Aᵀ(kx, ky, 0))`` of ``volume`` (box ``fs.L``) at the coefficients of ``fs`` only:
+    ``(n, fs.n)`` complex64 (one type-2 NUFFT per chunk, as :func:`cryoprism.forward.project_slices`
+    but restricted to the compared disc and at search precision), times an optional per-coefficient
+    ``weight`` (e.g. an FSC weight per shell)."""
+    import finufft
+
     rot = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
     out = np.empty((len(rot), fs.n), np.complex64)
-    vol = np.asarray(volume, np.float32)
+    if len(rot) == 0 or fs.n == 0:
+        return out
+    vol = np.ascontiguousarray(volume, dtype=np.complex64)
+    L = vol.shape[0]
+    plan = finufft.Plan(2, (L, L, L), n_trans=1, eps=eps, isign=-1, dtype="complex64", nthreads=nthreads,
+                        upsampfac=1.25)
+    kx, ky = fs.kx.astype(np.float64), fs.ky.astype(np.float64)
+    scale = 2 * np.pi / L
     for a in range(0, len(rot), chunk):
-        b = min(a + chunk, len(rot))
-        out[a:b] = project_slices(vol, rot[a:b], eps=SEARCH_EPS, chunk=chunk)[:, fs.iy, fs.ix]
+        r = rot[a:min(a + chunk, len(rot))]
+        # ω = Aᵀ (kx, ky, 0), axis order (z, y, x) as the volume's
+        pts = [np.ascontiguousarray(((r[:, 0, i, None] * kx + r[:, 1, i, None] * ky) * scale).ravel(),
+                                    dtype=np.float32) for i in (2, 1, 0)]
+        plan.setpts(*pts)
+        out[a:a + len(r)] = plan.execute(vol).reshape(len(r), fs.n)
     if weight is not None:
         out *= np.asarray(weight, np.float32)[None]
     return out
@@ -161,13 +180,16 @@ def local_search(Y: np.ndarray, C: np.ndarray, inv_s2: np.ndarray, volume, candi
     weight of the map's slices."""
     b, c = candidates.shape[:2]
     org = np.asarray(origins_px, np.float64)
-    org = np.broadcast_to(org[:, None, :] if org.ndim == 2 else org, (b, c, 2))
+    org = org[:, None, :] if org.ndim == 2 else org
+    rep = c // org.shape[1]  # candidates per distinct origin (a shortlist entry and its stencil)
     P = slices(volume, candidates.reshape(-1, 3, 3), fs, weight).reshape(b, c, -1)
     w2 = (C * C * inv_s2[None]).astype(np.float32)
     A = (np.conj(Y) * C * inv_s2[None]).astype(np.complex64)
     E = shift_phases(fs, offsets_px, L_full)
     norm = np.sqrt(np.maximum(np.einsum("bk,bck->bc", w2, (P.real ** 2 + P.imag ** 2)), 1e-30))
-    X = (A[:, None, :] * P * shift_phases(fs, org.reshape(-1, 2), L_full).reshape(b, c, -1)).reshape(b * c, -1)
+    Eo = np.repeat(shift_phases(fs, org, L_full), rep, axis=1) if rep > 1 else shift_phases(fs, org, L_full)
+    X = (A[:, None, :] * P * Eo).reshape(b * c, -1)
+    org = np.repeat(org, rep, axis=1) if rep > 1 else np.broadcast_to(org, (b, c, 2))
     cross = (_realify(X) @ _stack(E).T).reshape(b, c, -1)  # Re Σ conj(Y) C P E_o E_u / σ²
     s = cross / norm[:, :, None]
     flat = s.reshape(b, -1).argmax(axis=1)
