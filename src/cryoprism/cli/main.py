@@ -45,7 +45,7 @@ def _root(
 # One module per area; each defines register(app).
 _AREAS = [
     "io_cmds", "image_cmds", "metrics_cmds", "forward_cmds", "heterogeneity_cmds",
-    "classify2d_cmds", "abinitio_cmds", "micrograph_cmds", "pipeline_cmds",
+    "classify2d_cmds", "abinitio_cmds", "micrograph_cmds", "pipeline_cmds", "refine_cmds",
 ]
 for _name in _AREAS:
     __import__(f"cryoprism.cli.{_name}", fromlist=["register"]).register(app)

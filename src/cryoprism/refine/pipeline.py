@@ -351,7 +351,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         bar.update()
         if ck is not None:
             ck.save("refine", {"rotations": rot, "origins_px": org, "noise": noise, "ref1": refs[0],
-                               "ref2": refs[1], "w1": weights[0], "w2": weights[1]},
+                               "ref2": refs[1], "w1": _arr(weights[0]), "w2": _arr(weights[1])},
                     k_lim=k_lim, step_deg=step_deg, shift_step=shift_step, history=history, iteration=it)
     bar.close()
     # final maps at full box, full map from all particles
@@ -370,6 +370,10 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
             "ctf": ctf is not None}
     return RefineResult(full, tuple(maps), f, fm, sol, rot, origins_A, halves + 1, history, res, res_m, px,
                         table, info)
+
+
+def _arr(w):
+    return np.zeros(0) if w is None else np.asarray(w)
 
 
 def _pad_to(vol, L):
