@@ -144,6 +144,63 @@ def scaling(stack, start, px, out: Path, ns, grids):
     return rows
 
 
+def main_section(res, a, stack, start, vol, px, sim, out, kw):
+    r, wall, cpu = run_cryoprism(stack, start, px, "cryoprism", out, **kw)
+    write_mrc(out / "cryoprism" / "refined.mrc", r.volume, px)
+    s = score(vol, px, sim.rotations, sim.origins_A, r.rotations, r.origins_A, r.volume, *r.half_maps)
+    s.update(wall_s=round(wall, 1), cpu_s=round(cpu, 1), iterations=len(r.iterations),
+             time_per_iteration_s=[h["time_s"] for h in r.iterations],
+             box_per_iteration=[h["box"] for h in r.iterations],
+             resolution_per_iteration_A=[h["resolution_A"] for h in r.iterations])
+    s["fsc05_shells_from_oracle"] = res["oracle"]["fsc05_vs_truth_shell"] - s["fsc05_vs_truth_shell"]
+    s["gold_minus_truth_shells"] = s["gold_fsc0143_shell"] - s["fsc05_vs_truth_shell"]
+    res["cryoprism"] = s
+    res["load_avg_after_cryoprism"] = os.getloadavg()[0]
+
+
+def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
+    L = vol.shape[0]
+    s = res.get("cryoprism", {})
+    if a.wrong_map:
+        w, wpx = read_mrc(a.wrong_map)
+        w = lowpass(np.asarray(w, np.float32), wpx, resolution_A=40.0, ndim=3).astype(np.float32)
+        r2, wall2, cpu2 = run_cryoprism(stack, w, wpx, "cryoprism_wrong_start", out, **kw)
+        s2 = score(vol, px, sim.rotations, sim.origins_A, r2.rotations, r2.origins_A, r2.volume, *r2.half_maps)
+        s2.update(start=Path(a.wrong_map).name, wall_s=round(wall2, 1), cpu_s=round(cpu2, 1),
+                  start_fsc05_vs_truth_A=resolution_at(fsc(w, vol, px), 0.5),
+                  shells_from_truth_start=(s["fsc05_vs_truth_shell"] - s2["fsc05_vs_truth_shell"]
+                                                   if s else None))
+        res["wrong_start"] = s2
+        dump()
+    if a.relion:
+        n_r = min(a.relion_n, a.n)
+        info = run_relion(out / "data", out / "data" / "start_lp40.mrc", n_r, a.relion_budget_s, a.relion_diameter_A,
+                          out)
+        if "_rot" in info:
+            rot, org = info.pop("_rot"), info.pop("_org")
+            half = info.pop("_half", None)
+            final = info.pop("_final", None)
+            volume = final if final is not None else (0.5 * (half[0] + half[1]) if half else None)
+            ang = angular_distance_deg(sim.rotations[:n_r], rot)
+            info.update(median_angle_error_deg=float(np.median(ang)),
+                        median_shift_error_px=float(np.median(np.hypot(*((org - sim.origins_A[:n_r]) / px).T))))
+            if volume is not None:
+                rr = resolution_at(fsc(volume, vol, px), 0.5)
+                info.update(fsc05_vs_truth_A=rr, fsc05_vs_truth_shell=shell(rr, L, px))
+        res["relion"] = info
+        if a.cryoprism_at_relion_n:
+            st = read_star(out / "data" / "input.star")
+            write_star(out / "data" / f"cp_{n_r}.star", st.particles.iloc[:n_r], st.optics)
+            sub = read_particles(out / "data" / f"cp_{n_r}.star")
+            r3, wall3, cpu3 = run_cryoprism(sub, start, px, f"cryoprism_n{n_r}", out, **kw)
+            s3 = score(vol, px, sim.rotations[:n_r], sim.origins_A[:n_r], r3.rotations, r3.origins_A, r3.volume,
+                       *r3.half_maps)
+            s3.update(n=n_r, wall_s=round(wall3, 1), cpu_s=round(cpu3, 1), iterations=len(r3.iterations),
+                      time_per_iteration_s=[h["time_s"] for h in r3.iterations])
+            res["cryoprism_at_relion_n"] = s3
+        dump()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--map", required=True, help="true map (MRC), cubic; 64³ expected")
@@ -154,6 +211,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="refine_bench_out")
     ap.add_argument("--max-iterations", type=int, default=None)
+    ap.add_argument("--partial", help="also write the JSON so far to this file after every section")
+    ap.add_argument("--skip-main", action="store_true", help="only the optional sections (wrong start, RELION)")
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 auto-refine (if installed)")
     ap.add_argument("--relion-n", type=int, default=1000)
     ap.add_argument("--relion-budget-s", type=float, default=900.0)
@@ -183,54 +242,20 @@ def main(argv=None):
     res["oracle"] = {"fsc05_vs_truth_A": r05, "fsc05_vs_truth_shell": shell(r05, L, px), "gold_fsc0143_A": r143,
                      "time_s": round(time.perf_counter() - t0, 1)}
     kw = {} if a.max_iterations is None else {"max_iterations": a.max_iterations}
-    r, wall, cpu = run_cryoprism(stack, start, px, "cryoprism", out, **kw)
-    s = score(vol, px, sim.rotations, sim.origins_A, r.rotations, r.origins_A, r.volume, *r.half_maps)
-    s.update(wall_s=round(wall, 1), cpu_s=round(cpu, 1), iterations=len(r.iterations),
-             time_per_iteration_s=[h["time_s"] for h in r.iterations],
-             box_per_iteration=[h["box"] for h in r.iterations],
-             resolution_per_iteration_A=[h["resolution_A"] for h in r.iterations])
-    s["fsc05_shells_from_oracle"] = res["oracle"]["fsc05_vs_truth_shell"] - s["fsc05_vs_truth_shell"]
-    s["gold_minus_truth_shells"] = s["gold_fsc0143_shell"] - s["fsc05_vs_truth_shell"]
-    res["cryoprism"] = s
-    res["load_avg_after_cryoprism"] = os.getloadavg()[0]
-    if a.wrong_map:
-        w, wpx = read_mrc(a.wrong_map)
-        w = lowpass(np.asarray(w, np.float32), wpx, resolution_A=40.0, ndim=3).astype(np.float32)
-        r2, wall2, cpu2 = run_cryoprism(stack, w, wpx, "cryoprism_wrong_start", out, **kw)
-        s2 = score(vol, px, sim.rotations, sim.origins_A, r2.rotations, r2.origins_A, r2.volume, *r2.half_maps)
-        s2.update(start=Path(a.wrong_map).name, wall_s=round(wall2, 1), cpu_s=round(cpu2, 1),
-                  start_fsc05_vs_truth_A=resolution_at(fsc(w, vol, px), 0.5),
-                  shells_from_truth_start=s["fsc05_vs_truth_shell"] - s2["fsc05_vs_truth_shell"])
-        res["wrong_start"] = s2
-    if a.relion:
-        n_r = min(a.relion_n, a.n)
-        info = run_relion(out / "data", out / "data" / "start_lp40.mrc", n_r, a.relion_budget_s, a.relion_diameter_A,
-                          out)
-        if "_rot" in info:
-            rot, org = info.pop("_rot"), info.pop("_org")
-            half = info.pop("_half", None)
-            final = info.pop("_final", None)
-            volume = final if final is not None else (0.5 * (half[0] + half[1]) if half else None)
-            ang = angular_distance_deg(sim.rotations[:n_r], rot)
-            info.update(median_angle_error_deg=float(np.median(ang)),
-                        median_shift_error_px=float(np.median(np.hypot(*((org - sim.origins_A[:n_r]) / px).T))))
-            if volume is not None:
-                rr = resolution_at(fsc(volume, vol, px), 0.5)
-                info.update(fsc05_vs_truth_A=rr, fsc05_vs_truth_shell=shell(rr, L, px))
-        res["relion"] = info
-        if a.cryoprism_at_relion_n:
-            st = read_star(out / "data" / "input.star")
-            write_star(out / "data" / f"cp_{n_r}.star", st.particles.iloc[:n_r], st.optics)
-            sub = read_particles(out / "data" / f"cp_{n_r}.star")
-            r3, wall3, cpu3 = run_cryoprism(sub, start, px, f"cryoprism_n{n_r}", out, **kw)
-            s3 = score(vol, px, sim.rotations[:n_r], sim.origins_A[:n_r], r3.rotations, r3.origins_A, r3.volume,
-                       *r3.half_maps)
-            s3.update(n=n_r, wall_s=round(wall3, 1), cpu_s=round(cpu3, 1), iterations=len(r3.iterations),
-                      time_per_iteration_s=[h["time_s"] for h in r3.iterations])
-            res["cryoprism_at_relion_n"] = s3
+
+    def dump():
+        if a.partial:
+            Path(a.partial).write_text(json.dumps(res, default=float) + "\n")
+
+    dump()
+    if not a.skip_main:
+        main_section(res, a, stack, start, vol, px, sim, out, kw)
+        dump()
+    sections(res, a, stack, start, vol, px, sim, out, kw, dump)
     if a.scaling:
         res["scaling"] = scaling(stack, start, px, out, [1000, 2000], [1000, 4608])
     res["load_avg_end"] = os.getloadavg()[0]
+    dump()
     json.dump(res, sys.stdout, default=float)
     sys.stdout.write("\n")
 

@@ -201,6 +201,10 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     log = job.log if job is not None else None
+    if log is not None and log.level == 0:  # the job's log file records the iterations
+        import logging
+
+        log.setLevel(logging.INFO)
     stack = source
     n, L, px = int(stack.n), int(stack.box), float(stack.pixel_size_A)
     ref = match_reference(reference, pixel_size_A, L, px)
