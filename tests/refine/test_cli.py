@@ -89,3 +89,15 @@ def test_refine_without_ctf_columns_warns(dataset, tmp_path, capsys):
                "--iter", "1", "--grid", "200", "--json"])
     assert rc in (0, None)
     assert "without CTF" in capsys.readouterr().err
+
+
+def test_refine_with_classes_writes_class_maps_and_column(dataset, tmp_path):
+    d, _ = dataset
+    out = tmp_path / "out"
+    rc = main(["refine", str(d / "p.star"), "--ref", str(d / "ref.mrc"), "-o", str(out), "--iter", "1",
+               "--grid", "300", "--initial-lowpass", "15", "--classes", "2", "--class-resolution", "12", "--json"])
+    assert rc in (0, None)
+    assert (out / "class001.mrc").exists() and (out / "class002.mrc").exists()
+    got = read_star(out / "particles.star").particles
+    assert set(got["rlnClassNumber"]) <= {1, 2}
+    assert got["rlnMaxValueProbDistribution"].between(0.5, 1.0).all()

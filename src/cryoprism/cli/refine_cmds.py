@@ -79,6 +79,12 @@ def refine_command(
     grid: int = typer.Option(4608, "--grid", min=100, help="Rotations of the global search grid."),
     noise: str = typer.Option("shell", "--noise", help="Noise model: shell (per-shell spectrum from the "
                                                        "residuals) or white."),
+    classes: int = typer.Option(1, "--classes", min=1,
+                                help="K > 1: after the consensus refinement, 3-D classification into K maps "
+                                     "at the refined poses (OUT/class001.mrc …, rlnClassNumber 1…K and "
+                                     "rlnMaxValueProbDistribution in OUT/particles.star)."),
+    class_resolution: float = typer.Option(20.0, "--class-resolution", min=1.0,
+                                           help="Classification compares up to this resolution (Å)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the half-set split (when the table has no "
                                                "rlnRandomSubset)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints (one per iteration)."),
@@ -91,7 +97,8 @@ def refine_command(
     OUT/refined.mrc (all particles), OUT/half1.mrc and OUT/half2.mrc (the independent half-maps),
     OUT/mask.mrc, OUT/fsc.csv (half-map FSC per shell, 1/Å and Å), OUT/iterations.csv (box, compared and
     FSC 0.143 resolution in Å, angular step and median change in degrees, time in s per iteration),
-    OUT/refine.png, OUT/summary.json and OUT/checkpoints/.
+    OUT/refine.png, OUT/summary.json and OUT/checkpoints/. With --classes K also OUT/class001.mrc … and
+    rlnClassNumber / rlnMaxValueProbDistribution columns.
     """
     from cryoprism.errors import InputError
     from cryoprism.io import read_particles
@@ -125,10 +132,21 @@ def refine_command(
         job.log.warning("no CTF columns in %s: refining without CTF", input_star)
         typer.echo("cryoprism: warning: no CTF columns (rlnDefocusU): refining without CTF", err=True)
     result = refine(stack, vol, ref_px, job=job, mask=m, settings=settings)
+    figures = {}
+    if classes > 1:
+        from cryoprism.refine.classify import classify3d
+
+        cl = classify3d(stack, classes, result.rotations, result.origins_A, resolution_A=class_resolution,
+                        symmetry=settings.symmetry, seed=seed, log=job.log)
+        result.table["rlnClassNumber"] = cl.labels + 1
+        result.table["rlnMaxValueProbDistribution"] = cl.probability
+        for c, v in enumerate(cl.volumes):
+            job.write_mrc(f"class{c + 1:03d}.mrc", v, result.pixel_size_A)
+        figures = {"classes": classes, "class_fractions": np.bincount(cl.labels, minlength=classes) / stack.n}
     write_outputs(job, stack, result)
     job.record(n_particles=stack.n, box=stack.box, pixel_size_A=result.pixel_size_A,
                resolution_A=result.resolution_A, resolution_masked_A=result.resolution_masked_A,
-               iterations=len(result.iterations), cpu_s=result.info["cpu_s"], out=out)
+               iterations=len(result.iterations), cpu_s=result.info["cpu_s"], out=out, **figures)
     emit(job.finish(), as_json)
 
 
