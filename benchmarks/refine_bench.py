@@ -201,6 +201,42 @@ def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
         dump()
 
 
+def two_state(a, vol, px, out: Path):
+    """Refine (one consensus map) then classify K = 2 at the refined poses, against the covariance
+    route (refine → heterogeneity) on the same particles and poses."""
+    from cryoprism.heterogeneity.classify import matched_accuracy
+    from cryoprism.heterogeneity.pipeline import analyze, resolve_nres
+    from cryoprism.reconstruct import as_source
+    from cryoprism.refine.classify import classify3d
+
+    v2, _ = read_mrc(a.two_state)
+    d = out / "two_state"
+    d.mkdir(parents=True, exist_ok=True)
+    sim = simulate_particles([vol, np.asarray(v2, np.float32)], a.two_state_n, px, snr=a.snr,
+                             shift_std_A=a.shift_px * px, rng=a.seed + 1, out_star=d / "truth.star",
+                             out_mrcs=d / "particles.mrcs", progress=False)
+    st = read_star(d / "truth.star")
+    t = st.particles.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                                   "rlnOriginYAngst", "rlnClassNumber"])
+    write_star(d / "input.star", t, st.optics)
+    stack = read_particles(d / "input.star")
+    start = lowpass(vol, px, resolution_A=40.0, ndim=3).astype(np.float32)
+    r, wall, cpu = run_cryoprism(stack, start, px, "two_state_refine", out)
+    res = {"n": a.two_state_n, "second_map": Path(a.two_state).name, "refine_wall_s": round(wall, 1),
+           "refine_cpu_s": round(cpu, 1),
+           "refine_median_angle_error_deg": float(np.median(angular_distance_deg(sim.rotations, r.rotations)))}
+    t0, c0 = time.perf_counter(), time.process_time()
+    cl = classify3d(stack, 2, r.rotations, r.origins_A, progress=False)
+    res["class3d"] = {"accuracy": matched_accuracy(sim.states, cl.labels), "iterations": len(cl.iterations),
+                      "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+    t0, c0 = time.perf_counter(), time.process_time()
+    src = as_source(stack, rotations=r.rotations, origins_px=r.origins_A / px)
+    het = analyze(src, resolve_nres(vol.shape[0], px, None, None), classes=2, progress=False)
+    res["covariance"] = {"accuracy": matched_accuracy(sim.states, het.labels),
+                         "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--map", required=True, help="true map (MRC), cubic; 64³ expected")
@@ -212,6 +248,8 @@ def main(argv=None):
     ap.add_argument("--out", default="refine_bench_out")
     ap.add_argument("--max-iterations", type=int, default=None)
     ap.add_argument("--partial", help="also write the JSON so far to this file after every section")
+    ap.add_argument("--two-state", help="second map: K = 2 classification vs the covariance route")
+    ap.add_argument("--two-state-n", type=int, default=2000)
     ap.add_argument("--skip-main", action="store_true", help="only the optional sections (wrong start, RELION)")
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 auto-refine (if installed)")
     ap.add_argument("--relion-n", type=int, default=1000)
@@ -252,6 +290,9 @@ def main(argv=None):
         main_section(res, a, stack, start, vol, px, sim, out, kw)
         dump()
     sections(res, a, stack, start, vol, px, sim, out, kw, dump)
+    if a.two_state:
+        res["two_state"] = two_state(a, vol, px, out)
+        dump()
     if a.scaling:
         res["scaling"] = scaling(stack, start, px, out, [1000, 2000], [1000, 4608])
     res["load_avg_end"] = os.getloadavg()[0]
