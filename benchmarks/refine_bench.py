@@ -87,10 +87,10 @@ def run_relion(data: Path, ref_lp: Path, n: int, budget_s: float, diameter_A: fl
     write_star(data / f"relion_{n}.star", t, st.optics)
     run = out / "relion"
     run.mkdir(parents=True, exist_ok=True)
-    cmd = ["mpirun", "--allow-run-as-root", "-np", "3", exe, "--o", str(run / "run"), "--auto_refine",
-           "--split_random_halves", "--i", f"relion_{n}.star", "--ref", str(ref_lp.resolve()), "--firstiter_cc",
-           "--ini_high", "40", "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "2", "--ctf",
-           "--particle_diameter", str(diameter_A), "--flatten_solvent", "--zero_mask", "--oversampling", "1",
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", exe, "--o", str(run / "run"),
+           "--auto_refine", "--split_random_halves", "--i", f"relion_{n}.star", "--ref", str(ref_lp.resolve()),
+           "--firstiter_cc", "--ini_high", "40", "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "2",
+           "--ctf", "--particle_diameter", str(diameter_A), "--flatten_solvent", "--zero_mask", "--oversampling", "1",
            "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", "5", "--offset_step", "2",
            "--sym", "C1", "--low_resol_join_halves", "40", "--norm", "--scale", "--j", "1"]
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from cryoprism.forward.volumes import gaussian_blob_volume
 from cryoprism.fourier import fft2c
 from cryoprism.geometry import angular_distance_deg, so3_grid, uniform_rotations
 from cryoprism.refine import fourier_set, global_search, local_search, rotation_stencil
-from cryoprism.refine.search import shift_grid
+from cryoprism.refine.search import GridSlices, shift_grid
 
 L, PX = 24, 5.0
 
@@ -37,7 +37,7 @@ def test_global_search_finds_pose_and_shift_on_grid(rng):
     Y = fft2c(im)[:, fs.iy, fs.ix]
     C = c[:, fs.iy, fs.ix]
     P = fft2c(project(vol, grid))[:, fs.iy, fs.ix]  # any projector will do: here the forward model itself
-    sl = global_search(np.conj(Y) * C, C * C, P, np.zeros((6, 2)), shift_grid(3, 1), fs, L, top=3)
+    sl = global_search(np.conj(Y) * C, C * C, GridSlices.of(P), np.zeros((6, 2)), shift_grid(3, 1), fs, L, top=3)
     assert np.array_equal(sl.index[:, 0], pick)
     np.testing.assert_allclose(sl.origins_px[:, 0], org, atol=1e-9)
 

@@ -46,6 +46,7 @@ class RefineSettings:
     grid_size: int = 4608  # rotations of the global grid (~12° covering)
     shortlist: int = 4  # best grid rotations refined locally in the global iterations
     global_iterations: int = 2  # iterations that search the whole grid (the second at fixed shifts)
+    regrid_size: int = 36864  # rotations of the later global passes (~6° covering; scored at fixed shifts)
     local_shift_step_px: float = 1.0  # first local shift step (halved each iteration)
     min_step_deg: float | None = None  # finest angular step (default from the box: ~0.5 px at Nyquist)
     min_shift_step_px: float = 0.25
@@ -268,7 +269,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         first = it == 0
         regrid = it < st.global_iterations
         if regrid:
-            n_dir, n_psi = so3_grid_views_for(st.grid_size)
+            n_dir, n_psi = so3_grid_views_for(st.grid_size if first else st.regrid_size)
             grid, _ = so3_grid_views(n_dir, n_psi)
             grid_step = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir)))
         if first:
@@ -286,8 +287,8 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         shifts = [max(st.min_shift_step_px, shift_step / 2 ** j) for j in range(len(steps))]
         for h in range(2):
             idx_h = sel[h]
-            P = search.slices(refs_w[h], grid, fs, wk[h]) if regrid else None
-            Pbar = P.mean(0) if first else None
+            P = search.GridSlices.of(search.slices(refs_w[h], grid, fs, wk[h])) if regrid else None
+            Pbar = P.mean if first else None
 
             def job_s(r, idx_h=idx_h, h=h, P=P, Pbar=Pbar):
                 idx = idx_h[r[0]:r[1]]

@@ -128,20 +128,40 @@ class Shortlist:
     origins_px: np.ndarray
 
 
-def global_search(A: np.ndarray, w2: np.ndarray, P: np.ndarray, origins_px: np.ndarray, offsets_px: np.ndarray,
+@dataclass
+class GridSlices:
+    """Slices of one map on a rotation grid, laid out for :func:`global_search`: ``[Re P | Im P]``
+    ``(g, 2k)`` float32 and ``|P|²`` ``(g, k)`` float32 (computed once per map and iteration)."""
+
+    stacked: np.ndarray
+    power: np.ndarray
+
+    @classmethod
+    def of(cls, P: np.ndarray) -> "GridSlices":
+        return cls(_stack(P), (P.real ** 2 + P.imag ** 2).astype(np.float32))
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The orientation-averaged slice ``(k,)`` complex64."""
+        k = self.power.shape[1]
+        m = self.stacked.mean(0)
+        return (m[:k] + 1j * m[k:]).astype(np.complex64)
+
+
+def global_search(A: np.ndarray, w2: np.ndarray, grid: GridSlices, origins_px: np.ndarray, offsets_px: np.ndarray,
                   fs: FourierSet, L_full: int, top: int = 4) -> Shortlist:
     """Score every particle of a batch against every grid projection and every offset.
 
-    ``A``: ``conj(Y) C / σ²`` ``(b, k)``; ``w2``: ``C² / σ²`` ``(b, k)``; ``P``: grid slices ``(g, k)``;
-    ``origins_px``: the particles' current origins ``(b, 2)``; ``offsets_px``: shift grid ``(t, 2)``
-    added to them. Returns the ``top`` best rotations with the best offset of each.
+    ``A``: ``conj(Y) C / σ²`` ``(b, k)``; ``w2``: ``C² / σ²`` ``(b, k)``; ``grid``: the grid's slices
+    (:class:`GridSlices`); ``origins_px``: the particles' current origins ``(b, 2)``; ``offsets_px``: shift
+    grid ``(t, 2)`` added to them. Returns the ``top`` best rotations with the best offset of each.
     """
-    b, g, t = A.shape[0], P.shape[0], len(offsets_px)
+    b, g, t = A.shape[0], grid.power.shape[0], len(offsets_px)
     A0 = A * shift_phases(fs, origins_px, L_full)
     E = shift_phases(fs, offsets_px, L_full)
     X = (A0[:, None, :] * E[None]).reshape(b * t, -1)
-    cross = (_realify(X) @ _stack(P).T).reshape(b, t, g)
-    norm = np.sqrt(np.maximum(w2.astype(np.float32) @ (np.abs(P) ** 2).T, 1e-30))  # (b, g)
+    cross = (_realify(X) @ grid.stacked.T).reshape(b, t, g)
+    norm = np.sqrt(np.maximum(w2.astype(np.float32) @ grid.power.T, 1e-30))  # (b, g)
     tb = np.argmax(cross, axis=1)  # best offset per (particle, rotation)
     best = np.take_along_axis(cross, tb[:, None, :], axis=1)[:, 0] / norm
     K = min(top, g)
