@@ -46,7 +46,7 @@ class RefineSettings:
     grid_size: int = 4608  # rotations of the global grid (~12° covering)
     shortlist: int = 4  # best grid rotations refined locally in the global iterations
     global_iterations: int = 2  # iterations that search the whole grid (the second at fixed shifts)
-    regrid_size: int = 36864  # rotations of the later global passes (~6° covering; scored at fixed shifts)
+    regrid_size: int = 4608  # rotations of the later global passes (scored at fixed shifts)
     local_shift_step_px: float = 1.0  # first local shift step (halved each iteration)
     min_step_deg: float | None = None  # finest angular step (default from the box: ~0.5 px at Nyquist)
     min_shift_step_px: float = 0.25
