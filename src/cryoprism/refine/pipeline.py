@@ -78,7 +78,7 @@ class RefineResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers
+# building blocks
 
 
 def match_reference(volume, ref_pixel_size_A: float | None, L: int, pixel_size_A: float, path=None):
