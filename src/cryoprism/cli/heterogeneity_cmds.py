@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from cryoprism.cli.common import JSON_OPTION, finish
-
-
-def _relocate_image_names(table, star_path, out_dir: Path):
-    """Rewrite ``rlnImageName`` paths so they resolve from ``out_dir`` (where the new STARs live)."""
-    if "rlnImageName" not in table.columns:
-        return table
-    base = Path(star_path).parent if star_path else Path.cwd()
-
-    def fix(name: str) -> str:
-        if "@" not in str(name):
-            return name
-        idx, path = str(name).split("@", 1)
-        p = Path(path)
-        if not p.is_absolute():
-            p = (base / p) if (base / p).exists() else (Path.cwd() / p)
-        return f"{idx}@{os.path.relpath(p.resolve(), out_dir.resolve())}"
-
-    table = table.copy()
-    table["rlnImageName"] = [fix(v) for v in table["rlnImageName"]]
-    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -141,6 +120,8 @@ def register(app: typer.Typer) -> None:
     def _relocated(star, out: Path):
         import copy
 
+        from cryoprism.io.particles import relocate_image_names
+
         s2 = copy.copy(star)
-        s2.particles = _relocate_image_names(star.particles, star.path, out)
+        s2.particles = relocate_image_names(star.particles, star.path, out)
         return s2

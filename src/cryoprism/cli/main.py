@@ -58,7 +58,7 @@ def _root(
 _AREAS = [
     "io_cmds", "image_cmds", "metrics_cmds", "forward_cmds", "heterogeneity_cmds",
     "classify2d_cmds", "abinitio_cmds", "micrograph_cmds", "pipeline_cmds", "postprocess_cmds", "preprocess_cmds",
-    "pick_cmds",
+    "pick_cmds", "refine_cmds",
 ]
 for _name in _AREAS:
     __import__(f"cryoprism.cli.{_name}", fromlist=["register"]).register(app)

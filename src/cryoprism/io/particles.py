@@ -543,3 +543,24 @@ def write_particles(star_path, stack_path, images: Iterable, table=None, optics:
         write_star(star_path, out)
     return star_path, stack_path
 
+
+def relocate_image_names(table, star_path, out_dir) -> "pd.DataFrame":
+    """``table`` with its ``rlnImageName`` paths (``idx@path``, relative to ``star_path``'s folder or the
+    current one) rewritten relative to ``out_dir``, where a new STAR of the same images is written."""
+    out_dir = Path(out_dir)
+    if "rlnImageName" not in table.columns:
+        return table
+    base = Path(star_path).parent if star_path else Path.cwd()
+
+    def fix(name: str) -> str:
+        if "@" not in str(name):
+            return name
+        idx, path = str(name).split("@", 1)
+        p = Path(path)
+        if not p.is_absolute():
+            p = (base / p) if (base / p).exists() else (Path.cwd() / p)
+        return f"{idx}@{os.path.relpath(p.resolve(), out_dir.resolve())}"
+
+    table = table.copy()
+    table["rlnImageName"] = [fix(v) for v in table["rlnImageName"]]
+    return table

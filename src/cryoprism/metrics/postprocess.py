@@ -214,10 +214,11 @@ def _window_fsc(a, b, onehot):
     """FSC per window of two stacks of windows (n, W, W, W); ``onehot`` (W³, shells) sums shells."""
     import scipy.fft as sfft
 
-    from cryoprism.fourier.core import WORKERS
+    from cryoprism.parallel.config import fft_workers
 
-    Fa = sfft.fftn(a, axes=(1, 2, 3), workers=WORKERS).reshape(len(a), -1)
-    Fb = sfft.fftn(b, axes=(1, 2, 3), workers=WORKERS).reshape(len(b), -1)
+    workers = fft_workers()
+    Fa = sfft.fftn(a, axes=(1, 2, 3), workers=workers).reshape(len(a), -1)
+    Fb = sfft.fftn(b, axes=(1, 2, 3), workers=workers).reshape(len(b), -1)
     num = (Fa.real * Fb.real + Fa.imag * Fb.imag) @ onehot
     pa = (Fa.real ** 2 + Fa.imag ** 2) @ onehot
     pb = (Fb.real ** 2 + Fb.imag ** 2) @ onehot

@@ -1,0 +1,305 @@
+"""Benchmark: gold-standard 3-D refinement (``cryoprism.refine``) against the oracle and RELION.
+
+Simulates ``n`` particles from a map (64², CTF with defocus 1–3 µm, random shifts σ = 4 px, SNR 0.05),
+writes them as a RELION 3.1 STAR without poses, and refines from the map low-passed to 40 Å. Reports
+the median angular and shift errors, the FSC 0.5 resolution against the truth next to the oracle
+(reconstruction from the true poses, same run), the gold-standard FSC 0.143, wall and CPU time and
+the time per iteration. Optional: a start from another map (``--wrong-map``), RELION 3.1 auto-refine
+on the same STAR (``--relion``, on the first ``--relion-n`` particles, stopped after
+``--relion-budget-s``; its last finished iteration is scored), and a time-per-iteration table over n
+and the grid (``--scaling``). Prints one JSON object.
+
+    python benchmarks/refine_bench.py --map MAP.mrc [--wrong-map OTHER.mrc] [--n 5000] [--relion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+from cryoprism.forward import simulate_particles  # noqa: E402
+from cryoprism.geometry import angular_distance_deg, euler_to_matrix  # noqa: E402
+from cryoprism.image.filters import lowpass  # noqa: E402
+from cryoprism.io import read_particles, read_star, write_mrc, write_star  # noqa: E402
+from cryoprism.io.mrc import read_mrc  # noqa: E402
+from cryoprism.metrics import fsc, resolution_at  # noqa: E402
+from cryoprism.reconstruct import reconstruct_mean  # noqa: E402
+from cryoprism.refine import refine  # noqa: E402
+
+
+def shell(res_A, L, px):
+    return float(L * px / res_A) if res_A and np.isfinite(res_A) else float("nan")
+
+
+def simulate(vol, px, n, out: Path, snr, shift_px, seed):
+    out.mkdir(parents=True, exist_ok=True)
+    sim = simulate_particles(vol, n, px, snr=snr, shift_std_A=shift_px * px, rng=seed, out_star=out / "truth.star",
+                             out_mrcs=out / "particles.mrcs", progress=False)
+    st = read_star(out / "truth.star")
+    t = st.particles.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                                   "rlnOriginYAngst", "rlnClassNumber"])
+    write_star(out / "input.star", t, st.optics)
+    return sim
+
+
+def score(vol_true, px, rot_true, org_true_A, rot, org_A, volume, half1=None, half2=None):
+    L = vol_true.shape[0]
+    ang = angular_distance_deg(rot_true, rot)
+    sh = np.hypot(*((org_A - org_true_A) / px).T)
+    r05 = resolution_at(fsc(volume, vol_true, px), 0.5)
+    out = {"median_angle_error_deg": float(np.median(ang)), "frac_angle_error_gt_20deg": float(np.mean(ang > 20)),
+           "median_shift_error_px": float(np.median(sh)), "fsc05_vs_truth_A": r05,
+           "fsc05_vs_truth_shell": shell(r05, L, px)}
+    if half1 is not None:
+        r143 = resolution_at(fsc(half1, half2, px), 0.143)
+        out.update(gold_fsc0143_A=r143, gold_fsc0143_shell=shell(r143, L, px))
+    return out
+
+
+def run_cryoprism(stack, start, px, label, out: Path, **kw):
+    from cryoprism.io.job import Job
+
+    job = Job(out / label, "refine", {"label": label}, log_to_file=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = refine(stack, start, px, job=job, progress=False, **kw)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    job.finish()
+    return res, wall, cpu
+
+
+def run_relion(data: Path, ref_lp: Path, n: int, budget_s: float, diameter_A: float, out: Path):
+    exe = shutil.which("relion_refine_mpi")
+    if exe is None:
+        return {"skipped": "relion_refine_mpi not found"}
+    st = read_star(data / "input.star")
+    t = st.particles.iloc[:n].copy()
+    write_star(data / f"relion_{n}.star", t, st.optics)
+    run = out / "relion"
+    run.mkdir(parents=True, exist_ok=True)
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", exe, "--o", str(run / "run"),
+           "--auto_refine", "--split_random_halves", "--i", f"relion_{n}.star", "--ref", str(ref_lp.resolve()),
+           "--firstiter_cc", "--ini_high", "40", "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "2",
+           "--ctf", "--particle_diameter", str(diameter_A), "--flatten_solvent", "--zero_mask", "--oversampling", "1",
+           "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", "5", "--offset_step", "2",
+           "--sym", "C1", "--low_resol_join_halves", "40", "--norm", "--scale", "--j", "1"]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.Popen(cmd, cwd=data, stdout=open(run / "stdout.txt", "w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            p.wait(timeout=budget_s)
+            finished = True
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 15)
+            p.wait()
+            finished = False
+    except OSError as e:
+        return {"skipped": f"could not run RELION: {e}"}
+    wall = time.perf_counter() - t0
+    its = sorted(run.glob("run_it*_data.star"))
+    info = {"command": " ".join(cmd), "n": n, "budget_s": budget_s, "finished": finished, "wall_s": round(wall, 1),
+            "iterations_done": max(0, len(its) - 1)}
+    if len(its) >= 2:
+        times = sorted(f.stat().st_mtime for f in its)
+        info["time_per_iteration_s"] = round(float(np.mean(np.diff(times))), 1)
+        last = its[-1]
+        d = read_star(last).particles
+        rot = euler_to_matrix(d["rlnAngleRot"].values, d["rlnAngleTilt"].values, d["rlnAnglePsi"].values)
+        org = np.stack([d["rlnOriginXAngst"].values, d["rlnOriginYAngst"].values], 1)
+        info["last_iteration"] = last.name
+        info["_rot"], info["_org"] = rot, org
+        h1 = sorted(run.glob(f"{last.name.replace('_data.star', '')}_half1_class001.mrc"))
+        h2 = sorted(run.glob(f"{last.name.replace('_data.star', '')}_half2_class001.mrc"))
+        final = run / "run_class001.mrc"
+        if h1 and h2:
+            info["_half"] = (read_mrc(h1[0])[0], read_mrc(h2[0])[0])
+        if final.exists():
+            info["_final"] = read_mrc(final)[0]
+    return info
+
+
+def scaling(stack, start, px, out: Path, ns, grids):
+    rows = []
+    for n in ns:
+        for g in grids:
+            sub = stack.subset(np.arange(n)) if hasattr(stack, "subset") else None
+            if sub is None:
+                st = read_star(stack.path)
+                write_star(out / f"scal_{n}.star", st.particles.iloc[:n], st.optics)
+                sub = read_particles(out / f"scal_{n}.star")
+            res, wall, cpu = run_cryoprism(sub, start, px, f"scaling_n{n}_g{g}", out, max_iterations=3, grid_size=g)
+            for h in res.iterations:
+                rows.append({"n": n, "grid": g, "iteration": h["iteration"], "box": h["box"], "time_s": h["time_s"]})
+    return rows
+
+
+def main_section(res, a, stack, start, vol, px, sim, out, kw):
+    r, wall, cpu = run_cryoprism(stack, start, px, "cryoprism", out, **kw)
+    write_mrc(out / "cryoprism" / "refined.mrc", r.volume, px)
+    s = score(vol, px, sim.rotations, sim.origins_A, r.rotations, r.origins_A, r.volume, *r.half_maps)
+    s.update(wall_s=round(wall, 1), cpu_s=round(cpu, 1), iterations=len(r.iterations),
+             time_per_iteration_s=[h["time_s"] for h in r.iterations],
+             box_per_iteration=[h["box"] for h in r.iterations],
+             resolution_per_iteration_A=[h["resolution_A"] for h in r.iterations])
+    s["fsc05_shells_from_oracle"] = res["oracle"]["fsc05_vs_truth_shell"] - s["fsc05_vs_truth_shell"]
+    s["gold_minus_truth_shells"] = s["gold_fsc0143_shell"] - s["fsc05_vs_truth_shell"]
+    res["cryoprism"] = s
+    res["load_avg_after_cryoprism"] = os.getloadavg()[0]
+
+
+def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
+    L = vol.shape[0]
+    s = res.get("cryoprism", {})
+    if a.wrong_map:
+        w, wpx = read_mrc(a.wrong_map)
+        w = lowpass(np.asarray(w, np.float32), wpx, resolution_A=40.0, ndim=3).astype(np.float32)
+        r2, wall2, cpu2 = run_cryoprism(stack, w, wpx, "cryoprism_wrong_start", out, **kw)
+        s2 = score(vol, px, sim.rotations, sim.origins_A, r2.rotations, r2.origins_A, r2.volume, *r2.half_maps)
+        s2.update(start=Path(a.wrong_map).name, wall_s=round(wall2, 1), cpu_s=round(cpu2, 1),
+                  start_fsc05_vs_truth_A=resolution_at(fsc(w, vol, px), 0.5),
+                  shells_from_truth_start=(s["fsc05_vs_truth_shell"] - s2["fsc05_vs_truth_shell"]
+                                                   if s else None))
+        res["wrong_start"] = s2
+        dump()
+    if a.relion:
+        n_r = min(a.relion_n, a.n)
+        info = run_relion(out / "data", out / "data" / "start_lp40.mrc", n_r, a.relion_budget_s, a.relion_diameter_A,
+                          out)
+        if "_rot" in info:
+            rot, org = info.pop("_rot"), info.pop("_org")
+            half = info.pop("_half", None)
+            final = info.pop("_final", None)
+            volume = final if final is not None else (0.5 * (half[0] + half[1]) if half else None)
+            ang = angular_distance_deg(sim.rotations[:n_r], rot)
+            info.update(median_angle_error_deg=float(np.median(ang)),
+                        median_shift_error_px=float(np.median(np.hypot(*((org - sim.origins_A[:n_r]) / px).T))))
+            if volume is not None:
+                rr = resolution_at(fsc(volume, vol, px), 0.5)
+                info.update(fsc05_vs_truth_A=rr, fsc05_vs_truth_shell=shell(rr, L, px))
+        res["relion"] = info
+        if a.cryoprism_at_relion_n:
+            st = read_star(out / "data" / "input.star")
+            write_star(out / "data" / f"cp_{n_r}.star", st.particles.iloc[:n_r], st.optics)
+            sub = read_particles(out / "data" / f"cp_{n_r}.star")
+            r3, wall3, cpu3 = run_cryoprism(sub, start, px, f"cryoprism_n{n_r}", out, **kw)
+            s3 = score(vol, px, sim.rotations[:n_r], sim.origins_A[:n_r], r3.rotations, r3.origins_A, r3.volume,
+                       *r3.half_maps)
+            s3.update(n=n_r, wall_s=round(wall3, 1), cpu_s=round(cpu3, 1), iterations=len(r3.iterations),
+                      time_per_iteration_s=[h["time_s"] for h in r3.iterations])
+            res["cryoprism_at_relion_n"] = s3
+        dump()
+
+
+def two_state(a, vol, px, out: Path):
+    """Refine (one consensus map) then classify K = 2 at the refined poses, against the covariance
+    route (refine → heterogeneity) on the same particles and poses."""
+    from cryoprism.heterogeneity.classify import matched_accuracy
+    from cryoprism.heterogeneity.pipeline import analyze, resolve_nres
+    from cryoprism.reconstruct import as_source
+    from cryoprism.refine.classify import classify3d
+
+    v2, _ = read_mrc(a.two_state)
+    d = out / "two_state"
+    d.mkdir(parents=True, exist_ok=True)
+    sim = simulate_particles([vol, np.asarray(v2, np.float32)], a.two_state_n, px, snr=a.snr,
+                             shift_std_A=a.shift_px * px, rng=a.seed + 1, out_star=d / "truth.star",
+                             out_mrcs=d / "particles.mrcs", progress=False)
+    st = read_star(d / "truth.star")
+    t = st.particles.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                                   "rlnOriginYAngst", "rlnClassNumber"])
+    write_star(d / "input.star", t, st.optics)
+    stack = read_particles(d / "input.star")
+    start = lowpass(vol, px, resolution_A=40.0, ndim=3).astype(np.float32)
+    r, wall, cpu = run_cryoprism(stack, start, px, "two_state_refine", out)
+    res = {"n": a.two_state_n, "second_map": Path(a.two_state).name, "refine_wall_s": round(wall, 1),
+           "refine_cpu_s": round(cpu, 1),
+           "refine_median_angle_error_deg": float(np.median(angular_distance_deg(sim.rotations, r.rotations)))}
+    t0, c0 = time.perf_counter(), time.process_time()
+    cl = classify3d(stack, 2, r.rotations, r.origins_A, progress=False)
+    res["class3d"] = {"accuracy": matched_accuracy(sim.states, cl.labels), "iterations": len(cl.iterations),
+                      "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+    t0, c0 = time.perf_counter(), time.process_time()
+    src = as_source(stack, rotations=r.rotations, origins_px=r.origins_A / px)
+    het = analyze(src, resolve_nres(vol.shape[0], px, None, None), classes=2, progress=False)
+    res["covariance"] = {"accuracy": matched_accuracy(sim.states, het.labels),
+                         "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--map", required=True, help="true map (MRC), cubic; 64³ expected")
+    ap.add_argument("--wrong-map", help="start from this map instead (e.g. another assembly state)")
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--snr", type=float, default=0.05)
+    ap.add_argument("--shift-px", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="refine_bench_out")
+    ap.add_argument("--max-iterations", type=int, default=None)
+    ap.add_argument("--partial", help="also write the JSON so far to this file after every section")
+    ap.add_argument("--two-state", help="second map: K = 2 classification vs the covariance route")
+    ap.add_argument("--two-state-n", type=int, default=2000)
+    ap.add_argument("--skip-main", action="store_true", help="only the optional sections (wrong start, RELION)")
+    ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 auto-refine (if installed)")
+    ap.add_argument("--relion-n", type=int, default=1000)
+    ap.add_argument("--relion-budget-s", type=float, default=900.0)
+    ap.add_argument("--relion-diameter-A", type=float, default=300.0)
+    ap.add_argument("--cryoprism-at-relion-n", action="store_true",
+                    help="also refine the first --relion-n particles with cryoprism (equal n comparison)")
+    ap.add_argument("--scaling", action="store_true", help="time per iteration for n in {1000, 2000} × grid "
+                                                           "{1000, 4608} (3 iterations each)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vol, px = read_mrc(a.map)
+    vol = np.asarray(vol, np.float32)
+    L = vol.shape[0]
+    res: dict = {"n": a.n, "box": L, "pixel_size_A": px, "snr": a.snr, "shift_sigma_px": a.shift_px,
+                 "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+    sim = simulate(vol, px, a.n, out / "data", a.snr, a.shift_px, a.seed)
+    start = lowpass(vol, px, resolution_A=40.0, ndim=3).astype(np.float32)
+    write_mrc(out / "data" / "start_lp40.mrc", start, px)
+    stack = read_particles(out / "data" / "input.star")
+    truth_stack = read_particles(out / "data" / "truth.star")
+    # oracle: the true poses
+    t0 = time.perf_counter()
+    orc = reconstruct_mean(truth_stack, regularization="auto", halfmaps=True, progress=False)
+    r05 = resolution_at(fsc(orc.volume, vol, px), 0.5)
+    r143 = resolution_at(orc.fsc, 0.143)
+    res["oracle"] = {"fsc05_vs_truth_A": r05, "fsc05_vs_truth_shell": shell(r05, L, px), "gold_fsc0143_A": r143,
+                     "time_s": round(time.perf_counter() - t0, 1)}
+    kw = {} if a.max_iterations is None else {"max_iterations": a.max_iterations}
+
+    def dump():
+        if a.partial:
+            Path(a.partial).write_text(json.dumps(res, default=float) + "\n")
+
+    dump()
+    if not a.skip_main:
+        main_section(res, a, stack, start, vol, px, sim, out, kw)
+        dump()
+    sections(res, a, stack, start, vol, px, sim, out, kw, dump)
+    if a.two_state:
+        res["two_state"] = two_state(a, vol, px, out)
+        dump()
+    if a.scaling:
+        res["scaling"] = scaling(stack, start, px, out, [1000, 2000], [1000, 4608])
+    res["load_avg_end"] = os.getloadavg()[0]
+    dump()
+    json.dump(res, sys.stdout, default=float)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""3-D refinement: poses and map from particles and a starting map (gold-standard auto-refinement).
+
+See docs/refine.md for the scoring, the searches and the measured results.
+"""
+
+from cryoprism.refine.pipeline import RefineResult, RefineSettings, match_reference, refine
+from cryoprism.refine.search import fourier_set, global_search, local_search, rotation_stencil
+from cryoprism.refine.symmetry import symmetrize, symmetry_group
+
+__all__ = ["refine", "RefineResult", "RefineSettings", "match_reference", "fourier_set", "global_search",
+           "local_search", "rotation_stencil", "symmetry_group", "symmetrize"]

@@ -1,0 +1,424 @@
+"""Gold-standard auto-refinement: two half-sets, each aligned to its own map, frequency marching.
+
+One iteration (docs/refine.md):
+
+1. working box ``Lw = 2 (k_lim + pad)`` (frequency marching: images and maps Fourier-cropped, so every
+   cost scales with the current resolution, not the box);
+2. pose search of every particle against its half-set's map (first iteration: global grid search with
+   a shortlist; later: local stencil around the current pose with the step halved each iteration);
+3. reconstruction of each half-set from its own poses (least squares with a Wiener prior estimated
+   from that half alone: ``cryoprism.reconstruct.reconstruct_mean(regularization="auto")``);
+4. FSC between the half-maps → next frequency limit and the maps' per-shell weights; per-shell noise
+   spectrum from the residuals at the chosen poses.
+
+The halves never meet before the end, where the full map is reconstructed from all particles.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cryoprism.fourier import fft2c
+from cryoprism.fourier.resample import downsample
+from cryoprism.geometry import matrix_to_euler
+from cryoprism.geometry.grids import so3_grid_views, so3_grid_views_for
+from cryoprism.geometry.rotations import angular_distance_deg
+from cryoprism.image.filters import lowpass
+from cryoprism.metrics.fsc import fsc as _fsc
+from cryoprism.metrics.fsc import resolution_at
+from cryoprism.parallel import map_batches
+from cryoprism.reconstruct import half_set_labels, reconstruct_mean
+from cryoprism.refine import search
+from cryoprism.refine.masks import auto_solvent_mask, soft_sphere
+from cryoprism.refine.symmetry import symmetrize, symmetry_group
+
+
+@dataclass
+class RefineSettings:
+    """Settings of :func:`refine` (defaults are what the benchmark uses)."""
+
+    initial_lowpass_A: float = 40.0  # low-pass of the starting map; also the first frequency limit
+    max_iterations: int = 14
+    grid_size: int = 4608  # rotations of the global grid (~12° covering)
+    shortlist: int = 4  # best grid rotations refined locally in the global iterations
+    global_iterations: int = 2  # iterations that search the whole grid (the second at fixed shifts)
+    regrid_size: int = 4608  # rotations of the later global passes (scored at fixed shifts)
+    local_shift_step_px: float = 1.0  # first local shift step (halved each iteration)
+    min_step_deg: float | None = None  # finest angular step (default from the box: ~0.5 px at Nyquist)
+    min_shift_step_px: float = 0.25
+    precentre_radius_px: float | None = None  # shift search radius of the first iteration (default L/4)
+    noise: str = "shell"  # "shell" (per-shell spectrum from residuals) or "white"
+    margin_shells: int = 3  # shells beyond the FSC=0.143 shell that the next iteration compares
+    symmetry: str = "C1"
+    solvent_mask: bool = True  # automatic soft solvent mask on the references after the first iteration
+    batch_size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class RefineResult:
+    volume: np.ndarray
+    half_maps: tuple
+    fsc: object  # FSCResult between the half-maps (unmasked)
+    fsc_masked: object | None
+    mask: np.ndarray | None
+    rotations: np.ndarray
+    origins_A: np.ndarray
+    subsets: np.ndarray  # 1 / 2
+    iterations: list
+    resolution_A: float
+    resolution_masked_A: float | None
+    pixel_size_A: float
+    table: pd.DataFrame = field(repr=False, default=None)
+    info: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# building blocks
+
+
+def match_reference(volume, ref_pixel_size_A: float | None, L: int, pixel_size_A: float, path=None):
+    """The reference on the particles' box and pixel size: Fourier-resampled when its pixel size
+    differs, centre-cropped/padded when its box differs; refused (InputError) when the result would
+    cover less than half the particle box."""
+    from cryoprism.errors import InputError
+    from cryoprism.fourier.resample import crop_or_pad, fourier_resize
+
+    v = np.asarray(volume, np.float32)
+    if v.ndim != 3 or len(set(v.shape)) != 1:
+        raise InputError(f"reference must be a cubic volume, got shape {v.shape}", path)
+    px = float(ref_pixel_size_A) if ref_pixel_size_A else float(pixel_size_A)
+    if abs(px - pixel_size_A) > 1e-3 * pixel_size_A:
+        n_new = int(round(v.shape[0] * px / pixel_size_A))
+        if n_new < 8:
+            raise InputError(f"reference pixel size {px:g} Å cannot be resampled to {pixel_size_A:g} Å", path)
+        v = fourier_resize(v, n_new, ndim=3)[0]
+    if v.shape[0] != L:
+        if v.shape[0] * 2 < L:
+            raise InputError(f"reference box {v.shape[0]} covers less than half the particle box {L}", path)
+        v = crop_or_pad(v, L, ndim=3)
+    return v.astype(np.float32)
+
+
+def working_box(k_lim: float, L: int, pad: int = 3) -> int:
+    """Even box holding frequencies up to ``k_lim + pad`` (at most ``L``)."""
+    Lw = 2 * int(np.ceil(k_lim + pad)) + 2
+    return int(min(L, Lw + (Lw % 2)))
+
+
+def fsc_weight(curve: np.ndarray) -> np.ndarray:
+    """Per-shell map weight ``sqrt(2F/(1+F))`` (the full-map FSC, clipped at 0): the Wiener-like
+    filter of a map whose halves have FSC ``F``."""
+    F = np.clip(np.asarray(curve, np.float64), 0.0, 1.0)
+    return np.sqrt(2 * F / (1 + F))
+
+
+def shell_index(res_A: float, L: int, pixel_size_A: float) -> float:
+    return float(L * pixel_size_A / res_A) if np.isfinite(res_A) and res_A > 0 else 0.0
+
+
+def _images_at(stack, Lw: int, batch_size: int, n_workers=None) -> np.ndarray:
+    """All particle images Fourier-cropped to ``Lw`` (float32 ``(n, Lw, Lw)``), read in batches."""
+    L = stack.box
+    ranges = [(a, min(a + 512, stack.n)) for a in range(0, stack.n, 512)]
+
+    def job(r):
+        im = stack.images(np.arange(*r)).astype(np.float32)
+        return im if Lw == L else downsample(im, Lw)[0].astype(np.float32)
+
+    return np.concatenate(map_batches(job, ranges, n_workers=n_workers, progress=False), 0)
+
+
+def _ctf_at(ctf, idx, Lw: int, px_w: float, fs) -> np.ndarray:
+    from cryoprism.ctf.model import ctf_2d
+
+    if ctf is None:
+        return np.ones((len(idx), fs.n), np.float32)
+    c = ctf_2d(Lw, px_w, ctf.take(idx), dtype=np.float32)
+    c = np.broadcast_to(c, (len(idx), Lw, Lw)) if c.ndim == 2 else c
+    return np.ascontiguousarray(c[:, fs.iy, fs.ix])
+
+
+def _data_at(imgs_w, idx, L: int, fs) -> np.ndarray:
+    """Half-plane coefficients of the cropped images, in full-box units (× (L/Lw)²)."""
+    Lw = imgs_w.shape[-1]
+    F = fft2c(imgs_w[idx].astype(np.float32))[:, fs.iy, fs.ix]
+    return (F * (L / Lw) ** 2).astype(np.complex64)
+
+
+def _shell_power(stack, L: int, n_max: int = 2000) -> np.ndarray:
+    """Mean ``|Y(k)|²`` per integer shell ``0 … L//2`` over up to ``n_max`` particles (the initial noise
+    spectrum: at low SNR the images are mostly noise)."""
+    from cryoprism.fourier import radial_index
+
+    idx = np.linspace(0, stack.n - 1, min(stack.n, n_max)).astype(np.int64)
+    r = radial_index((L, L))
+    nsh = L // 2 + 1
+    acc = np.zeros(nsh)
+    for a in range(0, len(idx), 500):
+        F = fft2c(stack.images(idx[a:a + 500]).astype(np.float64))
+        p = (np.abs(F) ** 2).sum(0)
+        ok = r < nsh
+        acc += np.bincount(r[ok], p[ok], nsh)
+    cnt = np.bincount(r[r < nsh], minlength=nsh) * len(idx)
+    return acc / np.maximum(cnt, 1)
+
+
+def _precentre(A: np.ndarray, Pbar: np.ndarray, fs, L: int, radius_px: float) -> np.ndarray:
+    """Origins ``(b, 2)`` maximising the correlation with the orientation-averaged projection
+    ``Pbar`` (the same for every view up to the CTF, already in ``A = conj(Y) C / σ²``)."""
+    u = search.shift_grid(radius_px, 1.0)
+    E = search.shift_phases(fs, u, L)
+    X = A * Pbar[None]
+    cc = search._realify(X) @ search._stack(E).T
+    return u[np.argmax(cc, axis=1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# the refinement
+
+
+def refine(source, reference, pixel_size_A: float | None = None, *, job=None, mask=None,
+           settings: RefineSettings | None = None, progress: bool = True, n_workers: int | None = None,
+           **overrides) -> RefineResult:
+    """Gold-standard refinement of poses and map from particles and a starting map.
+
+    ``source``: a ``cryoprism.io.ParticleStack`` (``read_particles``); poses in it are ignored (a
+    global search starts the run); ``rlnRandomSubset`` (1/2) is used as the half-set split when
+    present, else a seeded random split. ``reference``: ``(L, L, L)`` starting map, on the particles'
+    pixel size (``pixel_size_A``: the reference's pixel size when it differs; resampled then).
+    ``mask``: optional ``(L, L, L)`` soft mask applied to the references (else a sphere plus, after
+    the first iteration, an automatic solvent mask). ``settings`` / keyword overrides: see
+    :class:`RefineSettings`. ``job``: a ``cryoprism.io.job.Job`` — checkpoints after every iteration
+    (resumed when the job was opened with ``resume=True``), the log and the per-iteration record.
+    """
+    st = settings or RefineSettings()
+    if overrides:
+        st = RefineSettings(**{**asdict(st), **overrides})
+    t_start = time.perf_counter()
+    cpu_start = time.process_time()
+    log = job.log if job is not None else None
+    if log is not None and log.level == 0:  # the job's log file records the iterations
+        import logging
+
+        log.setLevel(logging.INFO)
+    stack = source
+    n, L, px = int(stack.n), int(stack.box), float(stack.pixel_size_A)
+    ref = match_reference(reference, pixel_size_A, L, px)
+    try:
+        ctf = stack.ctf_params()
+    except Exception:  # no CTF columns: run without CTF
+        ctf = None
+        if log:
+            log.warning("no CTF parameters in the particle table: refining without CTF")
+    group = symmetry_group(st.symmetry)
+    halves = half_set_labels(n, getattr(stack, "table", None), st.seed)
+    sel = [np.flatnonzero(halves == h) for h in range(2)]
+    sphere = soft_sphere(L, L / 2 - 2, 2.0)
+    user_mask = None if mask is None else np.asarray(mask, np.float32)
+    k_lim = min(shell_index(st.initial_lowpass_A, L, px), L / 2 - 1)
+    start = lowpass(ref, px, resolution_A=st.initial_lowpass_A, ndim=3).astype(np.float32)
+    refs = [start * (sphere if user_mask is None else user_mask)] * 2
+    weights = [None, None]
+    noise = _shell_power(stack, L)
+    rot = np.tile(np.eye(3), (n, 1, 1))
+    org = np.zeros((n, 2))
+    step_deg = None
+    shift_step = st.local_shift_step_px
+    min_step = st.min_step_deg or float(np.rad2deg(0.5 / (L / 2)))
+    history: list[dict] = []
+    it0 = 0
+    ck = job.checkpoints if job is not None else None
+    if ck is not None:
+        got = ck.load("refine")
+        if got is not None:
+            a, meta = got
+            rot, org, noise = a["rotations"], a["origins_px"], a["noise"]
+            refs = [a["ref1"], a["ref2"]]
+            weights = [a["w1"] if a["w1"].size else None, a["w2"] if a["w2"].size else None]
+            k_lim, step_deg, shift_step = float(meta["k_lim"]), meta["step_deg"], float(meta["shift_step"])
+            history, it0 = list(meta["history"]), int(meta["iteration"]) + 1
+            if log:
+                log.info("resuming after iteration %d", it0)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=st.max_iterations, initial=it0, desc="refine", disable=not progress, leave=True)
+    stale = 0
+    converged = bool(history and history[-1].get("converged"))
+    it = it0
+    for it in range(it0, st.max_iterations):
+        if converged:
+            break
+        t_it = time.perf_counter()
+        Lw = working_box(k_lim, L)
+        px_w = px * L / Lw
+        fs = search.fourier_set(Lw, k_lim)
+        imgs_w = _images_at(stack, Lw, st.batch_size, n_workers)
+        inv_s2 = (1.0 / np.maximum(noise if st.noise == "shell" else np.full_like(noise, noise[1:].mean()),
+                                   1e-30))[fs.shell].astype(np.float32)
+        refs_w = [r if Lw == L else downsample(r, Lw, ndim=3)[0].astype(np.float32) for r in refs]
+        wk = [None if w is None else np.asarray(w)[np.minimum(fs.shell, len(w) - 1)] for w in weights]
+        old_rot = rot.copy()
+        res_acc = np.zeros(int(fs.shell.max()) + 1)
+        cnt_acc = np.zeros_like(res_acc)
+        first = it == 0
+        regrid = it < st.global_iterations
+        if regrid:
+            n_dir, n_psi = so3_grid_views_for(st.grid_size if first else st.regrid_size)
+            grid, _ = so3_grid_views(n_dir, n_psi)
+            grid_step = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir)))
+        if first:
+            g_step = max(1.0, L / (4 * max(k_lim, 1)))
+            offsets0 = search.shift_grid(2.0 * g_step, g_step)  # around the pre-centred origin
+            shift_step = g_step / 2
+            step_deg = grid_step / 2
+        # coarse-to-fine stages: the stencil step halves from the grid's half-spacing (global
+        # iterations) down to this iteration's step; shift steps halve alongside
+        steps = [step_deg]
+        if regrid:
+            steps = [grid_step / 2]
+            while steps[-1] / 2 >= step_deg * 0.99:
+                steps.append(steps[-1] / 2)
+        shifts = [max(st.min_shift_step_px, shift_step / 2 ** j) for j in range(len(steps))]
+        for h in range(2):
+            idx_h = sel[h]
+            P = search.GridSlices.of(search.slices(refs_w[h], grid, fs, wk[h])) if regrid else None
+            Pbar = P.mean if first else None
+
+            def job_s(r, idx_h=idx_h, h=h, P=P, Pbar=Pbar):
+                idx = idx_h[r[0]:r[1]]
+                Y = _data_at(imgs_w, idx, L, fs)
+                C = _ctf_at(ctf, idx, Lw, px_w, fs)
+                o_start = org[idx]
+                start = rot[idx][:, None]
+                if P is not None:  # the whole grid: a shortlist of rotations (and origins)
+                    A = (np.conj(Y) * C * inv_s2[None]).astype(np.complex64)
+                    if first:
+                        o0 = _precentre(A, Pbar, fs, L, st.precentre_radius_px or L / 4)
+                        sl = search.global_search(A, C * C * inv_s2[None], P, o0, offsets0, fs, L, st.shortlist)
+                        start, o_start = grid[sl.index], sl.origins_px
+                    else:
+                        sl = search.global_search(A, C * C * inv_s2[None], P, o_start, np.zeros((1, 2)), fs, L,
+                                                  st.shortlist)
+                        start = np.concatenate([start, grid[sl.index]], axis=1)
+                lr = None
+                for j, (sd, ss) in enumerate(zip(steps, shifts)):
+                    stencil = search.rotation_stencil(sd)
+                    cand = (start[:, :, None] @ stencil[None, None]).reshape(len(idx), -1, 3, 3)
+                    lr = search.local_search(Y, C, inv_s2, refs_w[h], cand, o_start,
+                                             search.shift_grid(1.5 * ss, ss), fs, L, wk[h])
+                    start, o_start = lr.rotations[:, None], lr.origins_px
+                return idx, lr
+
+            ranges = [(a, min(a + st.batch_size, len(idx_h))) for a in range(0, len(idx_h), st.batch_size)]
+            for idx, lr in map_batches(job_s, ranges, n_workers=n_workers, progress=False):
+                rot[idx], org[idx] = lr.rotations, lr.origins_px
+                res_acc += lr.residual_shell
+                cnt_acc += lr.count_shell
+        step_deg = max(min_step, steps[-1] / 2)
+        shift_step = max(st.min_shift_step_px, shifts[-1] / 2)
+        # noise spectrum inside the compared band (full-box units)
+        ok = cnt_acc > 0
+        noise = noise.copy()
+        noise[:len(res_acc)][ok] = res_acc[ok] / cnt_acc[ok]
+        # half-maps at the working box
+        maps = _reconstruct_halves(imgs_w, rot, org * Lw / L, ctf, px_w, sel, group, n_workers)
+        f = _fsc(maps[0], maps[1], px_w)
+        res143 = resolution_at(f, 0.143)
+        k143 = shell_index(res143, L, px)
+        new_k = float(min(L / 2 - 1, max(k_lim, k143 + st.margin_shells)))
+        stale = stale + 1 if new_k <= k_lim + 0.5 else 0
+        k_lim = new_k
+        up = [m if Lw == L else _pad_to(m, L) for m in maps]
+        masks = [_reference_mask(u, px, sphere, user_mask, st.solvent_mask and it >= 1) for u in up]
+        refs = [(u * m).astype(np.float32) for u, m in zip(up, masks)]
+        w = fsc_weight(f.curve)
+        weights = [w, w]
+        dang = float(np.median(angular_distance_deg(old_rot, rot))) if it > 0 else float("nan")
+        rec = {"iteration": it + 1, "box": Lw, "k_max": round(float(fs.k_max), 2),
+               "compared_resolution_A": round(L * px / max(fs.k_max, 1e-9), 2),
+               "resolution_A": round(res143, 3), "step_deg": round(float(step_deg), 3),
+               "shift_step_px": round(float(shift_step), 3), "median_angle_change_deg": dang,
+               "time_s": round(time.perf_counter() - t_it, 2)}
+        converged = bool(it >= 3 and stale >= 2 and step_deg <= min_step + 1e-9
+                         and (np.isnan(dang) or dang <= 2 * min_step))
+        rec["converged"] = converged
+        history.append(rec)
+        if log:
+            log.info("iteration %d: box %d, compared to %.1f Å, FSC 0.143 %.2f Å, median Δangle %.2f°, %.1f s",
+                     it + 1, Lw, rec["compared_resolution_A"], res143, dang, rec["time_s"])
+        bar.set_postfix(res=f"{res143:.1f}Å", box=Lw)
+        bar.update()
+        if ck is not None:
+            ck.save("refine", {"rotations": rot, "origins_px": org, "noise": noise, "ref1": refs[0],
+                               "ref2": refs[1], "w1": _arr(weights[0]), "w2": _arr(weights[1])},
+                    k_lim=k_lim, step_deg=step_deg, shift_step=shift_step, history=history, iteration=it)
+    bar.close()
+    # final maps at full box, full map from all particles
+    imgs = _images_at(stack, L, st.batch_size, n_workers)
+    maps = _reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers)
+    full = _reconstruct(imgs, rot, org, ctf, px, np.arange(n), group, n_workers)
+    f = _fsc(maps[0], maps[1], px)
+    res = resolution_at(f, 0.143)
+    sol = user_mask if user_mask is not None else auto_solvent_mask(full, px)
+    fm = _fsc(maps[0], maps[1], px, mask=sol) if sol is not None else None
+    res_m = resolution_at(fm, 0.143) if fm is not None else None
+    origins_A = org * px
+    table = _output_table(stack, rot, origins_A, halves)
+    info = {"iterations": len(history), "time_s": round(time.perf_counter() - t_start, 2),
+            "cpu_s": round(time.process_time() - cpu_start, 2), "symmetry": st.symmetry,
+            "ctf": ctf is not None}
+    return RefineResult(full, tuple(maps), f, fm, sol, rot, origins_A, halves + 1, history, res, res_m, px,
+                        table, info)
+
+
+def _arr(w):
+    return np.zeros(0) if w is None else np.asarray(w)
+
+
+def _pad_to(vol, L):
+    from cryoprism.fourier.resample import upsample
+
+    return upsample(vol, L, ndim=3)[0].astype(np.float32)
+
+
+def _reference_mask(vol, px, sphere, user_mask, solvent):
+    if user_mask is not None:
+        return user_mask
+    if solvent:
+        m = auto_solvent_mask(vol, px)
+        if m is not None:
+            return m * sphere
+    return sphere
+
+
+def _reconstruct(imgs, rot, org_px, ctf, px, idx, group, n_workers):
+    from cryoprism.io.particles import ParticleStack
+
+    src = ParticleStack.from_arrays(imgs[idx], pixel_size_A=px, rotations=rot[idx],
+                                    origins_A=np.asarray(org_px[idx]) * px,
+                                    ctf=None if ctf is None else ctf.take(idx))
+    res = reconstruct_mean(src, regularization="auto", progress=False, n_workers=n_workers)
+    return symmetrize(res.volume, group).astype(np.float32)
+
+
+def _reconstruct_halves(imgs, rot, org_px, ctf, px, sel, group, n_workers):
+    return [_reconstruct(imgs, rot, org_px, ctf, px, s, group, n_workers) for s in sel]
+
+
+def _output_table(stack, rot, origins_A, halves) -> pd.DataFrame:
+    """The input table (rows and columns in order) with the refined pose columns set or appended."""
+    t = stack.table.copy() if getattr(stack, "table", None) is not None else pd.DataFrame(index=range(len(rot)))
+    a, b, c = matrix_to_euler(rot)
+    t["rlnAngleRot"], t["rlnAngleTilt"], t["rlnAnglePsi"] = a, b, c
+    t["rlnOriginXAngst"], t["rlnOriginYAngst"] = origins_A[:, 0], origins_A[:, 1]
+    t["rlnRandomSubset"] = halves + 1
+    for col in ("rlnOriginX", "rlnOriginY"):
+        if col in t.columns:  # RELION 3.0 pixel origins would contradict the new ones
+            t[col] = origins_A[:, 0 if col.endswith("X") else 1] / float(np.median(stack.pixel_sizes_A))
+    return t
