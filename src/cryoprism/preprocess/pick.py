@@ -1,7 +1,7 @@
 """Particle picking on micrographs: a reference-free blob picker and a template picker.
 
 Both pickers score every position of a micrograph with a matched filter in coloured noise and keep
-the local maxima of the score (see docs/preprocess_picking.md):
+the local maxima of the score (see docs/preprocess.md, "Picking"):
 
 1. **Working grid.** The micrograph is Fourier-cropped to a pixel size at which the particle
    diameter spans :data:`WORK_DIAMETER_PX` pixels (never finer than the input) and its mean removed.
@@ -52,7 +52,7 @@ MIN_DISTANCE_FRACTION = 0.8  # default minimum distance between picks, in diamet
 VARIANCE_WINDOW_DIAMETERS = 1.0
 VARIANCE_MIN_RATIO = 2.0  # and at least this factor off the median
 MIN_GAUSSIAN_Z = 2.0
-BLOB_SIGMA_FRACTION = 0.5  # LoG scale σ in particle radii (measured: docs/preprocess_picking.md)
+BLOB_SIGMA_FRACTION = 0.5  # LoG scale σ in particle radii (measured: docs/preprocess.md, "Picking")
 
 
 @dataclass
