@@ -144,7 +144,7 @@ def em_pass(source, volumes, gamma: np.ndarray, proportions: np.ndarray, noise_v
     return new_gamma, out[0], out[1], out[2]
 
 
-def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, maxiter: int = 20,
+def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, maxiter: int = 15,
            regularization: float = 1e-3):
     """Class volumes ``μ + Δ_c`` from the per-class, per-half sums of :func:`em_pass`.
 
@@ -180,14 +180,14 @@ def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, m
 
 
 def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float, *, box: int | None = None,
-                   max_iterations: int = 8, tol: float = 1e-3, seed: int = 0, n_workers: int | None = None,
+                   max_iterations: int = 6, tol: float = 1e-3, seed: int = 0, n_workers: int | None = None,
                    progress: bool = True) -> ClassRefinement:
     """ML 3-D classification with fixed poses, started from ``labels``.
 
     ``source``: a :class:`cryoprism.reconstruct.Source` (images at the full box ``L``, poses, origins,
     CTF). ``noise_var``: white-noise variance per pixel of the ``L × L`` images (the background
     estimate). ``box``: work on images Fourier-cropped to ``box`` (default ``L``: full resolution).
-    Stops when the log-likelihood gains less than ``tol`` per particle, when fewer than 0.05 % of the
+    Stops when the log-likelihood gains less than ``tol`` per particle, when fewer than 0.1 % of the
     labels change, or after ``max_iterations`` E-steps.
     """
     L = int(source.L)
@@ -214,6 +214,6 @@ def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float,
         new = np.argmax(gamma, 1)
         changed = float(np.mean(new != lab))
         lab = new
-        if changed < 5e-4 or (len(lls) > 1 and lls[-1] - lls[-2] < tol * n):
+        if changed < 1e-3 or (len(lls) > 1 and lls[-1] - lls[-2] < tol * n):
             break
     return ClassRefinement(lab, gamma, vols, pi, lls, it, box, {"sigma2_box": sigma2})
