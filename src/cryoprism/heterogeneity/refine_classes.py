@@ -29,14 +29,13 @@ from cryoprism.parallel import map_reduce
 from cryoprism.parallel.core import batch_ranges, default_workers
 from cryoprism.reconstruct.mean import (
     apply_kernel,
+    auto_batch_size,
     kernel_from_spatial,
     kernel_spatial,
     solve_mean,
     wiener_regularization,
 )
 
-#: particles per batch of the classification passes
-BATCH = 512
 #: responsibilities below this are left out of a class's normal equations
 MIN_WEIGHT = 1e-4
 
@@ -139,7 +138,9 @@ def em_pass(source, volumes, gamma: np.ndarray, proportions: np.ndarray, noise_v
                 acc[2] += K
         return acc
 
-    out = map_reduce(job, batch_ranges(n, BATCH), add, initial=[], n_workers=workers, desc="3-D classes",
+    # large batches: each (class, half) costs one fine-grid FFT per batch for its kernel
+    batches = batch_ranges(n, auto_batch_size(n, box, workers))
+    out = map_reduce(job, batches, add, initial=[], n_workers=workers, desc="3-D classes",
                      progress=progress)
     return new_gamma, out[0], out[1], out[2]
 
