@@ -181,7 +181,7 @@ def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, m
 
 
 def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float, *, box: int | None = None,
-                   max_iterations: int = 6, tol: float = 1e-3, seed: int = 0, n_workers: int | None = None,
+                   max_iterations: int = 15, tol: float = 1e-3, seed: int = 0, n_workers: int | None = None,
                    progress: bool = True) -> ClassRefinement:
     """ML 3-D classification with fixed poses, started from ``labels``.
 
