@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from cryoprism.cli.common import JSON_OPTION, emit
@@ -123,7 +124,7 @@ def register(app: typer.Typer) -> None:
             "particles": stack.n, "box": stack.box, "pixel_size_A": px, "n_res": N,
             "method": res.covariance.method, "cg_iterations": res.covariance.iterations,
             "states": res.n_states, "states_from_gap": res.states.n_states,
-            "state_confidence": res.states.confidence,
+            "state_confidence": None if np.isnan(res.states.confidence) else res.states.confidence,
             **state_figures(res),
             "gap_ratios": [float(g) for g in res.states.gaps[:5]],
             "eigenvalues": [float(x) for x in res.covariance.eigenvalues[:8]],
