@@ -55,8 +55,10 @@ def fourth_state(vols):
     return vols[1] * (1.0 - w)
 
 
-def simulate(vols, px, n, snr, seed=0, n_defocus=7):
-    """Images ``(n, L, L)`` float32, rotations, CTFParams, labels, noise variance, clean projections."""
+def simulate(vols, px, n, snr, seed=0, n_defocus=7, sigma2=None):
+    """Images ``(n, L, L)`` float32, rotations, CTFParams, labels, noise variance, clean projections.
+
+    ``sigma2``: the noise variance per pixel (default: the one giving ``snr`` = SNR_het)."""
     from cryoprism.ctf.model import CTFParams, ctf_2d
     from cryoprism.forward import project
     from cryoprism.geometry import uniform_rotations
@@ -79,7 +81,8 @@ def simulate(vols, px, n, snr, seed=0, n_defocus=7):
         sel = clean[lab[a:b], np.arange(a, b)]
         het_power += float(np.sum((sel - pm) ** 2))
     het_power /= n
-    sigma2 = het_power / (snr * L * L)
+    if sigma2 is None:
+        sigma2 = het_power / (snr * L * L)
     imgs = clean[lab, np.arange(n)] + rng.standard_normal((n, L, L)).astype(np.float32) * np.sqrt(sigma2)
     return imgs.astype(np.float32), rot, ctf, lab, sigma2, clean
 
@@ -102,13 +105,15 @@ def oracle_accuracy(imgs, clean, lab, N):
     return correct / n
 
 
-def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruct=True, cg_iterations=10):
+def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruct=True, cg_iterations=10,
+             sigma2=None):
     from cryoprism.heterogeneity.classify import matched_accuracy
     from cryoprism.heterogeneity.pipeline import analyze
     from cryoprism.io import ParticleStack
 
-    imgs, rot, ctf, lab, sigma2, clean = simulate(vols, px, n, snr, seed)
+    imgs, rot, ctf, lab, sigma2, clean = simulate(vols, px, n, snr, seed, sigma2=sigma2)
     orc = oracle_accuracy(imgs, clean, lab, n_res)
+    orc32 = oracle_accuracy(imgs, clean, lab, min(32, imgs.shape[-1]))
     del clean
     t0 = time.perf_counter()
     src = ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=rot, ctf=ctf)
@@ -118,10 +123,20 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
     C = res.n_states
     acc = matched_accuracy(lab, res.labels)
     lam = res.covariance.eigenvalues
+    t = res.state_test
+    test = {} if t is None else {
+        "state_test": t.summary(), "p_values": [float(f"{x:.3g}") for x in t.p_values[:6]],
+        "states_from_eigenvalues": t.n_states_eig, "states_from_bic": t.n_states_bic,
+        "heldout_eigenvalues": [round(float(x), 4) for x in t.eigenvalues[:6]],
+        "null_top_mean_sd": [round(float(t.null_top.mean()), 4), round(float(t.null_top.std(ddof=1)), 4)]}
+    sub = res.labels_subspace
     return {
-        "n": n, "L": int(vols.shape[-1]), "true_states": int(vols.shape[0]), "snr_het": snr,
+        "n": n, "L": int(vols.shape[-1]), "true_states": int(vols.shape[0]), "snr_het": snr, **test,
+        "accuracy_subspace": matched_accuracy(lab, sub) if sub is not None else None,
+        "oracle_accuracy_nres32": orc32,
+        "refine_iterations": res.refinement.iterations if res.refinement is not None else 0,
         "n_res": n_res, "method": res.covariance.method, "cg_iterations": res.covariance.iterations,
-        "states_found": C, "state_count_confidence": res.states.confidence,
+        "states_found": C,
         "gap_ratios": [round(float(g), 3) for g in res.states.gaps[:4]],
         "eigenvalues": [float(x) for x in lam[:6]],
         "accuracy": acc, "accuracy_gmm_only": matched_accuracy(lab, res.labels_gmm),
@@ -130,6 +145,22 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
         "seconds": round(wall, 2), "cpu_seconds": round(res.timings.get("cpu_s", float("nan")), 1),
         "timings": {k: round(v, 2) for k, v in res.timings.items()},
     }
+
+
+def null_runs(vols, px, n, snrs, realisations):
+    """Single-state data (``vols[0]``) with the noise of the two-state set at each SNR_het: how often
+    the defaults report one state."""
+    out = {}
+    for snr in snrs:
+        *_, sigma2, _ = simulate(vols[:2], px, min(n, 2000), snr, 0)
+        found = []
+        for r in range(realisations):
+            c = run_case(vols[:1], px, n, snr, 17, "lowrank", seed=1000 + r, reconstruct=False, sigma2=sigma2)
+            found.append(c["states_found"])
+            print("null", snr, r, c.get("state_test"), file=sys.stderr, flush=True)
+        out[f"snr{snr}"] = {"realisations": realisations, "one_state": int(sum(f == 1 for f in found)),
+                            "states_found": found, "n": n}
+    return out
 
 
 def _case(out, name, *args, **kw):
@@ -143,14 +174,24 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="run only the case with this name")
     ap.add_argument("--sweep", action="store_true",
                     help="2, 3 and 4 states against SNR_het: states found from the gap, accuracy, oracle")
+    ap.add_argument("--n", type=int, default=10000, help="particles per case of --sweep / --null")
+    ap.add_argument("--snrs", default="0.002,0.005,0.01,0.02,0.05", help="SNR_het values of --sweep / --null")
+    ap.add_argument("--states", default="2,3,4", help="numbers of states of --sweep")
+    ap.add_argument("--null", type=int, default=0,
+                    help="false positives: this many noise realisations of single-state data (vol_018) at "
+                         "the noise level of the two-state set at each SNR_het; counts '1 state'")
     args = ap.parse_args(argv)
     out = {"benchmark": "heterogeneity", "cores": len(os.sched_getaffinity(0)), "cases": {}}
     vols3, px = load_states(3)
     vols4 = np.concatenate([vols3, fourth_state(vols3)[None]])
     t0 = time.perf_counter()
-    if args.sweep:
-        cases = {f"{c}_states_snr{snr}": ((vols4[:c], px, 10000, snr, 17, "lowrank"), {"reconstruct": False})
-                 for c in (2, 3, 4) for snr in (0.002, 0.005, 0.01, 0.02, 0.05)}
+    snrs = [float(x) for x in args.snrs.split(",")]
+    if args.null:
+        out["null"] = null_runs(vols4, px, args.n, snrs, args.null)
+        cases = {}
+    elif args.sweep:
+        cases = {f"{c}_states_snr{snr}": ((vols4[:c], px, args.n, snr, 17, "lowrank"), {"reconstruct": False})
+                 for c in map(int, args.states.split(",")) for snr in snrs}
     elif args.quick:
         cases = {"two_states_nres17_quick": ((vols3[:2], px, 2000, 0.02, 17, "lowrank"), {})}
     else:

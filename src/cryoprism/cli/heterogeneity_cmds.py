@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from cryoprism.cli.common import JSON_OPTION, finish
@@ -26,7 +27,9 @@ def register(app: typer.Typer) -> None:
                                                   help="Resolution limit in Å instead of --nres: "
                                                        "N_res = ceil(2 · box · pixel size / limit)."),
         classes: str = typer.Option("auto", "--classes",
-                                    help="Number of states C, or 'auto' (from the eigenvalue gap)."),
+                                    help="Number of states C, or 'auto': the eigenvalues significant "
+                                         "in a split-sample test against pure noise (p < 0.001) bound "
+                                         "the count, the BIC of the state mixture picks it."),
         method: str = typer.Option("lowrank", "--method",
                                    help="lowrank: matrix-free subspace estimator (any N_res; the "
                                         "default); cg: the dense covariance of Andén, Katsevich & Singer "
@@ -53,10 +56,12 @@ def register(app: typer.Typer) -> None:
 
         Reads PARTICLES (poses and CTF known). Estimates the noise variance (background pixels), the
         mean volume, the 3-D covariance at N_res (Andén, Katsevich & Singer 2015) and its eigenvolumes,
-        the number of states C from the spectral gap (with a bootstrap confidence), per-particle
-        coordinates and classes (Gaussian mixture, then per-particle EM), and class volumes at full
-        resolution. Writes into OUT: eigenvalues.csv (eigenvalue, gap ratio λ_k/λ_{k+1}), coords.csv
-        (α per particle, class), classes.star (the input rows and columns with rlnClassNumber set),
+        the number of states C (a p-value per eigenvalue from a split-sample test against pure noise,
+        then the BIC of the state mixture), per-particle coordinates and classes (Gaussian mixture,
+        per-particle EM), then classes refined by maximum-likelihood 3-D classification at the full
+        box with the poses fixed, whose class volumes are written. Writes into OUT: eigenvalues.csv
+        (eigenvalue, gap ratio λ_k/λ_{k+1}), coords.csv (α per particle, class), classes.star (the
+        input rows and columns with rlnClassNumber set),
         class_NN.star (each class, ready for refinement), class_NN.mrc (class volumes, Å/px of the
         input), eigvol_NN.mrc (unit-norm eigenvolumes on the full box), report.png. Checkpoints
         (mean, covariance kernel and CG state, range finder, class volumes) go to OUT/checkpoints;
@@ -101,7 +106,8 @@ def register(app: typer.Typer) -> None:
             "particles": stack.n, "box": stack.box, "pixel_size_A": px, "n_res": N,
             "method": res.covariance.method, "cg_iterations": res.covariance.iterations,
             "states": res.n_states, "states_from_gap": res.states.n_states,
-            "state_confidence": res.states.confidence,
+            "state_confidence": None if np.isnan(res.states.confidence) else res.states.confidence,
+            **state_figures(res),
             "gap_ratios": [float(g) for g in res.states.gaps[:5]],
             "eigenvalues": [float(x) for x in res.covariance.eigenvalues[:8]],
             "class_sizes": [int((res.labels == k).sum()) for k in range(res.n_states)],
@@ -111,11 +117,19 @@ def register(app: typer.Typer) -> None:
         }
 
     def _human(res, stack, N, out, figures):
+        test = res.state_test.summary() if res.state_test is not None else "number of states given"
         return (f"{stack.n} particles, N_res {N} ({res.covariance.method}): {res.n_states} class(es); "
-                 f"{res.states.n_states} state(s) from the gap (λ_k/λ_k+1 = "
-                 f"{max(figures['gap_ratios'] or [0]):.2f}, bootstrap agreement "
-                 f"{figures['state_confidence']:.2f}); class sizes {figures['class_sizes']}; "
-                 f"outputs in {out}")
+                f"{test}; class sizes {figures['class_sizes']}; outputs in {out}")
+
+    def state_figures(res) -> dict:
+        t, r = res.state_test, res.refinement
+        out = {}
+        if t is not None:
+            out.update({"state_test": t.summary(), "p_values": [float(x) for x in t.p_values],
+                        "states_from_eigenvalues": t.n_states_eig, "states_from_bic": t.n_states_bic})
+        if r is not None:
+            out.update({"refine_iterations": r.iterations, "refine_box": r.box})
+        return out
 
     def _relocated(star, out: Path):
         import copy

@@ -18,6 +18,8 @@ from cryoprism.heterogeneity.covariance import (
     estimate_mean,
 )
 from cryoprism.heterogeneity.data import HetData, compute_residuals, prepare
+from cryoprism.heterogeneity.refine_classes import refine_classes
+from cryoprism.heterogeneity.states import choose_by_bic, split_test
 from cryoprism.io.particles import ParticleSource
 
 
@@ -34,7 +36,10 @@ class HeterogeneityResult:
     class_volumes: list = field(default_factory=list)  # full resolution (L³), one per class
     timings: dict = field(default_factory=dict)
     labels_gmm: np.ndarray | None = None  # Gaussian-mixture labels before the per-particle EM
-    n_classes: int | None = None  # classes used (the gap's choice, or the number asked for)
+    n_classes: int | None = None  # classes used (the test's choice, or the number asked for)
+    refinement: object | None = None  # refine_classes.ClassRefinement (full-resolution 3-D classes)
+    labels_subspace: np.ndarray | None = None  # labels of the covariance-space EM, before refinement
+    state_test: object | None = None  # states.StateTest (the calibrated count; None with --classes C)
 
     @property
     def n_states(self) -> int:
@@ -52,22 +57,25 @@ def resolve_nres(L: int, pixel_size_A: float, n_res: int | None, max_res_A: floa
 
 def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", classes: int | str = "auto",
             cg_iterations: int = 10,
-            max_states: int = 8, block: int = 8, steps: int = 3, n_boot: int = 20, wiener: bool = True,
+            max_states: int = 8, block: int = 8, steps: int = 3, n_boot: int = 0, wiener: bool = True,
             reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
             progress: bool = True, max_full_bytes: float = 2e9,
             oversample: float | None = None, job=None, star=None,
-            support_radius: float | None = 1.0) -> HeterogeneityResult:
+            support_radius: float | None = 1.0, refine_full: bool = True) -> HeterogeneityResult:
     """Run the heterogeneity analysis on the particles of ``source`` (``io.ParticleSource`` with poses).
 
     ``method``: ``lowrank`` (matrix-free subspace estimator, the default: it runs at any ``N_res`` and
     measured better gaps and accuracy than the dense path wherever both ran) or ``cg`` (the dense estimator
     of Andén, Katsevich & Singer 2015, with the 6-D Toeplitz kernel, ``N_res`` ≤ ~10 within
-    ``max_full_bytes``). ``classes``: ``auto`` (from the spectral gap) or a number of states.
+    ``max_full_bytes``). ``classes``: ``auto`` (from the split-sample eigenvalue test and the BIC of the
+    state mixture, :mod:`cryoprism.heterogeneity.states`) or a number of states. ``n_boot``: bootstrap
+    replicates of the old gap rule's agreement (0: not computed).
     ``reconstruct``: per-class volumes at full resolution (CG mean with the class's particles).
     ``oversample``: volume grid / band ratio (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows
     as the sixth power of the grid). ``support_radius``: the covariance is estimated inside the ball of this
     radius, a fraction of half the box (1.0: the inscribed ball; None: the whole cube); the particle must
-    lie inside it.
+    lie inside it. ``refine_full``: refine the classes by maximum-likelihood 3-D classification at the full
+    box (poses fixed, :mod:`cryoprism.heterogeneity.refine_classes`); its class volumes are the outputs.
 
     ``job`` (:class:`cryoprism.io.job.Job`): keep checkpoints in it (mean normal equations and CG, the
     dense 6-D kernel up to ~1 GB, range-finder blocks, Galerkin statistics, covariance CG state,
@@ -122,7 +130,12 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
     t1 = time.perf_counter()
     states = count_states(lam, system, max_states=max_states, n_boot=n_boot, maxiter=cg_iterations,
                           seed=seed)
-    C = states.n_states if classes == "auto" else int(classes)
+    test = None
+    if classes == "auto":
+        test = split_test(d, A, max_states=max_states, seed=seed, support_radius=support_radius,
+                          n_workers=n_workers, progress=progress)
+        choose_by_bic(test, system, Q, lam, d.noise_var, wiener=wiener, seed=seed)
+    C = test.n_states if classes == "auto" else int(classes)
     r = max(C - 1, 1)
     alpha = coordinates(system.G, system.c, Q[:, :r], lam[:r], d.noise_var, wiener=wiener)
     labels, _ = gmm_classes(alpha, C, seed)
@@ -133,7 +146,17 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
         labels, _, _ = subspace_em(H, system.c @ Qr, d.noise_var, labels, C)
     t["classify_s"] = time.perf_counter() - t1
     res = HeterogeneityResult(d, A.mean, cov, states, alpha, labels, [], t, labels_gmm, C)
-    if reconstruct:
+    res.state_test = test
+    if C > 1 and refine_full:
+        t1 = time.perf_counter()
+        res.labels_subspace = labels
+        res.refinement = refine_classes(source, labels, C, d.info["noise_var_L"], seed=seed,
+                                        n_workers=n_workers, progress=progress)
+        res.labels = labels = res.refinement.labels
+        if res.refinement.box == source.box:
+            res.class_volumes = list(res.refinement.volumes)
+        t["refine_classes_s"] = time.perf_counter() - t1
+    if reconstruct and not res.class_volumes:
         t1 = time.perf_counter()
         res.class_volumes = class_reconstructions(source, labels, C, n_workers=n_workers,
                                                   progress=progress, checkpoints=ck)

@@ -1,0 +1,222 @@
+"""Classes refined at full resolution: maximum-likelihood 3-D classification with the poses fixed.
+
+Starting from the labels of the covariance-space mixture, EM over the discrete states with each
+particle's own imaging operator at the full box (or a Fourier-cropped ``box``):
+
+* E-step: ``log p(y_s | c) = −‖y_s − M_s X_c‖² / 2σ² + const`` (white noise of variance ``σ²`` per
+  pixel, CTF and origin in ``M_s``), responsibilities ``γ_sc ∝ π_c p(y_s | c)``;
+* M-step: ``π_c = mean_s γ_sc`` and each class volume ``X_c = μ + Δ_c`` from the weighted normal
+  equations ``(Σ_s γ_sc M_sᵀM_s + Λ_c) Δ_c = Σ_s γ_sc M_sᵀ(y_s − M_s μ)`` (the Toeplitz kernel and
+  back-projection of :mod:`cryoprism.reconstruct`), with a Gaussian prior on the class difference
+  ``Δ_c`` whose power spectrum comes from the cross power of the two half-set estimates
+  (:func:`cryoprism.reconstruct.mean.wiener_regularization`): frequencies where the classes do not
+  differ measurably stay at the common mean and add no noise to the next E-step.
+
+Iterates until the log-likelihood gains less than ``tol`` per particle or the labels stop changing.
+Derivation and measured accuracy: docs/heterogeneity.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cryoprism.forward import backproject, project
+from cryoprism.fourier.resample import downsample
+from cryoprism.parallel import map_reduce
+from cryoprism.parallel.core import batch_ranges, default_workers
+from cryoprism.reconstruct.mean import (
+    apply_kernel,
+    auto_batch_size,
+    kernel_from_spatial,
+    kernel_spatial,
+    solve_mean,
+    wiener_regularization,
+)
+
+#: responsibilities below this are left out of a class's normal equations
+MIN_WEIGHT = 1e-4
+
+
+@dataclass
+class ClassRefinement:
+    """Result of :func:`refine_classes` (volumes at ``box``, the input's pixel size × L / box)."""
+
+    labels: np.ndarray  # (n,) 0..C−1
+    responsibilities: np.ndarray  # (n, C)
+    volumes: np.ndarray  # (C, box, box, box) float32
+    proportions: np.ndarray  # (C,)
+    log_likelihood: list = field(default_factory=list)  # per E-step, summed over particles (+ const)
+    iterations: int = 0
+    box: int = 0
+    info: dict = field(default_factory=dict)
+
+
+def _batch_at_box(source, a: int, b: int, box: int):
+    """Images, rotations, origins (px of ``box``) and CTF grid of particles ``a:b`` Fourier-cropped to
+    ``box``."""
+    bt = source.batch(np.arange(a, b))
+    L = source.box
+    im, rot, ctf = bt.images, bt.rotations, bt.ctf_grid(np.float32)
+    org = np.asarray(bt.origins_A, np.float64) / float(source.pixel_size_A)  # pixels of the L box
+    if box == L:
+        return np.asarray(im, np.float32), rot, org, ctf
+    im = downsample(np.asarray(im, np.float32), box)[0]
+    if org is not None:
+        org = np.asarray(org, np.float64) * box / L
+    if ctf is not None:
+        lo = L // 2 - box // 2
+        ctf = np.asarray(ctf)[..., lo:lo + box, lo:lo + box]
+    return im, rot, org, ctf
+
+
+def _log_likelihoods(volumes, im, rot, org, ctf, noise_var: float, nthreads: int) -> np.ndarray:
+    """``−(‖M_s X_c‖² − 2⟨M_s X_c, y_s⟩) / 2σ²`` for each particle and class: ``(b, C)``."""
+    y = np.asarray(im, np.float64)
+    out = np.empty((y.shape[0], len(volumes)))
+    for c, v in enumerate(volumes):
+        p = project(np.asarray(v, np.float32), rot, org, ctf, nthreads=nthreads).astype(np.float64)
+        out[:, c] = -(np.sum(p * p, axis=(1, 2)) - 2 * np.sum(p * y, axis=(1, 2))) / (2 * noise_var)
+    return out
+
+
+def _posteriors(ll: np.ndarray, log_pi: np.ndarray):
+    """Responsibilities ``(b, C)`` and per-particle log marginal likelihoods ``(b,)``."""
+    z = ll + log_pi[None]
+    mx = z.max(1, keepdims=True)
+    e = np.exp(z - mx)
+    s = e.sum(1, keepdims=True)
+    return e / s, (mx + np.log(s))[:, 0]
+
+
+def em_pass(source, volumes, gamma: np.ndarray, proportions: np.ndarray, noise_var: float, box: int,
+            halves: np.ndarray, *, n_workers: int | None = None, progress: bool = True):
+    """One pass over the particles: E-step against ``volumes`` (skipped when None: ``gamma`` is used),
+    then the M-step sums per class and half-set.
+
+    Returns ``(gamma (n, C), log-likelihood sum, rhs (C, 2, box³), K (C, 2, (2 box)³))`` where ``rhs``
+    and ``K`` are the back-projections ``Σ γ_sc M_sᵀ y_s`` and Toeplitz kernels of ``Σ γ_sc M_sᵀM_s``.
+    """
+    n = source.n
+    C = gamma.shape[1]
+    workers = n_workers or default_workers()
+    nt = 1 if workers > 1 else 0
+    log_pi = np.log(np.maximum(proportions, 1e-12))
+    new_gamma = np.empty_like(gamma)
+
+    def job(r):
+        a, b = r
+        im, rot, org, ctf = _batch_at_box(source, a, b, box)
+        if volumes is None:
+            g, ll = gamma[a:b], np.zeros(b - a)
+        else:
+            g, ll = _posteriors(_log_likelihoods(volumes, im, rot, org, ctf, noise_var, nt), log_pi)
+        rhs = np.zeros((C, 2, box, box, box))
+        K = np.zeros((C, 2) + (2 * box,) * 3, np.float32)
+        h = halves[a:b]
+        for c in range(C):
+            for q in range(2):
+                sel = np.flatnonzero((h == q) & (g[:, c] > MIN_WEIGHT))
+                if sel.size == 0:
+                    continue
+                w = g[sel, c]
+                cs = None if ctf is None else ctf[sel]
+                os_ = None if org is None else org[sel]
+                rhs[c, q] = backproject(im[sel] * w[:, None, None].astype(np.float32), rot[sel], os_, cs,
+                                        nthreads=nt)
+                K[c, q] = kernel_spatial(rot[sel], box, cs, weights=w, nthreads=nt)
+        return [(a, g, float(ll.sum()), rhs, K)]
+
+    def add(acc, v):
+        for a, g, ll, rhs, K in v:
+            new_gamma[a:a + g.shape[0]] = g
+            if not acc:
+                acc.extend([ll, rhs, K])
+            else:
+                acc[0] += ll
+                acc[1] += rhs
+                acc[2] += K
+        return acc
+
+    # large batches: each (class, half) costs one fine-grid FFT per batch for its kernel
+    batches = batch_ranges(n, auto_batch_size(n, box, workers))
+    out = map_reduce(job, batches, add, initial=[], n_workers=workers, desc="3-D classes",
+                     progress=progress)
+    return new_gamma, out[0], out[1], out[2]
+
+
+def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, maxiter: int = 15,
+           regularization: float = 1e-3):
+    """Class volumes ``μ + Δ_c`` from the per-class, per-half sums of :func:`em_pass`.
+
+    The common mean ``μ`` is the least-squares volume of all particles (``Σ_c`` of the sums, scalar
+    ``λ = regularization · max K̂``); each class difference solves ``(K_c + Λ_c) Δ_c = rhs_c − K_c μ``
+    with ``Λ_c`` the Wiener multipliers of the cross power of its two half-set differences.
+    ``previous``: ``(μ, Δ (C, …))`` to start CG from. Returns ``(volumes (C, …), μ, Δ)``.
+    """
+    C = rhs.shape[0]
+    kh = [[kernel_from_spatial(K[c, q]) for q in range(2)] for c in range(C)]
+    full = [kh[c][0] + kh[c][1] for c in range(C)]
+    total = full[0]
+    for c in range(1, C):
+        total = total + full[c]
+    lam = regularization * float(np.abs(total.kernel_hat).max())
+    mu0 = None if previous is None else previous[0]
+    mu, _ = solve_mean(total, rhs.sum(axis=(0, 1)), lam, 1e-6, maxiter, x0=mu0)
+    deltas = []
+    for c in range(C):
+        d0 = None if previous is None else previous[1][c]
+        half = []
+        for q in range(2):
+            b = rhs[c, q] - apply_kernel(kh[c][q], mu)
+            lq = regularization * float(np.abs(kh[c][q].kernel_hat).max())
+            x, _ = solve_mean(kh[c][q], b, lq, 1e-6, maxiter // 2, x0=d0)
+            half.append(x)
+        Lam = wiener_regularization(half[0], half[1], noise_var)
+        b = rhs[c].sum(0) - apply_kernel(full[c], mu)
+        x, _ = solve_mean(full[c], b, Lam, 1e-6, maxiter, x0=d0)
+        deltas.append(x)
+    deltas = np.stack(deltas)
+    return (mu[None] + deltas).astype(np.float32), mu, deltas
+
+
+def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float, *, box: int | None = None,
+                   max_iterations: int = 15, tol: float = 1e-3, seed: int = 0, n_workers: int | None = None,
+                   progress: bool = True) -> ClassRefinement:
+    """ML 3-D classification with fixed poses, started from ``labels``.
+
+    ``source``: the particles (``io.ParticleSource``: images at the full box ``L``, poses, origins,
+    CTF). ``noise_var``: white-noise variance per pixel of the ``L × L`` images (the background
+    estimate). ``box``: work on images Fourier-cropped to ``box`` (default ``L``: full resolution).
+    Stops when the log-likelihood gains less than ``tol`` per particle, when fewer than 0.1 % of the
+    labels change, or after ``max_iterations`` E-steps.
+    """
+    L = int(source.box)
+    box = int(min(L, box or L))
+    n = int(source.n)
+    C = int(n_classes)
+    sigma2 = float(noise_var) * (box / L) ** 2
+    halves = np.random.default_rng(seed).permutation(n) % 2
+    gamma = np.zeros((n, C))
+    gamma[np.arange(n), np.asarray(labels, np.int64)] = 1.0
+    pi = np.maximum(gamma.mean(0), 1.0 / n)
+    lab = np.asarray(labels, np.int64)
+    vols, prev, lls = None, None, []
+    it = 0
+    for it in tqdm(range(max_iterations + 1), desc="3-D classification", disable=not progress, leave=False):
+        gamma, ll, rhs, K = em_pass(source, vols, gamma, pi, sigma2, box, halves, n_workers=n_workers,
+                                    progress=False)
+        pi = np.maximum(gamma.mean(0), 1.0 / n)
+        vols, mu, deltas = m_step(rhs, K, sigma2, prev)
+        prev = (mu, deltas)
+        if it == 0:
+            continue
+        lls.append(ll)
+        new = np.argmax(gamma, 1)
+        changed = float(np.mean(new != lab))
+        lab = new
+        if changed < 1e-3 or (len(lls) > 1 and lls[-1] - lls[-2] < tol * n):
+            break
+    return ClassRefinement(lab, gamma, vols, pi, lls, it, box, {"sigma2_box": sigma2})
