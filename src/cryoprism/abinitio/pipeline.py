@@ -153,7 +153,7 @@ def reconstruction_mixture(images, pixel_size_A: float, rotations, K: int, *, ct
     L = images.shape[-1]
     org = None if shifts_A is None else -np.asarray(shifts_A, dtype=np.float64) / pixel_size_A
     vol = np.asarray(reconstruct_mean(images, rotations, org, ctf, pixel_size_A, regularization="auto",
-                                      progress=False).volume, dtype=np.float64)
+                                      mask_radius_px=None, progress=False).volume, dtype=np.float64)
     bg = vol[spherical_mask(L, L // 2 - 2) == 0]
     thr = float(np.median(bg) + threshold_sd * bg.std())
     return fit_mixture_em(vol, pixel_size_A, K, n_iter=n_iter, threshold=thr, rng=rng)

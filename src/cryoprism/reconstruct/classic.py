@@ -218,14 +218,15 @@ def reconstruct_wbp(data, rotations=None, origins_px=None, ctf=None, pixel_size_
 def reconstruct(data, rotations=None, origins_px=None, ctf=None, pixel_size_A=None, *, method: str = "cg",
                 regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
-                scheduler: str | None = None, seed: int = 0, mask_radius_px: float | None = None,
+                scheduler: str | None = None, seed: int = 0, mask_radius_px: float | str | None = "auto",
                 eps: float | None = None, progress: bool = True, checkpoint_dir=None,
                 resume: bool = False) -> MeanResult:
     """Reconstruct by ``method``: ``"cg"`` (least squares, default), ``"fourier"`` (direct Fourier
     inversion), ``"wbp"`` (weighted back-projection), ``"sirt"`` (``maxiter`` Landweber steps).
 
     Arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
-    ``mask_radius_px``, ``eps``, ``checkpoint_dir`` and ``resume`` apply to ``"cg"`` only;
+    ``mask_radius_px`` — default ``"auto"``, the particle's ball chosen from the data —, ``eps``,
+    ``checkpoint_dir`` and ``resume`` apply to ``"cg"`` only;
     ``batch_size`` None = automatic).
     """
     common = dict(rotations=rotations, origins_px=origins_px, ctf=ctf, pixel_size_A=pixel_size_A,
