@@ -12,8 +12,8 @@ parsing); each stage writes through its own :class:`cryoprism.io.job.Job` in a f
 5. ``classify2d/``    — MFVDM neighbours, class averages and denoised images,
 6. ``abinitio/``      — a Gaussian-mixture initial model from a subset of particles (HMC with CTF),
 7. ``micrograph/``    — reconstruction straight from simulated micrographs (approximate EM) of a
-   larger specimen, a four-copy assembly of the two adenylate-kinase models (≈ 86 kDa, ≈ 90 Å
-   across), where the method works; the 21 kDa monomer at this scale is where it stops working
+   larger specimen, a four-copy assembly of the two adenylate-kinase models (4 × 214 residues,
+   ≈ 94 kDa, ≈ 90 Å across), where the method works; the 21 kDa monomer at this scale is where it stops working
    (docs/micrograph_em.md §11), which the report states,
 8. ``report/``        — ``index.html`` with FSC curves, spectra, class histograms, galleries, slices, timings.
 
@@ -274,7 +274,7 @@ def run_demo(out_dir, settings: DemoSettings | None = None, stages: list[str] | 
         cfg = RunConfig(L=s.mic_box, ell_max=5, n_rotations=s.mic_rotations, iterations=tuple(s.mic_iterations),
                         seed=s.seed)
         em = run_pipeline(mics, job.path("em"), cfg, init_path=ipath, truth_path=tpath, log=job.log.info)
-        return {"particles": int(len(sim.coordinates)), "specimen_kDa": round(float(len(z)) * 0.0136, 1),
+        return {"particles": int(len(sim.coordinates)), "atoms": int(len(z)), "copies": len(ASSEMBLY),
                 "extent_A": [round(float(e), 1) for e in np.ptp(xyz, axis=0)],
                 "em": {k: v for k, v in em.items() if not isinstance(v, (list, dict))}}
 
