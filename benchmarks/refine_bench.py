@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore")
 from cryoprism.forward import simulate_particles  # noqa: E402
 from cryoprism.geometry import angular_distance_deg, euler_to_matrix  # noqa: E402
 from cryoprism.image.filters import lowpass  # noqa: E402
-from cryoprism.io import read_particles, read_star, write_mrc, write_star  # noqa: E402
+from cryoprism.io import ParticleStack, read_particles, read_star, write_mrc, write_star  # noqa: E402
 from cryoprism.io.mrc import read_mrc  # noqa: E402
 from cryoprism.metrics import fsc, resolution_at  # noqa: E402
 from cryoprism.reconstruct import reconstruct_mean  # noqa: E402
@@ -206,7 +206,6 @@ def two_state(a, vol, px, out: Path):
     route (refine → heterogeneity) on the same particles and poses."""
     from cryoprism.heterogeneity.classify import matched_accuracy
     from cryoprism.heterogeneity.pipeline import analyze, resolve_nres
-    from cryoprism.reconstruct import as_source
     from cryoprism.refine.classify import classify3d
 
     v2, _ = read_mrc(a.two_state)
@@ -230,7 +229,8 @@ def two_state(a, vol, px, out: Path):
     res["class3d"] = {"accuracy": matched_accuracy(sim.states, cl.labels), "iterations": len(cl.iterations),
                       "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     t0, c0 = time.perf_counter(), time.process_time()
-    src = as_source(stack, rotations=r.rotations, origins_px=r.origins_A / px)
+    src = ParticleStack.from_arrays(stack.images(), pixel_size_A=px, rotations=r.rotations, origins_A=r.origins_A,
+                                    ctf=stack.ctf_params() if stack.has_ctf else None)
     het = analyze(src, resolve_nres(vol.shape[0], px, None, None), classes=2, progress=False)
     res["covariance"] = {"accuracy": matched_accuracy(sim.states, het.labels),
                          "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}

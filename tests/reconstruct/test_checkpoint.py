@@ -92,7 +92,7 @@ def _job(folder, every_s=None, resume=False):
 
 def test_resume_to_6_equals_uninterrupted_6(particles, tmp_path, monkeypatch):
     imgs, A, org, p, px = particles
-    kw = dict(regularization=0.0, tol=0.0, progress=False)
+    kw = dict(regularization=0.0, tol=0.0, mask_radius_px=None, progress=False)  # CG mechanics: no pilots
     ref = reconstruct_mean(_src(imgs, A, org, p, px), maxiter=6, **kw)
     assert ref.iterations == 6
     ck = tmp_path / "ck"
@@ -110,7 +110,7 @@ def test_resume_to_6_equals_uninterrupted_6(particles, tmp_path, monkeypatch):
 
 def test_keyboard_interrupt_leaves_last_complete_checkpoint(particles, tmp_path, monkeypatch):
     imgs, A, org, p, px = particles
-    kw = dict(regularization=0.0, tol=0.0, maxiter=6, progress=False)
+    kw = dict(regularization=0.0, tol=0.0, maxiter=6, mask_radius_px=None, progress=False)
     ref = reconstruct_mean(_src(imgs, A, org, p, px), **kw)
     ck = tmp_path / "ck"
     # from x0 = 0 the k-th kernel application is CG iteration k: interrupt inside iteration 4
@@ -149,7 +149,7 @@ def test_auto_with_halfmaps_resumes_exactly(particles, tmp_path, monkeypatch):
 
 def test_checkpoint_from_other_inputs_is_refused(particles, tmp_path):
     imgs, A, org, p, px = particles
-    kw = dict(regularization=0.0, tol=0.0, maxiter=2, progress=False)
+    kw = dict(regularization=0.0, tol=0.0, maxiter=2, mask_radius_px=None, progress=False)
     ck = tmp_path / "ck"
     reconstruct_mean(_src(imgs, A, org, p, px), job=_job(ck), **kw)
     A2 = A.copy()
@@ -194,7 +194,8 @@ def test_cli_interrupt_then_resume(particles, tmp_path, monkeypatch):
     star = tmp_path / "sim" / "particles.star"
     assert main(["simulate", str(tmp_path / "v.mrc"), "-o", str(star), "-n", "120", "--snr", "2",
                  "--seed", "1"]) == 0
-    args = ["reconstruct", str(star), "--regularization", "0", "--maxiter", "6", "--tol", "0"]
+    args = ["reconstruct", str(star), "--regularization", "0", "--maxiter", "6", "--tol", "0",
+            "--mask-radius", "none"]
     assert main(args + ["-o", str(tmp_path / "ref.mrc")]) == 0
     job = tmp_path / "job"
     out, ck = job / "volume.mrc", job / "checkpoints"

@@ -108,6 +108,43 @@ def centre_shifts(white_flipped, n: int, L: int, max_shift_px: float, n_iter: in
     return shifts
 
 
+#: Automatic centring (``prepare(centre="auto")``): images in the sample, and the spread (px, rms
+#: per image) of the true shifts above which the images count as not centred.
+CENTRE_AUTO_SAMPLE = 400
+CENTRE_AUTO_RMS_PX = 2.0
+
+
+def off_centre_spread(white_flipped, n: int, L: int, max_shift_px: float, sample: int = CENTRE_AUTO_SAMPLE,
+                      n_iter: int = 2, seed: int = 0) -> dict:
+    """How far the particles sit from the box centre, from a sample of the stack.
+
+    The shifts ``d`` that centre each image on the rotationally averaged mean (:func:`centre_shifts`)
+    spread as ``E|d|² = E|t|² + E|e|²``: the true offsets ``t`` plus the estimator's error ``e``,
+    which grows as the SNR falls. The error's share is measured on a null set made to look like the
+    data with every particle centred: the sample's own rotationally averaged mean (at the centred
+    images' mean amplitude) plus white noise of the whitened images' residual variance, run
+    through the same estimator. Returns ``{"rms_px", "null_rms_px", "excess_rms_px" =
+    √max(0, rms² − null²), "sample"}``. Cost: two :func:`centre_shifts` runs on ``sample`` images.
+    """
+    from cryoprism.fourier.resample import radial_average, shells_to_grid
+
+    m = int(min(n, sample))
+    idx = np.sort(np.random.default_rng(seed).choice(n, m, replace=False)) if m < n else np.arange(n)
+    x = np.concatenate([white_flipped(int(i), int(i) + 1) for i in idx]).astype(np.float64)
+    d = centre_shifts(lambda a, b: x[a:b], m, L, max_shift_px, n_iter=n_iter, batch_size=m)
+    xc = fourier_shift(x, -d).astype(np.float64)
+    ref = shells_to_grid(radial_average(xc.mean(axis=0), n_bins=int(np.ceil(L / np.sqrt(2))) + 1), (L, L))
+    rr = float(np.sum(ref * ref)) or 1.0
+    amp = np.einsum("nij,ij->n", xc, ref) / rr
+    sigma = float(np.sqrt(np.mean((xc - amp[:, None, None] * ref) ** 2)))
+    null = amp.mean() * ref[None] + sigma * np.random.default_rng(seed + 1).standard_normal(x.shape)
+    d0 = centre_shifts(lambda a, b: null[a:b], m, L, max_shift_px, n_iter=n_iter, batch_size=m)
+    rms = float(np.sqrt(np.mean(np.sum(d ** 2, axis=1))))
+    rms0 = float(np.sqrt(np.mean(np.sum(d0 ** 2, axis=1))))
+    return {"rms_px": rms, "null_rms_px": rms0, "excess_rms_px": float(np.sqrt(max(rms**2 - rms0**2, 0.0))),
+            "sample": m}
+
+
 def shift_offsets(radius_px: float, step_px: float) -> np.ndarray:
     """Nonzero offsets ``(G, 2)`` (x, y px) of a square grid of ``step_px`` within ``radius_px``."""
     if radius_px <= 0 or step_px <= 0:
@@ -522,7 +559,7 @@ def prepare(source: ParticleSource, use_ctf: bool = True,
             mask_radius_px: float | None = None, basis: FBBasis2D | None = None,
             bandlimit: float | str = "auto",
             batch_size: int = 512, progress: bool = False, spca_threshold: float = 1.0,
-            centre: bool = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
+            centre: bool | str = False, centre_iterations: int = 3, centre_max_shift_frac: float = 0.2,
             centre_refine_rounds: int = 4, centre_options: dict | None = None, checkpoints=None,
             shift_search_px: tuple | None = None, centre_sync_rounds: int = SYNC_ROUNDS) -> Prepared:
     """Noise spectrum from the background, then per batch: whiten, phase-flip, (centre,) FB-expand; fit sPCA.
@@ -535,7 +572,12 @@ def prepare(source: ParticleSource, use_ctf: bool = True,
     shifts are in ``extras["centre_shifts_px"]``. With ``checkpoints`` (a
     :class:`cryoprism.io.checkpoint.Checkpoints`) the centring shifts are saved after stage 1 and after
     every refinement and synchronisation round (``centring``), and a resumed run continues from the
-    last saved round.
+    last saved round. ``centre="auto"``: centre only when a sample shows the particles are not
+    centred — the spread of the shifts that centre a sample on its rotational average exceeds, by
+    more than :data:`CENTRE_AUTO_RMS_PX` rms, the spread the same estimator gives on a centred null set
+    at the data's SNR (:func:`off_centre_spread`), and that null spread is itself below it (at lower
+    SNR the estimate cannot tell, and the images are left as they are); the figures are in
+    ``extras["centring_auto"]``.
 
     ``source``: the particles (``io.ParticleSource``, read in batches); their CTF is corrected (phase
     flip) unless ``use_ctf=False`` or they have none. ``mask_radius_px``: particle radius; the
@@ -572,6 +614,12 @@ def prepare(source: ParticleSource, use_ctf: bool = True,
             x = phase_flip(x, c, pixel_size_A)
         return x
 
+    if isinstance(centre, str):
+        if centre != "auto":
+            raise ValueError(f"centre must be True, False or 'auto', got {centre!r}")
+        spread = off_centre_spread(white_flipped, n, L, centre_max_shift_frac * L)
+        centre = bool(spread["null_rms_px"] <= CENTRE_AUTO_RMS_PX < spread["excess_rms_px"])
+        extras["centring_auto"] = {**spread, "centre": centre}
     shifts = None
     if centre:
         ck = checkpoints
@@ -809,7 +857,7 @@ def _neighbors_from(arrays: dict) -> Neighbors:
 
 
 def run_neighbors(source: ParticleSource, use_ctf: bool = True, method: str = "mfvdm", n_neighbors: int = 50,
-                  k_max: int = 10, m: int = 50, mask_radius_px=None, centre: bool = False,
+                  k_max: int = 10, m: int = 50, mask_radius_px=None, centre: bool | str = False,
                   checkpoints=None, progress: bool = False):
     """prepare → RID neighbours → VDM/MFVDM neighbours, each stage checkpointed. Returns ``(prep, nb)``.
 
@@ -829,6 +877,8 @@ def run_neighbors(source: ParticleSource, use_ctf: bool = True, method: str = "m
         basis = fb_basis_2d(L, radius_px=L // 2, bandlimit=float(meta["bandlimit"]))
         spca = fit_spca(coefs, basis.k_slices, noise_var=1.0, threshold_scale=float(meta["spca_threshold"]))
         extras = {"centre_shifts_px": arr["centre_shifts_px"]} if "centre_shifts_px" in arr else {}
+        if meta.get("centring_auto") is not None:
+            extras["centring_auto"] = meta["centring_auto"]
         offsets = arr["shift_offsets_px"] if "shift_offsets_px" in arr else None
         shifted = () if offsets is None else tuple(
             [arr[f"shifted_k{k}"][g] for k in range(len(spca.vectors))] for g in range(len(offsets)))
@@ -843,9 +893,10 @@ def run_neighbors(source: ParticleSource, use_ctf: bool = True, method: str = "m
             if prep.shifted:
                 sh = {f"shifted_k{k}": np.stack([P[k] for P in prep.shifted]) for k in range(len(prep.shifted[0]))}
                 sh["shift_offsets_px"] = prep.shift_offsets_px
-            ck.save("prepare", {"coefs": prep.coefs, "nps": prep.nps, "H": prep.H, **prep.extras, **sh},
+            arrays = {k: v for k, v in prep.extras.items() if isinstance(v, np.ndarray)}
+            ck.save("prepare", {"coefs": prep.coefs, "nps": prep.nps, "H": prep.H, **arrays, **sh},
                     L=prep.basis.L, bandlimit=prep.basis.bandlimit, spca_threshold=1.0,
-                    mask_radius_px=prep.mask_radius_px)
+                    mask_radius_px=prep.mask_radius_px, centring_auto=prep.extras.get("centring_auto"))
     got = ck.load("rid") if ck is not None else None
     if got is not None:
         nb0 = _neighbors_from(got[0])

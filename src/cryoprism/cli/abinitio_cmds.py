@@ -37,7 +37,9 @@ def abinitio_command(
                                      help="Mixture/rotation alternations of the initial stage "
                                           "(default 12 for gibbs, 10 for hmc)."),
     sweeps: int = typer.Option(None, "--sweeps", min=2, help="Refinement sweeps, half of them burn-in "
-                               "(default 20 for gibbs, 60 for hmc)."),
+                               "(default 20 for gibbs, 60 for hmc; gibbs: 0 when the images are not "
+                               "larger than --initial-box, the mixture fitted to the reconstruction "
+                               "being the result)."),
     max_images: int = typer.Option(200, "--max-images", min=1, help="Use at most this many images "
                                                                     "(the first ones)."),
     refine_init: str = typer.Option("reconstruction", "--refine-init",

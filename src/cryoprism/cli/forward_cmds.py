@@ -205,8 +205,12 @@ def register(app: typer.Typer) -> None:
         regularization: str = typer.Option("auto", "--regularization", help="cg: 'auto' (Wiener prior "
                                            "estimated from half-sets, default) or a Tikhonov λ ≥ 0; "
                                            "fourier/sirt: λ (auto means 0)."),
-        mask_radius: Optional[float] = typer.Option(None, "--mask-radius", help="cg: restrict the map to a "
-                                                    "sphere of this radius (pixels); default the whole box."),
+        mask_radius: str = typer.Option("auto", "--mask-radius", help="cg: restrict the map to a sphere of "
+                                        "this radius (pixels) around the box centre. auto (default): the "
+                                        "outermost shell where the signal power of the two half-set maps "
+                                        "exceeds their noise power (chosen from the data, reported as "
+                                        "mask_radius_px); none: the "
+                                        "whole box."),
         maxiter: int = typer.Option(100, "--maxiter", help="CG/SIRT iterations at most."),
         tol: float = typer.Option(1e-5, "--tol", help="CG relative residual to stop at."),
         no_ctf: bool = typer.Option(False, "--no-ctf", help="Ignore the CTF."),
@@ -241,14 +245,23 @@ def register(app: typer.Typer) -> None:
                 reg = float(regularization)
             except ValueError:
                 raise InputError(f"--regularization must be 'auto' or a number, got {regularization!r}")
+        if mask_radius in ("auto", "none"):
+            mask = None if mask_radius == "none" else "auto"
+        else:
+            try:
+                mask = float(mask_radius)
+            except ValueError:
+                raise InputError(f"--mask-radius must be auto, none or a number, got {mask_radius!r}")
         folder, name = split_output(out, "volume.mrc")
         stack = read_particles(particles)
-        settings = {"method": method, "halfmaps": halfmaps, "regularization": reg, "mask_radius_px": mask_radius,
+        settings = {"method": method, "halfmaps": halfmaps, "regularization": reg, "mask_radius_px": mask,
                     "maxiter": maxiter, "tol": tol, "ctf": not no_ctf, "batch_size": batch_size}
         with Job(folder, "reconstruct", settings, resume=resume, volatile=("maxiter", "batch_size")) as job:
             r = reconstruct(stack, use_ctf=not no_ctf, method=method, regularization=reg,
                             maxiter=maxiter, tol=tol, halfmaps=halfmaps, batch_size=batch_size or None,
-                            mask_radius_px=mask_radius, job=job if method == "cg" else None)
+                            mask_radius_px=mask, job=job if method == "cg" else None)
             job.record(method=method, particles=stack.n, box=stack.box, pixel_size_A=stack.pixel_size_A)
+            if "mask_radius_px" in r.info:
+                job.record(mask_radius_px=r.info["mask_radius_px"])
             write_outputs(job, r, stack.pixel_size_A, name)
             finish(job, as_json)

@@ -22,7 +22,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
         nres: Optional[int] = typer.Option(None, "--nres", min=4,
                                            help="Effective resolution N_res: images are Fourier-cropped "
-                                                "to N_res × N_res pixels (default 17)."),
+                                                "to N_res × N_res pixels. Default: chosen from the "
+                                                "data, twice the last frequency shell whose spectral "
+                                                "SNR (background noise spectrum, 2000 images) is ≥ 0.02, "
+                                                "between 8 and min(box, 32); reported as n_res."),
         max_res_A: Optional[float] = typer.Option(None, "--max-res",
                                                   help="Resolution limit in Å instead of --nres: "
                                                        "N_res = ceil(2 · box · pixel size / limit)."),
@@ -90,7 +93,7 @@ def register(app: typer.Typer) -> None:
         if stack.n < 10:
             raise InputError(f"{stack.n} particles: too few for a covariance estimate", particles)
         px = float(stack.pixel_size_A)
-        N = resolve_nres(stack.box, px, nres, max_res_A)
+        N = resolve_nres(stack.box, px, nres, max_res_A, source=stack)
         settings = {"n_res": N, "method": method, "classes": C, "iterations": iterations,
                     "max_states": max_states, "reconstruct": not no_reconstruct, "support": support, "seed": seed}
         with Job(out, "heterogeneity", settings, resume=resume) as job:

@@ -30,9 +30,12 @@ def register(app: typer.Typer) -> None:
                            stages=stages.split(",") if stages else None)
         failed = [k for k, v in summary["stages"].items() if not v["ok"]]
         figures = {"report": summary["report"], "total_seconds": summary["total_seconds"],
-                   "stages": {k: {"ok": v["ok"], "seconds": v["seconds"], "error": v["error"]}
+                   "total_cpu_seconds": summary.get("total_cpu_seconds"),
+                   "stages": {k: {"ok": v["ok"], "seconds": v["seconds"], "cpu_seconds": v.get("cpu_seconds"),
+                                  "error": v["error"]}
                               for k, v in summary["stages"].items()}}
-        human = "\n".join([f"{k:14s} {'ok' if v['ok'] else 'FAILED'} {v['seconds']:7.1f} s"
+        human = "\n".join([f"{k:14s} {'ok' if v['ok'] else 'FAILED'} {v['seconds']:7.1f} s "
+                           f"({v.get('cpu_seconds', 0.0):.1f} CPU-s)"
                            + (f"  {v['error']}" if v["error"] else "")
                            for k, v in summary["stages"].items()]
                           + [f"total          {summary['total_seconds']:.1f} s", f"report: {summary['report']}"])

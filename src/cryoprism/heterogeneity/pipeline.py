@@ -46,12 +46,47 @@ class HeterogeneityResult:
         return int(self.n_classes or self.states.n_states)
 
 
-def resolve_nres(L: int, pixel_size_A: float, n_res: int | None, max_res_A: float | None) -> int:
-    """``N_res`` from ``--nres`` or from a resolution limit: ``N = ceil(2 L a / res)`` (≤ L)."""
+#: Automatic ``N_res`` (:func:`choose_nres`): images read for the spectral SNR, the smallest and the
+#: largest ``N_res`` it may choose (the largest bounds the cost, which grows ~ N_res³ for ``lowrank``:
+#: 31 s at 17, 91 s at 32 on the benchmark, docs/heterogeneity.md).
+NRES_SAMPLE = 2000
+NRES_MIN = 8
+NRES_MAX = 32
+
+
+def choose_nres(source, sample: int = NRES_SAMPLE, max_nres: int = NRES_MAX) -> tuple[int, dict]:
+    """``N_res`` from the data: twice the highest frequency shell (pixels of the full box) at which
+    the images still carry signal.
+
+    On up to ``sample`` images (evenly spread over the set): the noise power spectrum from the
+    background (:func:`cryoprism.image.whiten.noise_power_spectrum`, outside ``0.45 L``), the
+    whitened images' spectral SNR per shell (:func:`cryoprism.classify2d.pipeline.whitened_ssnr`) and
+    the last shell ``k`` whose 3-shell mean SSNR is ≥ 0.02 (the rule that sets the 2-D FB band limit,
+    :func:`~cryoprism.classify2d.pipeline.ssnr_bandlimit`); ``N_res = 2k`` clipped to
+    ``[NRES_MIN, min(L, max_nres)]``. Returns ``(N_res, {"ssnr_bandlimit_cpp", "n_res_unclipped"})``.
+    """
+    from cryoprism.classify2d.pipeline import ssnr_bandlimit, whitened_ssnr
+    from cryoprism.image.whiten import noise_power_spectrum
+
+    n, L = int(source.n), int(source.box)
+    idx = np.unique(np.linspace(0, n - 1, min(n, int(sample))).astype(np.int64))
+    sub = source.subset(idx)
+    nps = noise_power_spectrum(sub, 0.45 * L)
+    bl = ssnr_bandlimit(whitened_ssnr(sub, nps), L)
+    N = int(2 * np.ceil(bl * L))
+    return int(np.clip(N, NRES_MIN, min(L, max_nres))), {"ssnr_bandlimit_cpp": bl, "n_res_unclipped": N}
+
+
+def resolve_nres(L: int, pixel_size_A: float, n_res: int | None, max_res_A: float | None,
+                 source=None) -> int:
+    """``N_res`` from ``--nres``, from a resolution limit (``N = ceil(2 L a / res)``, ≤ L), or from the
+    data when neither is given and ``source`` is (:func:`choose_nres`); else 17."""
     if n_res is not None:
         return int(min(max(n_res, 4), L))
     if max_res_A is not None:
         return int(min(L, max(4, np.ceil(2 * L * pixel_size_A / max_res_A))))
+    if source is not None:
+        return choose_nres(source)[0]
     return int(min(L, 17))
 
 

@@ -221,14 +221,15 @@ def reconstruct_wbp(source: ParticleSource, *, use_ctf: bool = True,
 def reconstruct(source: ParticleSource, *, method: str = "cg", use_ctf: bool = True,
                 regularization: float = 0.0, tol: float = 1e-5, maxiter: int = 100,
                 halfmaps: bool = False, batch_size: int | None = None, n_workers: int | None = None,
-                scheduler: str | None = None, seed: int = 0, mask_radius_px: float | None = None,
+                scheduler: str | None = None, seed: int = 0, mask_radius_px: float | str | None = "auto",
                 eps: float | None = None, progress: bool = True, job=None) -> MeanResult:
     """Reconstruct by ``method``: ``"cg"`` (least squares, default), ``"fourier"`` (direct Fourier
     inversion), ``"wbp"`` (weighted back-projection), ``"sirt"`` (``maxiter`` Landweber steps).
 
     ``source``: the particles with poses (``io.ParticleSource``); ``use_ctf=False`` ignores the CTF.
     Other arguments as in :func:`cryoprism.reconstruct.reconstruct_mean` (``regularization="auto"``,
-    ``mask_radius_px``, ``eps`` and ``job`` — checkpoints and ``--resume`` — apply to ``"cg"`` only;
+    ``mask_radius_px`` — default ``"auto"``, the particle's ball chosen from the data —, ``eps`` and
+    ``job`` — checkpoints and ``--resume`` — apply to ``"cg"`` only;
     ``batch_size`` None = automatic).
     """
     common = dict(use_ctf=use_ctf, halfmaps=halfmaps, batch_size=batch_size, n_workers=n_workers, scheduler=scheduler,
