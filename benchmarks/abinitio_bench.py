@@ -357,9 +357,9 @@ def main(argv=None):
                                                         n_rotations=1000, seed=k)[0]
         out["fraction_correct_sweep"] = sweep
     out["total_seconds"] = time.perf_counter() - t_all
-    from cryoprism.cli.common import _jsonable
+    from cryoprism.io.job import jsonable
 
-    sys.stdout.write(json.dumps(_jsonable(out)) + "\n")
+    sys.stdout.write(json.dumps(jsonable(out)) + "\n")
 
 
 if __name__ == "__main__":
