@@ -56,7 +56,7 @@ def _root(
 
 # One module per area; each defines register(app).
 _AREAS = [
-    "io_cmds", "image_cmds", "metrics_cmds", "forward_cmds", "heterogeneity_cmds",
+    "io_cmds", "image_cmds", "metrics_cmds", "forward_cmds", "reconstruct_cmds", "heterogeneity_cmds",
     "classify2d_cmds", "abinitio_cmds", "micrograph_cmds", "pipeline_cmds", "postprocess_cmds", "preprocess_cmds",
     "pick_cmds", "refine_cmds",
 ]
