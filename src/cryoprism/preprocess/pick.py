@@ -26,8 +26,8 @@ the local maxima of the score (see docs/preprocess.md, "Picking"):
    Euler-characteristic density of that field (from the filter's spectral moments; Adler 1981,
    Worsley et al. 1996). Template picker (a maximum over templates): noise is symmetric, so the
    peaks of ``−score`` away from the picks (their CTF side lobes) count the noise peaks, scaled by
-   the area. The same count decides the particles' contrast (``polarity``: the sign with the larger
-   estimated number of particles) unless given.
+   the area. The particles' contrast (``polarity``) is the sign whose strongest peaks score higher
+   (:func:`choose_polarity`) unless given.
 7. **Outlier regions.** The local variance of the (unwhitened) micrograph high-passed at 1/diameter,
    over windows of the particle's size; picks where its logarithm is a robust outlier (beyond
    ``variance_z`` × 1.4826 MAD of the micrograph, and at least 2× off the median: carbon edges,
@@ -387,7 +387,8 @@ def highpassed(prep: Prepared, diameter_px: float) -> np.ndarray:
 
 def variance_outliers(whitened: np.ndarray, rc: np.ndarray, window_px: float, z: float = 5.0,
                       min_ratio: float | None = None) -> np.ndarray:
-    """Boolean mask over picks ``rc`` in regions whose local variance is a robust outlier."""
+    """Boolean mask over picks ``rc`` in regions whose local variance is a robust outlier of the
+    micrograph's (its grid of windows)."""
     if len(rc) == 0:
         return np.zeros(0, bool)
     sd = local_std(whitened, window_px / 2.0)
@@ -396,11 +397,26 @@ def variance_outliers(whitened: np.ndarray, rc: np.ndarray, window_px: float, z:
     grid = lv[::step, ::step]
     med = float(np.median(grid))
     mad = 1.4826 * float(np.median(np.abs(grid - med))) + 1e-12
-    d = lv[rc[:, 0], rc[:, 1]] - med
-    return (np.abs(d) > z * mad) & (np.abs(d) > np.log(VARIANCE_MIN_RATIO if min_ratio is None else min_ratio))
+    at = lv[rc[:, 0], rc[:, 1]]
+    lim = np.log(VARIANCE_MIN_RATIO if min_ratio is None else min_ratio)
+
+    def outlier(d):
+        return (np.abs(d) > z * mad) & (np.abs(d) > lim)
+
+    return outlier(at - med)
 
 
 # ------------------------------------------------------------------------------- picking
+def choose_polarity(p_v: np.ndarray, n_v: np.ndarray, tot_p: float, tot_n: float) -> int:
+    """The particles' contrast: the sign whose ``k`` strongest peaks score higher on average, ``k`` the
+    smaller of the two estimated particle counts (at least 1). Counting peaks alone fails at high
+    SNR: a bright particle's filtered image has a negative rim that breaks into several weaker peaks,
+    so the wrong sign can hold more peaks above its threshold — but never the stronger ones."""
+    k = int(max(1, min(round(tot_p), round(tot_n))))
+    top = lambda v: float(np.mean(np.sort(np.asarray(v, np.float64))[::-1][:k])) if len(v) else -np.inf
+    return 1 if top(p_v) >= top(n_v) else -1
+
+
 def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: float, *,
                     ctf: CTFParams | None = None, templates: np.ndarray | None = None,
                     threshold: float | None = None, polarity: int | None = None,
@@ -441,7 +457,7 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
         lam, area = spectral_moment(S, prep.shape), float(inner.size)
         (t_p, tot_p), (t_n, tot_n) = gaussian_threshold(p_v, lam, area), gaussian_threshold(n_v, lam, area)
         if polarity is None:
-            polarity = 1 if tot_p >= tot_n else -1
+            polarity = choose_polarity(p_v, n_v, tot_p, tot_n)
         rc, v = (p_rc, p_v) if polarity > 0 else (n_rc, n_v)
         if threshold is None:
             threshold, extra["estimated_particles"] = (t_p, tot_p) if polarity > 0 else (t_n, tot_n)
@@ -449,7 +465,7 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
         if polarity is None:
             _, tot_p = auto_threshold(p_v, n_v)
             _, tot_n = auto_threshold(n_v, p_v)
-            polarity = 1 if tot_p >= tot_n else -1
+            polarity = choose_polarity(p_v, n_v, tot_p, tot_n)
         (rc, v), (orc, ov) = ((p_rc, p_v), (n_rc, n_v)) if polarity > 0 else ((n_rc, n_v), (p_rc, p_v))
         if threshold is None:
             # pass 1: all opposite peaks as the null (conservative: includes the particles' side
