@@ -30,9 +30,11 @@ def register(app: typer.Typer) -> None:
                                                   help="Resolution limit in Å instead of --nres: "
                                                        "N_res = ceil(2 · box · pixel size / limit)."),
         classes: str = typer.Option("auto", "--classes",
-                                    help="Number of states C, or 'auto': the eigenvalues significant "
-                                         "in a split-sample test against pure noise (p < 0.001) bound "
-                                         "the count, the BIC of the state mixture picks it."),
+                                    help="Number of states C; 'auto': from the spectral gap (with its "
+                                         "bootstrap agreement); 'test': the eigenvalues significant in a "
+                                         "split-sample test against pure noise (p < 0.001) bound the "
+                                         "count and the BIC of the state mixture picks it (reported "
+                                         "with 'auto' too)."),
         method: str = typer.Option("lowrank", "--method",
                                    help="lowrank: matrix-free subspace estimator (any N_res; the "
                                         "default); cg: the dense covariance of Andén, Katsevich & Singer "
@@ -59,8 +61,9 @@ def register(app: typer.Typer) -> None:
 
         Reads PARTICLES (poses and CTF known). Estimates the noise variance (background pixels), the
         mean volume, the 3-D covariance at N_res (Andén, Katsevich & Singer 2015) and its eigenvolumes,
-        the number of states C (a p-value per eigenvalue from a split-sample test against pure noise,
-        then the BIC of the state mixture), per-particle coordinates and classes (Gaussian mixture,
+        the number of states C (from the spectral gap; also reported: a p-value per eigenvalue from a
+        split-sample test against pure noise and the BIC of the state mixture, used with --classes
+        test), per-particle coordinates and classes (Gaussian mixture,
         per-particle EM), then classes refined by maximum-likelihood 3-D classification at the full
         box with the poses fixed, whose class volumes are written. Writes into OUT: eigenvalues.csv
         (eigenvalue, gap ratio λ_k/λ_{k+1}), coords.csv (α per particle, class), classes.star (the
@@ -80,15 +83,15 @@ def register(app: typer.Typer) -> None:
             raise InputError("file not found", particles)
         if method not in ("cg", "lowrank"):
             raise InputError(f"--method must be cg or lowrank, got {method!r}", particles)
-        if classes != "auto":
+        if classes not in ("auto", "test"):
             try:
                 C = int(classes)
             except ValueError:
-                raise InputError(f"--classes must be 'auto' or an integer, got {classes!r}", particles)
+                raise InputError(f"--classes must be 'auto', 'test' or an integer, got {classes!r}", particles)
             if C < 1:
                 raise InputError("--classes must be at least 1", particles)
         else:
-            C = "auto"
+            C = classes
         stack = read_particles(particles, pixel_size_A=pixel_size_A)
         if stack.n < 10:
             raise InputError(f"{stack.n} particles: too few for a covariance estimate", particles)
@@ -120,7 +123,8 @@ def register(app: typer.Typer) -> None:
         }
 
     def _human(res, stack, N, out, figures):
-        test = res.state_test.summary() if res.state_test is not None else "number of states given"
+        test = ("split-sample test: " + res.state_test.summary() if res.state_test is not None
+                else "number of states given")
         return (f"{stack.n} particles, N_res {N} ({res.covariance.method}): {res.n_states} class(es); "
                 f"{test}; class sizes {figures['class_sizes']}; outputs in {out}")
 
