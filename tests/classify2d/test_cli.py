@@ -40,6 +40,8 @@ def test_classify2d_cli_writes_neighbours_and_averages(star, tmp_path):
     from cryoprism.io import read_mrc
     avg, px = read_mrc(out / "class_averages.mrcs")
     assert avg.shape == (8, 32, 32) and np.isfinite(avg).all()
+    st = read_particles(out / "class_averages.star")  # the averages feed abinitio as a particle file
+    assert st.n == 8 and st.box == 32 and np.allclose(st.images(np.arange(8)), avg)
 
 
 def test_denoise_cli_spca(star, tmp_path):

@@ -950,7 +950,8 @@ def classify(source: ParticleSource, use_ctf: bool = True, *, method: str = "mfv
 
 def write_classes(job, res: ClassifyResult, pixel_size_A) -> None:
     """Write a 2-D run through ``job``: neighbors.csv (i, j = 0-based rows, angle_deg counter-clockwise
-    taking image j — mirrored first when reflected = 1 — onto image i, score), class_averages.mrcs,
+    taking image j — mirrored first when reflected = 1 — onto image i, score), class_averages.mrcs with
+    its class_averages.star (RELION 3.1, the input to ``abinitio``),
     class_centres.csv and gallery.png; records the figures in the job's summary."""
     import pandas as pd
 
@@ -959,7 +960,10 @@ def write_classes(job, res: ClassifyResult, pixel_size_A) -> None:
     i, j, ang, refl, score = res.nb.pairs()
     job.write_csv("neighbors.csv", pd.DataFrame({"i": i, "j": j, "angle_deg": np.round(np.rad2deg(ang), 4),
                                                  "reflected": refl.astype(int), "score": score}))
-    job.write_mrc("class_averages.mrcs", res.averages, pixel_size_A, is_stack=True)
+    from cryoprism.io.particles import ParticleStack
+
+    avg = ParticleStack.from_arrays(np.asarray(res.averages, np.float32), pixel_size_A=float(pixel_size_A))
+    job.write_particles("class_averages.star", "class_averages.mrcs", avg, None)  # abinitio reads it
     job.write_csv("class_centres.csv", {"class": np.arange(len(res.centres)), "centre_row": res.centres,
                                         "n_members": np.full(len(res.centres), res.nb.s + 1)})
     job.save_figure("gallery.png", gallery_figure(res.averages, ncols=10), dpi=80)
