@@ -76,7 +76,6 @@ def run_preprocess(inputs, job, diameter_A: float, box: int | None = None, *,
     from cryoprism.preprocess.pick import (
         PNG_DPI,
         Picks,
-        ctf_from_row,
         load_templates,
         pick_micrograph,
         picks_table,
@@ -116,7 +115,7 @@ def run_preprocess(inputs, job, diameter_A: float, box: int | None = None, *,
             except ValueError as e:
                 raise InputError(str(e), path) from e
             row = {"rlnMicrographName": mic_path, "rlnOpticsGroup": 1, **ctf_row(fit)}
-            ctf = ctf_from_row(pd.Series(row), voltage_kV, cs_mm, amplitude_contrast)
+            ctf = fit.params(voltage_kV, cs_mm, amplitude_contrast)
             if templates_path is not None and templates is None:
                 templates = load_templates(templates_path, px, diameter_A)
             picks = pick_micrograph(mic, px, diameter_A, ctf=ctf, templates=templates, threshold=threshold)

@@ -517,7 +517,7 @@ def map_templates(volume: np.ndarray, voxel_size_A: float, pixel_size_A: float, 
     vol = _to_working_grid(np.asarray(volume, np.float32), 3, voxel_size_A, pixel_size_A, diameter_A)
     rot, tilt = direction_to_euler(sphere_grid(int(n_directions)))
     psi = np.arange(int(n_inplane)) * 360.0 / int(n_inplane)
-    R = np.stack([euler_to_matrix(r, t, p) for r, t in zip(rot, tilt) for p in psi])
+    R = euler_to_matrix(np.repeat(rot, len(psi)), np.repeat(tilt, len(psi)), np.tile(psi, len(rot)))
     return project(vol, R).astype(np.float32)
 
 

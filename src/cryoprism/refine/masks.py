@@ -1,4 +1,4 @@
-"""Masks of the refinement: the particle sphere and an automatic soft solvent mask.
+"""The refinement's automatic soft solvent mask (the particle sphere is ``image.spherical_mask``).
 
 The solvent mask is post-processing's :func:`cryoprism.image.auto_mask` (threshold of the low-passed
 map chosen from the data, dilated, raised-cosine edge).
@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryoprism.image.masks import auto_mask, spherical_mask
-
-
-def soft_sphere(L: int, radius_px: float, edge_px: float = 2.0) -> np.ndarray:
-    """``(L, L, L)`` ball about ``L//2`` with a raised-cosine edge (float32)."""
-    return spherical_mask(L, radius_px, edge_px)
+from cryoprism.image.masks import auto_mask
 
 
 def auto_solvent_mask(volume, pixel_size_A: float) -> np.ndarray | None:

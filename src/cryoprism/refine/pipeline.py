@@ -28,12 +28,14 @@ from cryoprism.geometry import matrix_to_euler
 from cryoprism.geometry.grids import so3_grid_views, so3_grid_views_for
 from cryoprism.geometry.rotations import angular_distance_deg
 from cryoprism.image.filters import lowpass
+from cryoprism.image.masks import spherical_mask
 from cryoprism.metrics.fsc import fsc as _fsc
 from cryoprism.metrics.fsc import resolution_at
+from cryoprism.metrics.postprocess import fsc_weight
 from cryoprism.parallel import map_batches
 from cryoprism.reconstruct import half_set_labels, reconstruct_mean
 from cryoprism.refine import search
-from cryoprism.refine.masks import auto_solvent_mask, soft_sphere
+from cryoprism.refine.masks import auto_solvent_mask
 from cryoprism.refine.symmetry import symmetrize, symmetry_group
 
 
@@ -108,13 +110,6 @@ def working_box(k_lim: float, L: int, pad: int = 3) -> int:
     """Even box holding frequencies up to ``k_lim + pad`` (at most ``L``)."""
     Lw = 2 * int(np.ceil(k_lim + pad)) + 2
     return int(min(L, Lw + (Lw % 2)))
-
-
-def fsc_weight(curve: np.ndarray) -> np.ndarray:
-    """Per-shell map weight ``sqrt(2F/(1+F))`` (the full-map FSC, clipped at 0): the Wiener-like
-    filter of a map whose halves have FSC ``F``."""
-    F = np.clip(np.asarray(curve, np.float64), 0.0, 1.0)
-    return np.sqrt(2 * F / (1 + F))
 
 
 def shell_index(res_A: float, L: int, pixel_size_A: float) -> float:
@@ -218,7 +213,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     group = symmetry_group(st.symmetry)
     halves = half_set_labels(n, getattr(stack, "table", None), st.seed)
     sel = [np.flatnonzero(halves == h) for h in range(2)]
-    sphere = soft_sphere(L, L / 2 - 2, 2.0)
+    sphere = spherical_mask(L, L / 2 - 2, 2.0)
     user_mask = None if mask is None else np.asarray(mask, np.float32)
     k_lim = min(shell_index(st.initial_lowpass_A, L, px), L / 2 - 1)
     start = lowpass(ref, px, resolution_A=st.initial_lowpass_A, ndim=3).astype(np.float32)
