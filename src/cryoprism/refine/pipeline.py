@@ -121,9 +121,10 @@ def _images_at(stack, Lw: int, batch_size: int, n_workers=None) -> np.ndarray:
     L = stack.box
     ranges = [(a, min(a + 512, stack.n)) for a in range(0, stack.n, 512)]
 
+    src = stack if Lw == L else stack.cropped(Lw)   # Fourier-cropped view of the one particle source
+
     def job(r):
-        im = stack.images(np.arange(*r)).astype(np.float32)
-        return im if Lw == L else downsample(im, Lw)[0].astype(np.float32)
+        return src.images(np.arange(*r)).astype(np.float32)
 
     return np.concatenate(map_batches(job, ranges, n_workers=n_workers, progress=False), 0)
 
@@ -148,19 +149,13 @@ def _data_at(imgs_w, idx, L: int, fs) -> np.ndarray:
 def _shell_power(stack, L: int, n_max: int = 2000) -> np.ndarray:
     """Mean ``|Y(k)|²`` per integer shell ``0 … L//2`` over up to ``n_max`` particles (the initial noise
     spectrum: at low SNR the images are mostly noise)."""
-    from cryoprism.fourier import radial_index
+    from cryoprism.fourier.resample import power_spectrum, radial_average
 
     idx = np.linspace(0, stack.n - 1, min(stack.n, n_max)).astype(np.int64)
-    r = radial_index((L, L))
-    nsh = L // 2 + 1
-    acc = np.zeros(nsh)
-    for a in range(0, len(idx), 500):
-        F = fft2c(stack.images(idx[a:a + 500]).astype(np.float64))
-        p = (np.abs(F) ** 2).sum(0)
-        ok = r < nsh
-        acc += np.bincount(r[ok], p[ok], nsh)
-    cnt = np.bincount(r[r < nsh], minlength=nsh) * len(idx)
-    return acc / np.maximum(cnt, 1)
+    acc = np.zeros((L, L))
+    for a in range(0, len(idx), 500):  # |F|² = N · power_spectrum (N = L² pixels)
+        acc += power_spectrum(stack.images(idx[a:a + 500]).astype(np.float64)).sum(0) * (L * L)
+    return radial_average(acc / len(idx), n_bins=L // 2 + 1)
 
 
 def _precentre(A: np.ndarray, Pbar: np.ndarray, fs, L: int, radius_px: float) -> np.ndarray:
