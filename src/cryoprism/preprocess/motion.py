@@ -136,10 +136,13 @@ def _kgrid(h: int, w: int):
     return (np.fft.fftfreq(h) * h)[:, None], np.arange(w // 2 + 1, dtype=np.float64)[None, :]
 
 
-def _phase(h: int, w: int, dx: float, dy: float) -> np.ndarray:
-    """Half-spectrum factor that moves content by ``(−dx, −dy)`` pixels (undoes a displacement d)."""
-    ey = np.exp(2j * np.pi * (np.fft.fftfreq(h) * dy)).astype(np.complex64)[:, None]
-    ex = np.exp(2j * np.pi * (np.arange(w // 2 + 1) * dx / w)).astype(np.complex64)[None, :]
+def _phase(h: int, w: int, dx, dy) -> np.ndarray:
+    """Half-spectrum factor that moves content by ``(−dx, −dy)`` pixels (undoes a displacement d);
+    scalars give ``(h, w//2+1)``, arrays of n displacements ``(n, h, w//2+1)`` (separable: the
+    exponentials are formed per axis, then multiplied)."""
+    dx, dy = np.asarray(dx, np.float64), np.asarray(dy, np.float64)
+    ey = np.exp(2j * np.pi * np.multiply.outer(dy, np.fft.fftfreq(h))).astype(np.complex64)[..., :, None]
+    ex = np.exp(2j * np.pi * np.multiply.outer(dx, np.arange(w // 2 + 1) / w)).astype(np.complex64)[..., None, :]
     return ey * ex
 
 
@@ -206,12 +209,11 @@ def align_spectra(G: np.ndarray, shape: tuple[int, int], bfactor_px2: float, *, 
     d = np.zeros((n, 2)) if d0 is None else np.array(d0, np.float64)
     it = 0
     for it in range(1, max_iter + 1):
-        S = np.zeros(G.shape[1:], np.complex64)
-        for t in range(n):
-            S += G[t] * _phase(h, w, *d[t])
+        aligned = G * _phase(h, w, d[:, 0], d[:, 1])   # every frame moved by its current estimate
+        S = aligned.sum(0)
 
         def one(t):
-            A = G[t] * _phase(h, w, *d[t])
+            A = aligned[t]
             P = _crop_rfft(wgt * (S - A) * np.conj(A), ch, cw)
             cc = sfft.irfft2(P, s=(ch, cw), workers=1)
             px, py = _peak(cc, max_shift_px / min(fx, fy))
