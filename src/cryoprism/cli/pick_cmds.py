@@ -20,6 +20,29 @@ def _exist(paths):
             raise InputError("file not found", p)
 
 
+def _check_chain_inputs(inputs, pixel_size, gain) -> None:
+    """What the chain can check before OUT exists: movies' frame sizes (every TIFF page), EER, a gain
+    reference of the movies' frame size and a pixel size for every input."""
+    from cryoprism.cli.preprocess_cmds import _header_pixel_size, _movie_shape
+    from cryoprism.errors import InputError
+    from cryoprism.preprocess.chain import is_movie
+
+    movie_shapes = set()
+    for p in map(Path, inputs):
+        if is_movie(p):
+            n, h, w = _movie_shape(p)
+            if n < 2:
+                raise InputError(f"a movie needs at least 2 frames, found {n}", p)
+            movie_shapes.add((h, w))
+        if pixel_size is None and _header_pixel_size(p) is None:
+            raise InputError("pixel size unknown (MRC header says 0, or TIFF): give --pixel-size", p)
+    if gain is not None and movie_shapes:
+        from cryoprism.preprocess.movies import read_gain
+
+        for shape in sorted(movie_shapes):
+            read_gain(gain, shape)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the cryoprism app."""
 
@@ -142,6 +165,7 @@ def register(app: typer.Typer) -> None:
         from cryoprism.preprocess.chain import run_preprocess
 
         _exist(list(inputs) + [template, gain])
+        _check_chain_inputs(inputs, pixel_size, gain)  # bad input fails before OUT is created
         job = Job(out, "preprocess", {"diameter_A": diameter, "box": box, "bin_box": bin_box,
                                       "template": str(template), "threshold": threshold,
                                       "pixel_size_A": pixel_size, "dose": dose, "voltage_kV": voltage,

@@ -33,18 +33,18 @@ def is_movie(path) -> bool:
     return len(h["shape"]) == 3 and h["nz"] > 1
 
 
-def motion_correct(path, pixel_size_A: float | None, gain=None, dose_per_frame_e_A2: float = 1.0):
-    """The aligned dose-weighted sum of a movie (:mod:`cryoprism.preprocess.motion`) and its pixel size."""
-    try:
-        from cryoprism.preprocess.motion import align_movie, read_movie
-    except ImportError as e:  # motion correction lives in its own module
-        raise InputError(f"motion correction is not available ({e}); give micrographs", path) from None
-    movie = read_movie(path, gain)
-    frames = getattr(movie, "frames", movie)
-    px = pixel_size_A or getattr(movie, "pixel_size_A", None)
+def motion_correct(path, pixel_size_A: float | None, gain=None, dose_per_frame_e_A2: float = 1.0,
+                   voltage_kV: float = 300.0):
+    """The aligned dose-weighted sum of a movie (:func:`cryoprism.preprocess.movies.read_movie`,
+    :func:`cryoprism.preprocess.motion.align_movie`) and its pixel size in Å."""
+    from cryoprism.preprocess.motion import align_movie
+    from cryoprism.preprocess.movies import read_movie
+
+    frames, hdr_px = read_movie(path, gain)
+    px = pixel_size_A or hdr_px
     if not px:
         raise InputError("pixel size unknown: give --pixel-size", path)
-    res = align_movie(frames, px, dose_per_frame_e_A2=dose_per_frame_e_A2)
+    res = align_movie(frames, px, dose_per_frame_e_A2=dose_per_frame_e_A2, voltage_kV=voltage_kV)
     return np.asarray(res.dose_weighted, np.float32), float(px)
 
 
@@ -102,7 +102,7 @@ def run_preprocess(inputs, job, diameter_A: float, box: int | None = None, *,
             pol = int(meta["polarity"])
         else:
             if is_movie(path):
-                mic, px = motion_correct(path, pixel_size_A, gain, dose_per_frame_e_A2)
+                mic, px = motion_correct(path, pixel_size_A, gain, dose_per_frame_e_A2, voltage_kV)
                 mic_path = str(job.write_mrc(f"micrographs/{path.stem}.mrc", mic, px))
             else:
                 mic, hpx = read_mrc(path, ndim=2, finite=True)

@@ -28,10 +28,15 @@ the local maxima of the score (see docs/preprocess.md, "Picking"):
    peaks of ``−score`` away from the picks (their CTF side lobes) count the noise peaks, scaled by
    the area. The particles' contrast (``polarity``) is the sign whose strongest peaks score higher
    (:func:`choose_polarity`) unless given.
-7. **Outlier regions.** The local variance of the (unwhitened) micrograph high-passed at 1/diameter,
-   over windows of the particle's size; picks where its logarithm is a robust outlier (beyond
-   ``variance_z`` × 1.4826 MAD of the micrograph, and at least 2× off the median: carbon edges,
-   aggregates, thick contamination) are rejected.
+7. **Outlier regions.** On the micrograph binned in real space to ≈ 24 pixels per diameter ``D``,
+   less its least-squares plane: the local mean ``μ`` (Gaussian, ``σ = D/2``) and the detail
+   ``m − μ``. A pick is rejected where (a) ``D·|∇μ|`` is more than ``variance_z`` robust standard
+   deviations (1.4826 MAD over the micrograph) above its median — an edge of carbon or ice is a step
+   in the mean, an aggregate a dense blob with a rim and a lumpy inside, while a particle's own bump
+   has no gradient at its centre — or (b) the log variance of the detail in a Gaussian window of
+   ``σ = 1.5 D`` is beyond ``variance_z`` robust standard deviations and at least 2× off the median
+   (thick or noisy regions). The window several diameters wide dilutes one particle's own signal: at
+   particle SNR 1 a particle raises it ≤ 1.5× (≤ 2.4× with ``σ = D``, where the particles were rejected).
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ from cryoprism.fourier.resample import fourier_resize
 
 WORK_DIAMETER_PX = 24.0  # particle diameter on the working grid (pixels)
 MIN_DISTANCE_FRACTION = 0.8  # default minimum distance between picks, in diameters
-VARIANCE_WINDOW_DIAMETERS = 1.0
+VARIANCE_WINDOW_DIAMETERS = 1.5  # σ of the regional variance's Gaussian window, in diameters
 VARIANCE_MIN_RATIO = 2.0  # and at least this factor off the median
+MEAN_SCALE_DIAMETERS = 0.5  # σ of the local mean (edge test; the variance's high-pass), in diameters
 MIN_GAUSSIAN_Z = 2.0
 BLOB_SIGMA_FRACTION = 0.5  # LoG scale σ in particle radii (measured: docs/preprocess.md, "Picking")
 
@@ -375,35 +381,84 @@ def gaussian_threshold(pos: np.ndarray, sqrt_det_lambda: float, area_px: float) 
     return threshold_from_counts(pos, fp, np.sqrt(fp))
 
 
-def highpassed(prep: Prepared, diameter_px: float) -> np.ndarray:
-    """The (unwhitened) working micrograph high-passed at 1/diameter: smooth ice gradients removed,
-    edges and aggregates kept at their strength (whitening would flatten a strong edge's spectrum)."""
-    s, _ = _uncentred_freqs(prep.shape)
-    isq = np.where(prep.inv_sqrt_psd > 0, prep.inv_sqrt_psd, np.inf)
-    F = prep.Fw / isq
-    h = 1.0 - np.exp(-0.5 * (2 * np.pi * s * diameter_px / 2) ** 2)
-    return sfft.irfft2(F * h, s=prep.shape, workers=-1).astype(np.float32)
+def bin_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Means of ``factor × factor`` blocks (rows and columns past the last whole block dropped); block
+    ``k`` is centred on input pixel ``k·factor + (factor − 1)/2``."""
+    m = np.asarray(image, np.float64)
+    f = max(1, int(factor))
+    H, W = (m.shape[0] // f) * f, (m.shape[1] // f) * f
+    return m[:H, :W].reshape(H // f, f, W // f, f).mean(axis=(1, 3))
 
 
-def variance_outliers(whitened: np.ndarray, rc: np.ndarray, window_px: float, z: float = 5.0,
-                      min_ratio: float | None = None) -> np.ndarray:
-    """Boolean mask over picks ``rc`` in regions whose local variance is a robust outlier of the
-    micrograph's (its grid of windows)."""
-    if len(rc) == 0:
-        return np.zeros(0, bool)
-    sd = local_std(whitened, window_px / 2.0)
-    lv = np.log(sd ** 2)
-    step = max(1, int(window_px // 2))
-    grid = lv[::step, ::step]
+def local_mean_and_detail(image: np.ndarray, diameter_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """The local mean (Gaussian low-pass, ``σ = MEAN_SCALE_DIAMETERS · D``) and the detail
+    ``image − mean`` (the complementary Gaussian high-pass, cut-off ≈ 1/D), in real space with
+    reflected borders (a periodic filter would turn an ice gradient into a step at the borders), after
+    the least-squares plane is removed (reflection would bend a ramp at the borders)."""
+    im = remove_plane(image)
+    m = ndimage.gaussian_filter(im, MEAN_SCALE_DIAMETERS * diameter_px, mode="reflect")
+    return m, im - m
+
+
+def remove_plane(image: np.ndarray) -> np.ndarray:
+    """``image`` (float64) less its least-squares plane ``a + b·x + c·y``."""
+    im = np.asarray(image, np.float64)
+    yy, xx = np.indices(im.shape, dtype=np.float64)
+    A = np.c_[np.ones(im.size), xx.ravel(), yy.ravel()]
+    coef = np.linalg.lstsq(A, im.ravel(), rcond=None)[0]
+    return im - (A @ coef).reshape(im.shape)
+
+
+def robust_z(field: np.ndarray, at: np.ndarray, step: int) -> np.ndarray:
+    """``(field[at] − median) / (1.4826 · MAD)`` with the median and MAD over a grid of ``field``
+    (every ``step`` pixels)."""
+    grid = field[::step, ::step]
     med = float(np.median(grid))
     mad = 1.4826 * float(np.median(np.abs(grid - med))) + 1e-12
-    at = lv[rc[:, 0], rc[:, 1]]
+    return (field[at[:, 0], at[:, 1]] - med) / mad
+
+
+def variance_outliers(image: np.ndarray, rc: np.ndarray, window_px: float, z: float = 5.0,
+                      min_ratio: float | None = None) -> np.ndarray:
+    """Boolean mask over picks ``rc`` in regions whose local variance (Gaussian window of
+    ``σ = window_px/2``) is a robust outlier of the micrograph's: its logarithm more than ``z`` robust
+    standard deviations and a factor ``min_ratio`` (default VARIANCE_MIN_RATIO) off the median."""
+    if len(rc) == 0:
+        return np.zeros(0, bool)
+    lv = np.log(local_std(image, window_px / 2.0) ** 2)
+    step = max(1, int(window_px // 4))
+    d = robust_z(lv, rc, step)
+    grid = lv[::step, ::step]
+    off = np.abs(lv[rc[:, 0], rc[:, 1]] - float(np.median(grid)))
     lim = np.log(VARIANCE_MIN_RATIO if min_ratio is None else min_ratio)
+    return (np.abs(d) > z) & (off > lim)
 
-    def outlier(d):
-        return (np.abs(d) > z * mad) & (np.abs(d) > lim)
 
-    return outlier(at - med)
+def edge_outliers(mean: np.ndarray, rc: np.ndarray, diameter_px: float, z: float = 5.0) -> np.ndarray:
+    """Boolean mask over picks ``rc`` where the local mean changes across a diameter by a robust
+    outlier of the micrograph's: ``D·|∇mean|`` more than ``z`` robust standard deviations above its
+    median. A carbon or ice edge is a step in the mean; a particle's own bump has zero gradient at
+    its centre."""
+    if len(rc) == 0:
+        return np.zeros(0, bool)
+    gy, gx = np.gradient(mean)
+    g = diameter_px * np.hypot(gx, gy)
+    return robust_z(g, rc, max(1, int(diameter_px // 4))) > z
+
+
+def region_outliers(micrograph: np.ndarray, x: np.ndarray, y: np.ndarray, diameter_px: float,
+                    z: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """Picks at ``(x, y)`` (input pixels) in bad regions (module doc, step 7): ``(edge, variance)``
+    masks. The statistics are taken on the micrograph binned in real space to ≈ WORK_DIAMETER_PX
+    pixels per diameter (Fourier cropping would ring at the borders of a micrograph whose two sides
+    differ, and the ringing would read as an edge)."""
+    f = max(1, int(diameter_px // WORK_DIAMETER_PX))
+    small = bin_mean(micrograph, f)
+    d = diameter_px / f
+    rc = np.c_[np.rint((np.asarray(y) - (f - 1) / 2) / f), np.rint((np.asarray(x) - (f - 1) / 2) / f)]
+    rc = np.clip(rc.astype(np.int64), 0, np.array(small.shape) - 1)
+    mean, detail = local_mean_and_detail(small, d)
+    return edge_outliers(mean, rc, d, z), variance_outliers(detail, rc, 2 * VARIANCE_WINDOW_DIAMETERS * d, z)
 
 
 # ------------------------------------------------------------------------------- picking
@@ -477,13 +532,17 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
     keep = v >= threshold
     n_cand = int(keep.sum())
     rc, v = rc[keep], v[keep]
-    bad = variance_outliers(highpassed(prep, 2 * r_work), rc, VARIANCE_WINDOW_DIAMETERS * 2 * r_work,
-                            variance_z) if np.isfinite(variance_z) else np.zeros(len(rc), bool)
-    rc, v = rc[~bad], v[~bad]
     # working-grid pixel centre i ↔ input pixel centre i·scale (Fourier cropping keeps the field)
     dy, dx = subpixel_offsets(plus if polarity > 0 else minus, rc)
     x = (rc[:, 1] + dx) * prep.scale
     y = (rc[:, 0] + dy) * prep.scale
+    if np.isfinite(variance_z):
+        edge, var = region_outliers(mic, x, y, diameter_A / pixel_size_A, variance_z)
+    else:
+        edge = var = np.zeros(len(rc), bool)
+    bad = edge | var
+    extra.update(rejected_edge=int(edge.sum()), rejected_variance=int((var & ~edge).sum()))
+    rc, v, x, y = rc[~bad], v[~bad], x[~bad], y[~bad]
     tmpl = None if which is None else which[rc[:, 0], rc[:, 1]]
     return Picks(x, y, v.astype(np.float64), float(threshold), int(polarity), tmpl, n_cand,
                  int(bad.sum()), prep.pixel_size_A, extra)
@@ -585,8 +644,7 @@ def plot_picks(micrograph: np.ndarray, picks: Picks, diameter_px: float, title: 
 
     m = np.asarray(micrograph, np.float32)
     f = max(1, int(np.ceil(max(m.shape) / max_px)))
-    H, W = (m.shape[0] // f) * f, (m.shape[1] // f) * f
-    small = m[:H, :W].reshape(H // f, f, W // f, f).mean(axis=(1, 3))
+    small = bin_mean(m, f)
     small = ndimage.gaussian_filter(small, max(1.0, diameter_px / f / 12))
     lo, hi = np.percentile(small, [1, 99])
     fig, ax = plt.subplots(figsize=(7, 7 * small.shape[0] / small.shape[1]))
