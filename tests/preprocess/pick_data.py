@@ -35,3 +35,26 @@ def simulated():
 def truth_xy(res, i: int) -> np.ndarray:
     t = res.coordinates[res.coordinates.rlnMicrographName == f"micrograph_{i + 1:04d}.mrc"]
     return t[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
+
+
+def aggregate(res, i: int, centre_xy, radius_px: float, n: int, seed: int = 4) -> np.ndarray:
+    """A dense clump of ``n`` particles of :func:`volume` (random views, centres uniform in a disk of
+    ``radius_px`` around ``centre_xy``) in micrograph ``i`` of ``res``: the projections summed, then that
+    micrograph's CTF — the image to add to it (same scale as its particles)."""
+    from cryoprism.ctf.model import ctf_2d
+    from cryoprism.forward.projection import project
+    from cryoprism.fourier.core import fft2c, ifft2c
+    from cryoprism.geometry import uniform_rotations
+
+    rng = np.random.default_rng(seed)
+    M = res.micrographs.shape[-1]
+    vol = volume()
+    L = vol.shape[-1]
+    field = np.zeros((M, M))
+    r = radius_px * np.sqrt(rng.uniform(0, 1, n))
+    a = rng.uniform(0, 2 * np.pi, n)
+    xs = np.rint(centre_xy[0] + r * np.cos(a)).astype(int) - L // 2
+    ys = np.rint(centre_xy[1] + r * np.sin(a)).astype(int) - L // 2
+    for x, y, im in zip(xs, ys, project(vol, uniform_rotations(n, rng))):
+        field[y:y + L, x:x + L] += im
+    return ifft2c(fft2c(field) * ctf_2d(M, PX, res.ctf.take(i), np.float64)).real

@@ -72,7 +72,7 @@ class Picks:
     polarity: int  # +1: particles bright (denser = larger values), -1: dark
     template: np.ndarray | None = None  # index of the best template (template picker)
     n_candidates: int = 0
-    n_rejected_variance: int = 0
+    n_rejected_variance: int = 0  # picks rejected in outlier regions (edges and regional variance)
     work_pixel_size_A: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -717,9 +717,11 @@ def pick_files(micrographs, diameter_A: float, job, *, ctf_table=None, estimate:
         counts.append(len(p))
         pols.append(p.polarity)
         fig = plot_picks(mic, p, diameter_A / px, f"{Path(path).name}: {len(p)} picks (threshold "
-                         f"{p.threshold:.2f}, {p.n_rejected_variance} rejected by local variance)")
+                         f"{p.threshold:.2f}, {p.n_rejected_variance} rejected in outlier regions)")
         job.save_figure(f"picks/{Path(path).stem}.png", fig, dpi=PNG_DPI)
-        job.log.info("%s: %d picks, threshold %.3f, polarity %+d", path, len(p), p.threshold, p.polarity)
+        job.log.info("%s: %d picks, threshold %.3f, polarity %+d, rejected: %d at edges, %d by the regional "
+                     "variance", path, len(p), p.threshold, p.polarity, p.extra.get("rejected_edge", 0),
+                     p.extra.get("rejected_variance", 0))
     coords = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COORD_COLUMNS)
     star = job.write_star("coordinates.star", coords)
     return coords, {"micrographs": len(counts), "picks": int(sum(counts)), "picks_per_micrograph": counts,
