@@ -16,7 +16,6 @@ def sim():
     return pick_data.simulated()
 
 
-
 @pytest.fixture
 def mic_files(tmp_path, sim):
     paths = []
@@ -80,3 +79,83 @@ def test_movie_without_motion_module_is_one_line_error(tmp_path, capsys):
     err = [s for s in capsys.readouterr().err.splitlines() if s.startswith("cryoprism")]  # not tqdm's
     assert rc == 2 and len(err) == 1 and "motion" in err[0]
     assert not (tmp_path / "o" / "particles.star").exists()
+
+
+def _one_line_exit_2(capsys, args, out):
+    from cryoprism.cli.main import main
+
+    rc = main([str(a) for a in args])
+    err = [s for s in capsys.readouterr().err.splitlines() if s.strip() and "%|" not in s]  # not tqdm's
+    assert rc == 2 and len(err) == 1 and err[0].startswith("cryoprism: error:"), err
+    assert not out.exists()  # nothing written: the inputs are checked before OUT is created
+    return err[0]
+
+
+def test_preprocess_bad_movies_are_one_line_and_write_nothing(tmp_path, capsys):
+    import tifffile
+
+    with tifffile.TiffWriter(tmp_path / "bad.tif") as w:
+        w.write(np.zeros((40, 50), np.uint8))
+        w.write(np.zeros((40, 48), np.uint8))
+    out = tmp_path / "o"
+    err = _one_line_exit_2(capsys, ["preprocess", tmp_path / "bad.tif", "-o", out, "--diameter", 20,
+                                    "--pixel-size", 1], out)
+    assert "disagree in size" in err
+    frames = np.random.default_rng(0).poisson(5.0, (3, 64, 64)).astype(np.float32)
+    write_mrc(tmp_path / "movie.mrcs", frames, 1.0, is_stack=True)
+    write_mrc(tmp_path / "gain.mrc", np.ones((64, 66), np.float32), 1.0)
+    err = _one_line_exit_2(capsys, ["preprocess", tmp_path / "movie.mrcs", "-o", out, "--diameter", 20,
+                                    "--gain", tmp_path / "gain.mrc"], out)
+    assert "gain reference is 66x64" in err
+    (tmp_path / "x.eer").write_bytes(b"\0" * 16)
+    err = _one_line_exit_2(capsys, ["preprocess", tmp_path / "x.eer", "-o", out, "--diameter", 20,
+                                    "--pixel-size", 1], out)
+    assert "EER" in err
+
+
+def test_preprocess_aligns_a_movie_then_picks(tmp_path, sim, capsys):
+    """A movie (6 frames of one simulated micrograph, shifted by whole pixels, each with its own noise)
+    goes through motion correction, CTF, picking and extraction."""
+    from cryoprism.cli.main import main
+    from cryoprism.io import read_mrc, read_particles
+
+    rng = np.random.default_rng(2)
+    clean = -sim.micrographs[0][:512, :512].astype(np.float64)
+    shifts = np.cumsum(rng.integers(-2, 3, (6, 2)), axis=0)
+    frames = np.stack([np.roll(clean, tuple(s), axis=(0, 1)) / 6 + rng.normal(0, 0.2 * clean.std(), clean.shape)
+                       for s in shifts]).astype(np.float32)
+    write_mrc(tmp_path / "mov.mrcs", frames, PX, is_stack=True)
+    out = tmp_path / "pp"
+    assert main(["preprocess", str(tmp_path / "mov.mrcs"), "-o", str(out), "--diameter", "100", "--box", "64",
+                 "--json"]) == 0
+    fig = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    mic, px = read_mrc(out / "micrographs" / "mov.mrc")
+    assert mic.shape == (512, 512) and px == pytest.approx(PX)
+    assert fig["picks"] >= 5 and read_particles(out / "particles.star").n == fig["particles"] > 0
+
+
+@pytest.mark.slow
+def test_real_micrograph_ctf_pick_extract_cli(tmp_path, data_dir, capsys):
+    """A real micrograph (2048² crop at 0.8538 Å/px) through the three commands, each reading the last
+    one's output, without error."""
+    import starfile
+
+    from cryoprism.cli.main import main
+
+    mic = data_dir / "micrographs" / "fei_crop2048.mrc"
+
+    def run(*args):
+        assert main([str(a) for a in args] + ["--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    ctf = run("ctf-estimate", mic, "-o", tmp_path / "ctf")
+    assert 9000 < ctf["defocus_mean_A"] < 12000  # nominal 0.9 µm, fitted ≈ 1.05 µm on the whole micrograph
+    star = tmp_path / "ctf" / "micrographs_ctf.star"
+    picks = run("pick", mic, "-o", tmp_path / "pick", "--diameter", 120, "--ctf", star)
+    assert picks["picks"] >= 10 and picks["polarity"] == [-1]
+    assert (tmp_path / "pick" / "picks" / "fei_crop2048.png").stat().st_size > 1000
+    ex = run("extract", mic, "--coords", tmp_path / "pick" / "coordinates.star", "--box", 200, "--bin-box", 100,
+             "--ctf", star, "-o", tmp_path / "ex")
+    assert ex["particles"] + ex["skipped_at_edge"] == picks["picks"] and ex["box"] == 100
+    t = starfile.read(tmp_path / "ex" / "particles.star", always_dict=True)["particles"]
+    assert {"rlnDefocusU", "rlnCoordinateX", "rlnImageName", "rlnMicrographName"} <= set(t.columns)
