@@ -66,21 +66,6 @@ def test_preprocess_chain_and_resume(tmp_path, mic_files, capsys):
     assert second["resumed"] == 2 and second["particles"] == first["particles"]
 
 
-def test_movie_without_motion_module_is_one_line_error(tmp_path, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("cryoprism.preprocess.motion") is not None:
-        pytest.skip("motion correction is available")
-    from cryoprism.cli.main import main
-
-    p = tmp_path / "movie.mrc"
-    write_mrc(p, np.zeros((3, 64, 64), np.float32), 1.0, is_stack=True)
-    rc = main(["preprocess", str(p), "-o", str(tmp_path / "o"), "--diameter", "50"])
-    err = [s for s in capsys.readouterr().err.splitlines() if s.startswith("cryoprism")]  # not tqdm's
-    assert rc == 2 and len(err) == 1 and "motion" in err[0]
-    assert not (tmp_path / "o" / "particles.star").exists()
-
-
 def _one_line_exit_2(capsys, args, out):
     from cryoprism.cli.main import main
 
