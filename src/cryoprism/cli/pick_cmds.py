@@ -67,9 +67,10 @@ def register(app: typer.Typer) -> None:
         voltage: float = typer.Option(300.0, "--voltage", help="kV (when the CTF is estimated)."),
         cs: float = typer.Option(2.7, "--cs", help="Spherical aberration in mm (idem)."),
         amp: float = typer.Option(0.1, "--amp", help="Amplitude contrast (idem)."),
-        variance_z: float = typer.Option(5.0, "--variance-z", help="Reject picks where the local variance "
-                                         "is a robust outlier beyond this z-score (carbon edges, "
-                                         "aggregates); 'inf' keeps all."),
+        variance_z: float = typer.Option(5.0, "--variance-z", help="Reject picks in outlier regions: where "
+                                         "the local mean's change across one diameter (carbon/ice edges, "
+                                         "aggregates) or the variance in a window three diameters wide "
+                                         "is a robust outlier beyond this z-score; 'inf' keeps all."),
         as_json: bool = JSON_OPTION,
     ):
         """Pick particles. Writes OUT/coordinates.star (rlnMicrographName, rlnCoordinateX/Y in pixels of

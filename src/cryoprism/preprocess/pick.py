@@ -482,8 +482,8 @@ def pick_micrograph(micrograph: np.ndarray, pixel_size_A: float, diameter_A: flo
     ``templates``: ``(n, L, L)`` images at the working pixel size (:func:`map_templates`,
     :func:`average_templates`); None = the reference-free blob picker. ``ctf``: the micrograph's CTF
     (None: none applied). ``threshold``: FOM threshold (None: chosen from the data). ``polarity``:
-    +1 bright particles, -1 dark (None: from the data). ``variance_z``: robust z-score of the
-    log local variance beyond which picks are rejected (``inf`` disables).
+    +1 bright particles, -1 dark (None: from the data). ``variance_z``: robust z-score beyond which
+    the outlier-region tests (step 7: edge, regional variance) reject a pick (``inf`` disables).
     """
     mic = np.asarray(micrograph, np.float32)
     if mic.ndim != 2:
