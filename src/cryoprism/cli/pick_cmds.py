@@ -119,14 +119,15 @@ def register(app: typer.Typer) -> None:
         """Extract particle boxes. Writes OUT/particles.star (RELION 3.1: optics table, coordinates,
         rlnMicrographName, CTF of the micrograph, origins in Å of the sub-pixel rounding) and
         OUT/particles.mrcs. Boxes that do not fit in the micrograph are skipped with a warning; a
-        coordinate outside its micrograph is an error (exit 2, nothing written)."""
+        coordinate outside its micrograph is an error (exit 2, OUT not created)."""
         from cryoprism.io.job import Job
         from cryoprism.io.star import read_star
-        from cryoprism.preprocess.extract import ctf_lookup, extract_particles
+        from cryoprism.preprocess.extract import ctf_lookup, extract_particles, group_coordinates
 
         _exist(list(micrographs) + [coords, ctf_star])
         table = read_star(coords).particles
         ctf_table = ctf_lookup(ctf_star)[0] if ctf_star is not None else None
+        group_coordinates(micrographs, table)  # every coordinate checked before OUT is created
         job = Job(out, "extract", {"box": box, "bin_box": bin_box, "invert": invert, "norm": norm})
         figs = extract_particles(micrographs, table, box, job, ctf_table=ctf_table, pixel_size_A=pixel_size,
                                  bin_box=bin_box, invert=invert, normalize_images=norm, voltage_kV=voltage,

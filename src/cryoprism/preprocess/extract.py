@@ -114,6 +114,35 @@ CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
 OPTICS_CTF = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
+def group_coordinates(micrographs, coords: pd.DataFrame):
+    """Check the coordinates against the micrographs before anything is written: the columns, each
+    row's micrograph among ``micrographs`` (:func:`_match_name`), every coordinate inside its
+    micrograph (headers only). Returns ``(paths, coords with a fresh index, {micrograph index: row
+    indices}, {micrograph index: header})``."""
+    from cryoprism.io import read_mrc_header
+
+    for c in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"):
+        if c not in coords.columns:
+            raise InputError(f"coordinates lack the column {c}")
+    mics = [Path(p) for p in micrographs]
+    names = [str(p) for p in mics]
+    coords = coords.reset_index(drop=True)
+    groups: dict[int, np.ndarray] = {}
+    for name, idx in coords.groupby("rlnMicrographName", sort=False).indices.items():
+        j = _match_name(str(name), names)
+        if j is None:
+            raise InputError(f"coordinates refer to micrograph {name!r}, which is not among the inputs")
+        groups[j] = np.asarray(idx)
+    headers = {}
+    for j, idx in groups.items():
+        h = read_mrc_header(mics[j])
+        headers[j] = h
+        shape = tuple(h["shape"])[-2:] if "shape" in h else None
+        if shape is not None:
+            check_inside(coords.loc[idx, "rlnCoordinateX"], coords.loc[idx, "rlnCoordinateY"], shape, mics[j])
+    return mics, coords, groups, headers
+
+
 def extract_particles(micrographs, coords: pd.DataFrame, box: int, job, *, ctf_table: pd.DataFrame | None = None,
                       pixel_size_A: float | None = None, bin_box: int | None = None, invert: bool = False,
                       normalize_images: bool = True, voltage_kV: float = 300.0, cs_mm: float = 2.7,
@@ -130,28 +159,10 @@ def extract_particles(micrographs, coords: pd.DataFrame, box: int, job, *, ctf_t
     """
     from tqdm import tqdm
 
-    from cryoprism.io import read_mrc, read_mrc_header
+    from cryoprism.io import read_mrc
 
-    for c in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"):
-        if c not in coords.columns:
-            raise InputError(f"coordinates lack the column {c}")
-    mics = [Path(p) for p in micrographs]
+    mics, coords, groups, headers = group_coordinates(micrographs, coords)
     names = [str(p) for p in mics]
-    coords = coords.reset_index(drop=True)
-    groups: dict[int, np.ndarray] = {}
-    for name, idx in coords.groupby("rlnMicrographName", sort=False).indices.items():
-        j = _match_name(str(name), names)
-        if j is None:
-            raise InputError(f"coordinates refer to micrograph {name!r}, which is not among the inputs")
-        groups[j] = np.asarray(idx)
-    # check every coordinate before anything is written
-    headers = {}
-    for j, idx in groups.items():
-        h = read_mrc_header(mics[j])
-        headers[j] = h
-        shape = tuple(h["shape"])[-2:] if "shape" in h else None
-        if shape is not None:
-            check_inside(coords.loc[idx, "rlnCoordinateX"], coords.loc[idx, "rlnCoordinateY"], shape, mics[j])
     ctf_rows = {}
     if ctf_table is not None:
         cnames = [str(n) for n in ctf_table["rlnMicrographName"]]
