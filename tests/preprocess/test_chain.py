@@ -98,6 +98,18 @@ def test_preprocess_bad_movies_are_one_line_and_write_nothing(tmp_path, capsys):
     assert "EER" in err
 
 
+def test_pick_and_extract_refuse_a_movie_before_writing(tmp_path, capsys):
+    write_mrc(tmp_path / "movie.mrcs", np.zeros((3, 64, 64), np.float32), 1.0, is_stack=True)
+    out = tmp_path / "o"
+    err = _one_line_exit_2(capsys, ["pick", tmp_path / "movie.mrcs", "-o", out, "--diameter", 20], out)
+    assert "3 sections" in err
+    (tmp_path / "c.star").write_text("data_\nloop_\n_rlnMicrographName\n_rlnCoordinateX\n_rlnCoordinateY\n"
+                                     f"{tmp_path / 'movie.mrcs'} 10 10\n")
+    err = _one_line_exit_2(capsys, ["extract", tmp_path / "movie.mrcs", "--coords", tmp_path / "c.star", "--box",
+                                    16, "-o", out], out)
+    assert "3 sections" in err
+
+
 def test_preprocess_aligns_a_movie_then_picks(tmp_path, sim, capsys):
     """A movie (6 frames of one simulated micrograph, shifted by whole pixels, each with its own noise)
     goes through motion correction, CTF, picking and extraction."""

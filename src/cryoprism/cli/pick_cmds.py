@@ -20,6 +20,18 @@ def _exist(paths):
             raise InputError("file not found", p)
 
 
+def _check_micrographs(paths) -> None:
+    """Each input is one 2-D section (a micrograph, not a movie or a map), from its header."""
+    from cryoprism.errors import InputError
+    from cryoprism.io import read_mrc_header
+
+    for p in paths:
+        h = read_mrc_header(p)
+        if h["nz"] != 1:
+            raise InputError(f"expected a micrograph (one 2-D section), found {h['nz']} sections "
+                             f"(a movie? motion-correct it first: cryoprism motioncorr)", p)
+
+
 def _check_chain_inputs(inputs, pixel_size, gain) -> None:
     """What the chain can check before OUT exists: movies' frame sizes (every TIFF page), EER, a gain
     reference of the movies' frame size and a pixel size for every input."""
@@ -82,6 +94,7 @@ def register(app: typer.Typer) -> None:
         from cryoprism.preprocess.pick import pick_files
 
         _exist(list(micrographs) + [template, ctf_star])
+        _check_micrographs(micrographs)  # before OUT is created
         if polarity not in _POLARITY:
             raise InputError(f"--polarity: expected auto, dark or bright, got {polarity!r}")
         table = ctf_lookup(ctf_star)[0] if ctf_star is not None and not no_ctf else None
@@ -127,6 +140,7 @@ def register(app: typer.Typer) -> None:
         _exist(list(micrographs) + [coords, ctf_star])
         table = read_star(coords).particles
         ctf_table = ctf_lookup(ctf_star)[0] if ctf_star is not None else None
+        _check_micrographs(micrographs)
         group_coordinates(micrographs, table)  # every coordinate checked before OUT is created
         job = Job(out, "extract", {"box": box, "bin_box": bin_box, "invert": invert, "norm": norm})
         figs = extract_particles(micrographs, table, box, job, ctf_table=ctf_table, pixel_size_A=pixel_size,
