@@ -69,6 +69,18 @@ def test_path_between_modes_follows_the_ridge():
     assert np.all(dens(path) > ridge / 3)
 
 
+def test_path_on_a_plateau_spans_it():
+    # a uniform segment (a continuous motion): no valley, the ends are those of the dense region
+    rng = np.random.default_rng(1)
+    x = np.stack([rng.uniform(-1, 1, 3000), rng.normal(0, 0.1, 3000)], -1)
+    dens = kernel_density(x)
+    modes = density_modes(dens)
+    assert modes[0, 0] < -0.7 and modes[1, 0] > 0.7, modes
+    path = density_path(x, dens, modes[0], modes[1], n_points=5)
+    np.testing.assert_allclose(np.diff(path[:, 0]), np.diff(path[:, 0]).mean(), atol=0.1)
+    assert np.all(np.abs(path[:, 1]) < 0.1)
+
+
 def test_series_and_gif_written(tmp_path):
     from PIL import Image
 
@@ -95,3 +107,26 @@ def test_series_and_gif_written(tmp_path):
     assert px == pytest.approx(2.0)
     gif = Image.open(out / "path.gif")
     assert gif.n_frames == 4  # forth and back: 0 1 2 1
+
+
+def test_cli_trajectory(tmp_path):
+    import json
+
+    from cryoprism.cli.main import main
+    from cryoprism.io import write_mrc
+
+    vols, _ = moving_blob_family(16, 3)
+    paths = []
+    for k, v in enumerate(vols):
+        paths.append(tmp_path / f"state{k}.mrc")
+        write_mrc(paths[-1], v.astype(np.float32), 4.0)
+    star = tmp_path / "sim" / "particles.star"
+    assert main(["simulate", *map(str, paths), "-o", str(star), "-n", "300", "--snr", "0.5",
+                 "--defocus-min", "15000", "--defocus-max", "25000", "--seed", "2"]) == 0
+    out = tmp_path / "het"
+    assert main(["heterogeneity", str(star), "-o", str(out), "--nres", "8", "--classes", "2", "--no-reconstruct",
+                 "--trajectory", "--trajectory-points", "3", "--json"]) == 0
+    for name in ["pc1_000.mrc", "pc2_002.mrc", "path_002.mrc", "points.csv", "density.png", "path.gif"]:
+        assert (out / "trajectory" / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trajectory"]["series"] == ["pc1", "pc2", "path"]

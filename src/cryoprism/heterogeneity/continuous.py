@@ -157,10 +157,12 @@ def kernel_density(x: np.ndarray, bandwidth: np.ndarray | str = "scott", posteri
     return LatentDensity(B, axes, vals.reshape((g,) * d))
 
 
-def density_modes(density: LatentDensity, min_fraction: float = 0.1) -> np.ndarray:
-    """Two end points for the path: the two highest local maxima of the density (grid points that
-    are the maximum of their 5-neighbourhood, at least ``min_fraction`` of the highest); with one
-    mode, the two ends of the high-density region (``≥ min_fraction`` of the maximum) along its
+def density_modes(density: LatentDensity, min_fraction: float = 0.25, max_dip: float = 0.75) -> np.ndarray:
+    """Two end points for the path. Two modes: the highest pair of local maxima of the density (grid
+    points that are the maximum of their 5-neighbourhood, at least ``min_fraction`` of the highest)
+    separated by a valley — the density on the segment between them falls below ``max_dip`` times the
+    lower peak (a bump of the estimate's sampling noise on a plateau has no such valley). Without such a
+    pair, the two ends of the high-density region (``≥ min_fraction`` of the maximum) along its
     principal axis. Returns ``(2, d)``, ordered by the first coordinate."""
     from scipy.ndimage import maximum_filter
 
@@ -169,17 +171,21 @@ def density_modes(density: LatentDensity, min_fraction: float = 0.1) -> np.ndarr
     flat = f.ravel()
     peak = (f == maximum_filter(f, size=5, mode="constant")).ravel() & (flat >= min_fraction * flat.max())
     idx = np.flatnonzero(peak)
-    idx = idx[np.argsort(flat[idx])[::-1]]
-    if idx.size >= 2:
-        ends = pts[idx[:2]]
-    else:
-        region = pts[flat >= min_fraction * flat.max()]
-        w = flat[flat >= min_fraction * flat.max()]
-        centre = (region * w[:, None]).sum(0) / w.sum()
-        cov = np.atleast_2d(np.cov((region - centre).T, aweights=w))
-        axis = np.linalg.eigh(cov)[1][:, -1]
-        t = (region - centre) @ axis
-        ends = region[[np.argmin(t), np.argmax(t)]]
+    idx = idx[np.argsort(flat[idx])[::-1]][:8]
+    s = np.linspace(0.0, 1.0, 41)[:, None]
+    for j in range(1, idx.size):
+        for i in range(j):
+            a, b = pts[idx[i]], pts[idx[j]]
+            if density((1 - s) * a + s * b).min() < max_dip * min(flat[idx[i]], flat[idx[j]]):
+                ends = np.stack([a, b])
+                return ends[np.argsort(ends[:, 0])]
+    high = flat >= min_fraction * flat.max()
+    region, w = pts[high], flat[high]
+    centre = (region * w[:, None]).sum(0) / w.sum()
+    cov = np.atleast_2d(np.cov((region - centre).T, aweights=w))
+    axis = np.linalg.eigh(cov)[1][:, -1]
+    t = (region - centre) @ axis
+    ends = region[[np.argmin(t), np.argmax(t)]]
     return ends[np.argsort(ends[:, 0])]
 
 
