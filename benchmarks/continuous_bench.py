@@ -72,12 +72,14 @@ def simulate(vols, px, n, snr, seed=0, n_defocus=7):
     return imgs, rot, ctf, lab, sigma2
 
 
-def fsc05_shell(a, b, px) -> float:
-    """The (interpolated) shell index where the FSC of ``a`` and ``b`` falls below 0.5."""
+def fsc05_shell(a, b, px) -> tuple[float, float]:
+    """The (interpolated) shell index where the FSC of ``a`` and ``b`` falls below 0.5 (the Nyquist
+    shell L/2 when it never does), and the mean FSC over shells 1 … L/2 (which does not saturate)."""
     from cryoprism.metrics import fsc, resolution_at
 
     L = a.shape[-1]
-    return float(L * px / resolution_at(fsc(a, b, px), 0.5))
+    r = fsc(a, b, px)
+    return float(L * px / resolution_at(r, 0.5)), float(np.mean(r.curve[1:L // 2 + 1]))
 
 
 def compare_series(traj, t_true, src, L, px, res_A, frames) -> list:
@@ -91,12 +93,13 @@ def compare_series(traj, t_true, src, L, px, res_A, frames) -> list:
         t_hat = float(t_true[idx].mean())
         truth = motion_map(t_hat, L, px, res_A, frames)
         oracle_idx = np.sort(np.argsort(np.abs(t_true - t_hat), kind="stable")[:len(idx)])
-        s_path = fsc05_shell(v, truth, px)
-        s_orc = fsc05_shell(point_volume(src, oracle_idx), truth, px)
+        s_path, m_path = fsc05_shell(v, truth, px)
+        s_orc, m_orc = fsc05_shell(point_volume(src, oracle_idx), truth, px)
         rows.append({"t": round(t_hat, 3), "t_sd": round(float(t_true[idx].std()), 3),
                      "t_sd_oracle": round(float(t_true[oracle_idx].std()), 3),
                      "fsc05_shell": round(s_path, 2), "fsc05_shell_oracle": round(s_orc, 2),
-                     "shells_lost": round(s_orc - s_path, 2)})
+                     "shells_lost": round(s_orc - s_path, 2),
+                     "mean_fsc": round(m_path, 3), "mean_fsc_oracle": round(m_orc, 3)})
     return rows
 
 
@@ -147,6 +150,8 @@ def main(argv=None):
         "snr_het": args.snr, "noise_variance": sigma2, "n_res": N, "states_found": res.n_states,
         "eigenvalues": [round(float(x), 4) for x in res.covariance.eigenvalues[:5]],
         "spearman_rho_coord1_vs_t": round(rho, 4),
+        "spearman_rho_path_position_vs_t": None if c.path_position is None else round(
+            float(spearmanr(c.path_position, t_true).statistic), 4),
         "path_points": len(rows), "particles_per_point": int(len(path.neighbours[0])),
         "path_t_span": round(span, 3), "path": rows, "pc1": series["pc1"],
         "pc1_max_shells_lost": max(r["shells_lost"] for r in series["pc1"]),

@@ -45,6 +45,7 @@ class ContinuousSettings:
     graph_neighbours: int = 10  # k of the k-nearest-neighbour graph of the path
     lowrank: bool = False  # also the low-rank volumes μ + U a(t)
     reconstruct: bool = True  # the data volumes at each point (the expensive part)
+    path_iterations: int = 1  # re-place the particles along the path at full resolution, re-reconstruct
     seed: int = 0
 
 
@@ -87,6 +88,8 @@ class ContinuousResult:
     modes: np.ndarray  # (2, d) the path's end points
     trajectories: list  # of Trajectory: pc1 … pcK, path
     settings: ContinuousSettings
+    path_position: np.ndarray | None = None  # (n,) each particle's position along the path, 0 … 1
+    path_position_sd: np.ndarray | None = None  # (n,) its posterior standard deviation
     seconds: float = 0.0
     cpu_seconds: float = 0.0
 
@@ -285,6 +288,39 @@ def point_volume(source, idx: np.ndarray, progress: bool = False, n_workers: int
     return np.asarray(r.volume, np.float32)
 
 
+def path_positions(source, volumes: list, noise_var: float, *, n_workers: int | None = None,
+                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Each particle's position along a series of ``m`` volumes, from its likelihood at the full box.
+
+    ``log p(y_s | j) = −‖y_s − M_s V_j‖² / 2σ² + const`` (white noise of variance ``noise_var`` per
+    pixel, the particle's pose, origin and CTF in ``M_s``, as in the 3-D classification of
+    :mod:`cryoprism.heterogeneity.refine_classes`); with a uniform prior over the points ``j`` at
+    positions ``τ_j = j / (m − 1)``, the position is the posterior mean ``Σ_j γ_sj τ_j``. Returns
+    ``(positions (n,), posterior standard deviations (n,))``.
+    """
+    from cryoprism.heterogeneity.refine_classes import _batch_at_box, _log_likelihoods, _posteriors
+    from cryoprism.parallel import map_reduce
+    from cryoprism.parallel.core import batch_ranges, default_workers
+
+    n, L, m = int(source.n), int(source.box), len(volumes)
+    workers = n_workers or default_workers()
+    nt = 1 if workers > 1 else 0
+    prior = np.full(m, -np.log(m))
+
+    def job(r):
+        a, b = r
+        im, rot, org, ctf = _batch_at_box(source, a, b, L)
+        return [(a, _posteriors(_log_likelihoods(volumes, im, rot, org, ctf, noise_var, nt), prior)[0])]
+
+    gamma = np.empty((n, m))
+    for a, g in map_reduce(job, batch_ranges(n, 512), n_workers=workers, desc="path positions",
+                           progress=progress):
+        gamma[a:a + g.shape[0]] = g
+    tau = np.linspace(0.0, 1.0, m)
+    pos = gamma @ tau
+    return pos, np.sqrt(np.maximum(gamma @ tau ** 2 - pos ** 2, 0.0))
+
+
 def lowrank_volume(mean: np.ndarray, eigenvolumes: np.ndarray, a: np.ndarray, L: int, band: int) -> np.ndarray:
     """``μ + Σ_k a_k u_k`` on the ``N_res`` grid, band-limited to ``band`` and Fourier-padded to ``L``."""
     from cryoprism.fourier.resample import downsample, upsample
@@ -304,13 +340,18 @@ def lowrank_volume(mean: np.ndarray, eigenvolumes: np.ndarray, a: np.ndarray, L:
 def continuous_analysis(source, system, Q: np.ndarray, eigenvalues: np.ndarray, noise_var: float,
                         settings: ContinuousSettings | None = None, *, mean: np.ndarray | None = None,
                         eigenvolumes: np.ndarray | None = None, band: int | None = None,
-                        n_workers: int | None = None, progress: bool = True) -> ContinuousResult:
+                        noise_var_L: float | None = None, n_workers: int | None = None,
+                        progress: bool = True) -> ContinuousResult:
     """Density, principal-direction and path series of the particles of ``source``.
 
     ``system`` (:class:`~cryoprism.heterogeneity.covariance.SubspaceSystem`: per-particle ``G_s, c_s``
     in the eigenvolume basis ``Q``, eigenvalues ``eigenvalues``, noise ``noise_var`` on the ``N_res``
     grid) as :func:`cryoprism.heterogeneity.pipeline.analyze` builds it. ``mean``, ``eigenvolumes``
     (``N_res`` grid) and ``band`` are needed only for the low-rank volumes (``settings.lowrank``).
+    ``noise_var_L`` (noise variance per pixel of the full-box images): with it and
+    ``settings.path_iterations``, the particles are re-placed along the path by their full-box
+    likelihood against the path volumes (:func:`path_positions`) and each path volume is rebuilt from
+    the ``K`` particles whose position is nearest its own, ``path_iterations`` times.
     """
     import time
 
@@ -347,8 +388,17 @@ def continuous_analysis(source, system, Q: np.ndarray, eigenvalues: np.ndarray, 
             if s.lowrank and mean is not None and eigenvolumes is not None:
                 t.lowrank = [lowrank_volume(mean, eigenvolumes, p, L, int(band or mean.shape[-1]))
                              for p in t.points]
-    return ContinuousResult(coords, post, dens, modes, series, s, time.perf_counter() - t0,
-                            time.process_time() - c0)
+    out = ContinuousResult(coords, post, dens, modes, series, s)
+    path = series[-1]
+    if s.reconstruct and noise_var_L and path.volumes:
+        tau = np.linspace(0.0, 1.0, len(path.points))
+        for _ in range(int(s.path_iterations)):
+            pos, sd = path_positions(source, path.volumes, noise_var_L, n_workers=n_workers, progress=progress)
+            path.neighbours = [nearest_particles(pos[:, None], [t], K) for t in tau]
+            path.volumes = [point_volume(source, idx, n_workers=n_workers) for idx in path.neighbours]
+            out.path_position, out.path_position_sd = pos, sd
+    out.seconds, out.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -445,6 +495,11 @@ def write_continuous(job, res: ContinuousResult, pixel_size_A: float, folder: st
                          "density": float(t.density[i]), "particles": int(len(t.neighbours[i]))})
     job.write_csv(f"{folder}/points.csv", pd.DataFrame(rows))
     files.append(f"{folder}/points.csv")
+    if res.path_position is not None:
+        job.write_csv(f"{folder}/path_position.csv", pd.DataFrame({
+            "particle": np.arange(res.path_position.size), "position": res.path_position,
+            "position_sd": res.path_position_sd}))
+        files.append(f"{folder}/path_position.csv")
     job.save_figure(f"{folder}/density.png", density_figure(res), dpi=90)
     files.append(f"{folder}/density.png")
     path = next(t for t in res.trajectories if t.name == "path")

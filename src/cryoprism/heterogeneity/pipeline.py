@@ -209,7 +209,8 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
         t1 = time.perf_counter()
         res.continuous = continuous_analysis(source, system, Q, lam, d.noise_var, trajectory, mean=A.mean,
                                              eigenvolumes=cov.eigenvolumes, band=d.band_size,
-                                             n_workers=n_workers, progress=progress)
+                                             noise_var_L=d.info["noise_var_L"], n_workers=n_workers,
+                                             progress=progress)
         t["continuous_s"] = time.perf_counter() - t1
     t["total_s"] = time.perf_counter() - t0
     t["cpu_s"] = time.process_time() - c0
