@@ -471,7 +471,7 @@ def write_gif(path, volumes: list, fps: int = 5, title: str = "path") -> None:
 
     anim = FuncAnimation(fig, draw, frames=len(order), blit=False)
     with atomic_path(path) as tmp:
-        anim.save(str(tmp), writer=PillowWriter(fps=fps), dpi=60)
+        anim.save(str(tmp), writer=PillowWriter(fps=fps), dpi=80)
     plt.close(fig)
 
 
