@@ -126,7 +126,8 @@ def test_cli_trajectory(tmp_path):
     out = tmp_path / "het"
     assert main(["heterogeneity", str(star), "-o", str(out), "--nres", "8", "--classes", "2", "--no-reconstruct",
                  "--trajectory", "--trajectory-points", "3", "--json"]) == 0
-    for name in ["pc1_000.mrc", "pc2_002.mrc", "path_002.mrc", "points.csv", "density.png", "path.gif"]:
+    for name in ["pc1_000.mrc", "pc2_002.mrc", "path_002.mrc", "points.csv", "path_position.csv", "density.png",
+                 "path.gif"]:
         assert (out / "trajectory" / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trajectory"]["series"] == ["pc1", "pc2", "path"]

@@ -87,8 +87,10 @@ def register(app: typer.Typer) -> None:
         after an interrupt, the same command with --resume continues. Outputs are written only at
         the end, each atomically. With --trajectory also OUT/trajectory/: pcK_NNN.mrc (volumes at the
         5th…95th percentiles of coordinate K, as cryoSPARC 3DVA), path_NNN.mrc (volumes along the
-        highest-density path between two modes of the coordinates' density), points.csv (the points'
-        coordinates, density, particle counts), density.png and path.gif (projections along the path).
+        highest-density path between two modes of the coordinates' density, rebuilt once the particles
+        are placed along the path by their full-box likelihood), points.csv (the points' coordinates,
+        density, particle counts), path_position.csv (each particle's position along the path, 0–1),
+        density.png and path.gif (projections along the path).
         """
         from cryoprism.errors import InputError
         from cryoprism.heterogeneity.pipeline import analyze, resolve_nres

@@ -15,8 +15,11 @@ the particles fill a curve or a sheet in that space instead of separate clusters
 3. reconstructs each point's volume at the full box from the particles nearest that point
    (:func:`cryoprism.reconstruct.reconstruct_mean` on a subset: full-resolution volumes from the
    data, not only the low-rank model), optionally also the low-rank volume ``μ + U a(t)``;
-4. writes ``trajectory/pcK_NNN.mrc``, ``trajectory/path_NNN.mrc``, ``trajectory/points.csv``,
-   ``trajectory/density.png`` and ``trajectory/path.gif`` through a :class:`cryoprism.io.job.Job`.
+4. places every particle along the path by its full-box likelihood against the path volumes and
+   rebuilds them from the particles so placed (:func:`path_positions`);
+5. writes ``trajectory/pcK_NNN.mrc``, ``trajectory/path_NNN.mrc``, ``trajectory/points.csv``,
+   ``trajectory/path_position.csv``, ``trajectory/density.png`` and ``trajectory/path.gif`` through a
+   :class:`cryoprism.io.job.Job`.
 
 Derivation and measured results: docs/heterogeneity.md, "Continuous heterogeneity".
 """
