@@ -33,7 +33,7 @@ def test_coordinates_monotone_in_the_parameter():
     vols, t = moving_blob_family(16, 9)
     imgs, rot, org, p, lab, _, px = simulate(vols, 1000, 0.2, seed=5)
     src = as_particles(imgs, rot, org, p, px)
-    s = ContinuousSettings(n_points=4, n_directions=1, reconstruct=False)
+    s = ContinuousSettings(n_points=4, n_directions=1, reconstruct=False, lowrank=True)
     res = analyze(src, 8, classes=2, reconstruct=False, refine=False, refine_full=False, n_boot=0,
                   progress=False, trajectory=s)
     c = res.continuous
@@ -43,6 +43,11 @@ def test_coordinates_monotone_in_the_parameter():
     pc1 = c.trajectories[0]
     means = np.array([t[lab[idx]].mean() for idx in pc1.neighbours])
     assert np.all(np.diff(means) * np.sign(rho) > 0), means
+    # the low-rank volumes μ + U a at the first direction's ends resemble the family's matching ends
+    first, last = (vols[0], vols[-1]) if rho > 0 else (vols[-1], vols[0])
+    cc = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]  # noqa: E731
+    assert cc(pc1.lowrank[0], first) > cc(pc1.lowrank[0], last)
+    assert cc(pc1.lowrank[-1], last) > cc(pc1.lowrank[-1], first)
 
 
 def arc_points(n: int, seed: int = 0) -> np.ndarray:
