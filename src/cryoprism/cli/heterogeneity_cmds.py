@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +53,18 @@ def register(app: typer.Typer) -> None:
                                       help="Radius of the particle's support as a fraction of half the "
                                            "box (1: the inscribed ball; 0: the whole cube). The "
                                            "covariance is estimated inside it."),
+        trajectory: bool = typer.Option(False, "--trajectory",
+                                        help="Continuous heterogeneity: the density of the particles' "
+                                             "coordinates and full-box volumes along the principal "
+                                             "directions and a high-density path, each from the "
+                                             "particles nearest its point (OUT/trajectory/)."),
+        trajectory_points: int = typer.Option(10, "--trajectory-points", min=2,
+                                              help="Volumes per direction and along the path."),
+        trajectory_dims: int = typer.Option(2, "--trajectory-dims", min=1, max=3,
+                                            help="Coordinates used for the density and the path."),
+        trajectory_lowrank: bool = typer.Option(False, "--trajectory-lowrank",
+                                                help="Also the low-rank volumes mean + U a(t) at each "
+                                                     "point (pcK_lowrank_NNN.mrc, path_lowrank_NNN.mrc)."),
         seed: int = typer.Option(0, "--seed", help="Random seed (range finder, bootstrap, mixture)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in "
                                     "OUT/checkpoints (same particles and settings)."),
@@ -72,7 +85,12 @@ def register(app: typer.Typer) -> None:
         input), eigvol_NN.mrc (unit-norm eigenvolumes on the full box), report.png. Checkpoints
         (mean, covariance kernel and CG state, range finder, class volumes) go to OUT/checkpoints;
         after an interrupt, the same command with --resume continues. Outputs are written only at
-        the end, each atomically.
+        the end, each atomically. With --trajectory also OUT/trajectory/: pcK_NNN.mrc (volumes at the
+        5th…95th percentiles of coordinate K, as cryoSPARC 3DVA), path_NNN.mrc (volumes along the
+        highest-density path between two modes of the coordinates' density, rebuilt once the particles
+        are placed along the path by their full-box likelihood), points.csv (the points' coordinates,
+        density, particle counts), path_position.csv (each particle's position along the path, 0–1),
+        density.png and path.gif (projections along the path).
         """
         from cryoprism.errors import InputError
         from cryoprism.heterogeneity.pipeline import analyze, resolve_nres
@@ -99,10 +117,17 @@ def register(app: typer.Typer) -> None:
         N = resolve_nres(stack.box, px, nres, max_res_A, source=stack)
         settings = {"n_res": N, "method": method, "classes": C, "iterations": iterations,
                     "max_states": max_states, "reconstruct": not no_reconstruct, "support": support, "seed": seed}
+        traj = None
+        if trajectory:
+            from cryoprism.heterogeneity.continuous import ContinuousSettings
+
+            traj = ContinuousSettings(n_dims=trajectory_dims, n_points=trajectory_points,
+                                      lowrank=trajectory_lowrank, seed=seed)
+            settings["trajectory"] = dataclasses.asdict(traj)
         with Job(out, "heterogeneity", settings, resume=resume) as job:
             res = analyze(stack, N, method=method, classes=C, cg_iterations=iterations, max_states=max_states,
                           reconstruct=not no_reconstruct, seed=seed, job=job, star=_relocated(stack.star, out),
-                          support_radius=support or None)
+                          support_radius=support or None, trajectory=traj)
             figures = _figures(res, stack, N, px, out)
             job.record(**figures)
             finish(job, as_json, _human(res, stack, N, out, figures))

@@ -40,6 +40,7 @@ class HeterogeneityResult:
     refinement: object | None = None  # refine_classes.ClassRefinement (full-resolution 3-D classes)
     labels_subspace: np.ndarray | None = None  # labels of the covariance-space EM, before refinement
     state_test: object | None = None  # states.StateTest (the calibrated count; None with --classes C)
+    continuous: object | None = None  # continuous.ContinuousResult (density, trajectories) when asked
 
     @property
     def n_states(self) -> int:
@@ -96,7 +97,8 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
             reconstruct: bool = True, refine: bool = True, seed: int = 0, n_workers: int | None = None,
             progress: bool = True, max_full_bytes: float = 2e9,
             oversample: float | None = None, job=None, star=None,
-            support_radius: float | None = 1.0, refine_full: bool = True) -> HeterogeneityResult:
+            support_radius: float | None = 1.0, refine_full: bool = True,
+            trajectory=None) -> HeterogeneityResult:
     """Run the heterogeneity analysis on the particles of ``source`` (``io.ParticleSource`` with poses).
 
     ``method``: ``lowrank`` (matrix-free subspace estimator, the default: it runs at any ``N_res`` and
@@ -113,6 +115,9 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
     radius, a fraction of half the box (1.0: the inscribed ball; None: the whole cube); the particle must
     lie inside it. ``refine_full``: refine the classes by maximum-likelihood 3-D classification at the full
     box (poses fixed, :mod:`cryoprism.heterogeneity.refine_classes`); its class volumes are the outputs.
+    ``trajectory`` (:class:`cryoprism.heterogeneity.continuous.ContinuousSettings`): also the density of
+    the coordinates and the volumes along the principal directions and a high-density path
+    (:mod:`cryoprism.heterogeneity.continuous`; written to OUT/trajectory/).
 
     ``job`` (:class:`cryoprism.io.job.Job`): keep checkpoints in it (mean normal equations and CG, the
     dense 6-D kernel up to ~1 GB, range-finder blocks, Galerkin statistics, covariance CG state,
@@ -198,6 +203,15 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
         res.class_volumes = class_reconstructions(source, labels, C, n_workers=n_workers,
                                                   progress=progress, checkpoints=ck)
         t["reconstruct_s"] = time.perf_counter() - t1
+    if trajectory is not None:
+        from cryoprism.heterogeneity.continuous import continuous_analysis
+
+        t1 = time.perf_counter()
+        res.continuous = continuous_analysis(source, system, Q, lam, d.noise_var, trajectory, mean=A.mean,
+                                             eigenvolumes=cov.eigenvolumes, band=d.band_size,
+                                             noise_var_L=d.info["noise_var_L"], n_workers=n_workers,
+                                             progress=progress)
+        t["continuous_s"] = time.perf_counter() - t1
     t["total_s"] = time.perf_counter() - t0
     t["cpu_s"] = time.process_time() - c0
     if job is not None:
@@ -311,6 +325,10 @@ def write_outputs(job, res: HeterogeneityResult, *, star=None, pixel_size_A: flo
     for k, v in enumerate(eigenvolumes_full_box(res, r)):
         job.write_mrc(f"eigvol_{k + 1:02d}.mrc", v, pixel_size_A)
         files.append(f"eigvol_{k + 1:02d}.mrc")
+    if res.continuous is not None:
+        from cryoprism.heterogeneity.continuous import write_continuous
+
+        files += write_continuous(job, res.continuous, pixel_size_A)
     job.save_figure("report.png", heterogeneity_figure(res), dpi=90)
     files.append("report.png")
     job.record(files=files)

@@ -130,6 +130,12 @@ def build_report(out: Path, s, stages: dict, truth_paths, total_seconds: float) 
                                "FSC of each class volume against the matching true state")
                     rep.table(rows)
 
+        traj = het / "trajectory"  # written with trajectory settings (continuous heterogeneity)
+        for name, caption in (("density.png", "Density of the particles' coordinates and the path"),
+                              ("path.gif", "Volumes along the highest-density path (projections)")):
+            if (traj / name).exists():
+                rep.figure(traj / name, name, caption)
+
     # --- 2-D analysis
     c2d = out / "classify2d"
     if c2d.exists():

@@ -1,0 +1,138 @@
+"""Continuous heterogeneity: coordinates of a one-parameter family, the density path, the written series."""
+
+import numpy as np
+import pytest
+
+from cryoprism.forward import gaussian_blob_volume
+from cryoprism.heterogeneity.continuous import (
+    ContinuousResult,
+    ContinuousSettings,
+    Trajectory,
+    density_modes,
+    density_path,
+    kernel_density,
+    write_continuous,
+)
+
+from .conftest import as_particles, simulate
+
+
+def moving_blob_family(L: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` volumes: a fixed core and a blob sliding 8 pixels along x as t goes 0 → 1."""
+    t = np.linspace(0.0, 1.0, m)
+    core = gaussian_blob_volume(L, [(0, 0, 0), (-2, 3, 1)], [2.0, 1.5], dtype=np.float64)
+    vols = [core + gaussian_blob_volume(L, [(-4 + 8 * s, -2, 0)], [1.5], dtype=np.float64) for s in t]
+    return np.stack(vols), t
+
+
+def test_coordinates_monotone_in_the_parameter():
+    from scipy.stats import spearmanr
+
+    from cryoprism.heterogeneity.pipeline import analyze
+
+    vols, t = moving_blob_family(16, 9)
+    imgs, rot, org, p, lab, _, px = simulate(vols, 1000, 0.2, seed=5)
+    src = as_particles(imgs, rot, org, p, px)
+    s = ContinuousSettings(n_points=4, n_directions=1, reconstruct=False, lowrank=True)
+    res = analyze(src, 8, classes=2, reconstruct=False, refine=False, refine_full=False, n_boot=0,
+                  progress=False, trajectory=s)
+    c = res.continuous
+    rho = spearmanr(c.coords[:, 0], t[lab]).statistic
+    assert abs(rho) > 0.9, rho
+    # the points of the first direction are ordered, and their particles' true parameter follows them
+    pc1 = c.trajectories[0]
+    means = np.array([t[lab[idx]].mean() for idx in pc1.neighbours])
+    assert np.all(np.diff(means) * np.sign(rho) > 0), means
+    # the low-rank volumes μ + U a at the first direction's ends resemble the family's matching ends
+    first, last = (vols[0], vols[-1]) if rho > 0 else (vols[-1], vols[0])
+    cc = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]  # noqa: E731
+    assert cc(pc1.lowrank[0], first) > cc(pc1.lowrank[0], last)
+    assert cc(pc1.lowrank[-1], last) > cc(pc1.lowrank[-1], first)
+
+
+def arc_points(n: int, seed: int = 0) -> np.ndarray:
+    """Points on the upper unit half-circle, denser at its two ends (two modes), radial noise 0.05."""
+    rng = np.random.default_rng(seed)
+    theta = np.concatenate([rng.normal(0.25, 0.15, n // 3), rng.normal(np.pi - 0.25, 0.15, n // 3),
+                            rng.uniform(0, np.pi, n - 2 * (n // 3))])
+    r = 1.0 + rng.normal(0, 0.05, n)
+    return np.stack([r * np.cos(theta), r * np.sin(theta)], -1)
+
+
+def test_path_between_modes_follows_the_ridge():
+    x = arc_points(3000)
+    dens = kernel_density(x)
+    modes = density_modes(dens)
+    # the two modes are the arc's dense ends
+    np.testing.assert_allclose(np.abs(modes[:, 0]), np.cos(0.25), atol=0.2)
+    path = density_path(x, dens, modes[0], modes[1], n_points=15)
+    radius = np.linalg.norm(path, axis=1)
+    assert np.all(np.abs(radius - 1.0) < 0.2), radius  # on the ridge, not across the empty centre
+    assert path[:, 1].max() > 0.85  # over the top of the arc (the straight line stays at y ≈ 0.25)
+    # all of it lies where the density is high: above a third of the density at the arc's middle
+    ridge = dens(np.array([[0.0, 1.0]]))[0]
+    assert np.all(dens(path) > ridge / 3)
+
+
+def test_path_on_a_plateau_spans_it():
+    # a uniform segment (a continuous motion): no valley, the ends are those of the dense region
+    rng = np.random.default_rng(1)
+    x = np.stack([rng.uniform(-1, 1, 3000), rng.normal(0, 0.1, 3000)], -1)
+    dens = kernel_density(x)
+    modes = density_modes(dens)
+    assert modes[0, 0] < -0.7 and modes[1, 0] > 0.7, modes
+    path = density_path(x, dens, modes[0], modes[1], n_points=5)
+    np.testing.assert_allclose(np.diff(path[:, 0]), np.diff(path[:, 0]).mean(), atol=0.1)
+    assert np.all(np.abs(path[:, 1]) < 0.1)
+
+
+def test_series_and_gif_written(tmp_path):
+    from PIL import Image
+
+    from cryoprism.io import read_mrc
+    from cryoprism.io.job import Job
+
+    rng = np.random.default_rng(0)
+    x = arc_points(600)
+    dens = kernel_density(x)
+    vols = [rng.standard_normal((8, 8, 8)).astype(np.float32) for _ in range(3)]
+    pts = x[:3]
+    nb = [np.arange(5)] * 3
+    trajs = [Trajectory("pc1", pts, nb, dens(pts), vols), Trajectory("path", pts, nb, dens(pts), vols, vols)]
+    res = ContinuousResult(x, np.zeros((600, 2, 2)), dens, x[:2], trajs, ContinuousSettings(n_points=3))
+    with Job(tmp_path / "out", "test") as job:
+        files = write_continuous(job, res, 2.0)
+    out = tmp_path / "out" / "trajectory"
+    for name in ["pc1_000.mrc", "pc1_002.mrc", "path_001.mrc", "path_lowrank_002.mrc", "points.csv",
+                 "density.png", "path.gif"]:
+        assert (out / name).exists(), name
+        assert f"trajectory/{name}" in files
+    v, px = read_mrc(out / "path_002.mrc")
+    np.testing.assert_allclose(v, vols[2])
+    assert px == pytest.approx(2.0)
+    gif = Image.open(out / "path.gif")
+    assert gif.n_frames == 4  # forth and back: 0 1 2 1
+
+
+def test_cli_trajectory(tmp_path):
+    import json
+
+    from cryoprism.cli.main import main
+    from cryoprism.io import write_mrc
+
+    vols, _ = moving_blob_family(16, 3)
+    paths = []
+    for k, v in enumerate(vols):
+        paths.append(tmp_path / f"state{k}.mrc")
+        write_mrc(paths[-1], v.astype(np.float32), 4.0)
+    star = tmp_path / "sim" / "particles.star"
+    assert main(["simulate", *map(str, paths), "-o", str(star), "-n", "300", "--snr", "0.5",
+                 "--defocus-min", "15000", "--defocus-max", "25000", "--seed", "2"]) == 0
+    out = tmp_path / "het"
+    assert main(["heterogeneity", str(star), "-o", str(out), "--nres", "8", "--classes", "2", "--no-reconstruct",
+                 "--trajectory", "--trajectory-points", "3", "--json"]) == 0
+    for name in ["pc1_000.mrc", "pc2_002.mrc", "path_002.mrc", "points.csv", "path_position.csv", "density.png",
+                 "path.gif"]:
+        assert (out / "trajectory" / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trajectory"]["series"] == ["pc1", "pc2", "path"]
