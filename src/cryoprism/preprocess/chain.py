@@ -35,13 +35,11 @@ def is_movie(path) -> bool:
 
 def motion_correct(path, pixel_size_A: float | None, gain=None, dose_per_frame_e_A2: float = 1.0):
     """The aligned dose-weighted sum of a movie (:mod:`cryoprism.preprocess.motion`) and its pixel size."""
-    try:
-        from cryoprism.preprocess.motion import align_movie, read_movie
-    except ImportError as e:  # motion correction lives in its own module
-        raise InputError(f"motion correction is not available ({e}); give micrographs", path) from None
-    movie = read_movie(path, gain)
-    frames = getattr(movie, "frames", movie)
-    px = pixel_size_A or getattr(movie, "pixel_size_A", None)
+    from cryoprism.preprocess.motion import align_movie
+    from cryoprism.preprocess.movies import read_movie
+
+    frames, header_px = read_movie(path, gain)
+    px = pixel_size_A or header_px
     if not px:
         raise InputError("pixel size unknown: give --pixel-size", path)
     res = align_movie(frames, px, dose_per_frame_e_A2=dose_per_frame_e_A2)
