@@ -175,7 +175,7 @@ def build_report(out: Path, s, stages: dict, truth_paths, total_seconds: float) 
         if trace.exists():
             rep.figure(trace, "trace", "Log-posterior trace")
 
-    _refine_section(rep, out, s, truths)
+    _refine_section(rep, out, s)
 
     # --- micrograph EM
     em = out / "micrograph" / "em"
@@ -299,7 +299,10 @@ def _movies_section(rep, out: Path, s) -> None:
                    f"{f.get('pick_precision')} / {f.get('pick_recall')} / {f.get('pick_f1')}",
                "particles extracted": f.get("particles_extracted")}, "Against the simulated truth")
     rep.figure(drift_figure(pd.read_csv(mv / "drift.csv")), "drift_tracks",
-               "Global drift of each movie: true (line) and estimated by motion correction (circles)")
+               "Global drift of each movie: true (line) and estimated by motion correction (circles). The "
+               "estimated global track also carries the field-average of the local deformation, which the "
+               "true global drift does not; the full displacement (global + local model) is what the "
+               "table compares")
     if (mv / "ctf_fit.png").exists():
         rep.figure(mv / "ctf_fit.png", "ctf_fit", "CTF fit of the first motion-corrected micrograph")
     picks = sorted((mv / "preprocess" / "picks").glob("*.png"))
@@ -317,7 +320,7 @@ def _movies_section(rep, out: Path, s) -> None:
             pass
 
 
-def _refine_section(rep, out: Path, s, truths) -> None:
+def _refine_section(rep, out: Path, s) -> None:
     import pandas as pd
 
     from cryoprism.report import fsc_figure, volume_slices_figure
@@ -355,11 +358,8 @@ def _refine_section(rep, out: Path, s, truths) -> None:
                 f"{h.get('states')}, {100 * h['accuracy_vs_true_state']:.1f} %")
     rep.table(rows)
     ref = rf / "refined.mrc"
-    if ref.exists() and truths:
+    if ref.exists():
         from cryoprism.io import read_mrc
-        from cryoprism.metrics import align_volumes
 
-        v, _ = read_mrc(ref)
-        al = align_volumes(truths[0], v)
-        rep.figure(volume_slices_figure({"refined (aligned)": al.aligned, "open": truths[0]}), "refined",
-                   "Refined map, aligned to the open state over rotation, shift and hand")
+        rep.figure(volume_slices_figure({"refined": read_mrc(ref)[0]}), "refined",
+                   "Refined map (in the frame of the ab-initio map)")
