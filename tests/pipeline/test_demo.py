@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from cryoprism.pipeline.demo import DemoSettings, assembly_atoms, run_demo
 
@@ -35,3 +36,67 @@ def test_micrograph_specimen_is_an_asymmetric_assembly_of_the_shipped_models():
     c = xyz - xyz.mean(0)
     w = np.linalg.eigvalsh(c.T @ c / len(c))
     assert w[0] / w[-1] < 0.95                                    # not a sphere: orientations are defined
+
+
+def test_movies_stage_scores_the_preprocess_chain_against_the_truth(tmp_path):
+    s = DemoSettings(box=16, pixel_size_A=5.0, movie_count=1, movie_size=256, movie_frames=8,
+                     movie_particles=20, movie_snr=0.5, movie_diameter_A=60.0)
+    summary = run_demo(tmp_path, s, stages=["maps", "movies"])
+    st = summary["stages"]["movies"]
+    assert st["ok"], st["error"]
+    f = st["figures"]
+    assert f["displacement_error_rms_px"][0] < 0.5                  # a 10 px drift tracked to sub-pixel
+    assert abs(f["defocus_error_percent"][0]) < 5
+    assert f["pick_f1"] > 0.7 and f["particles_extracted"] > 0.5 * f["true_particles"]
+    pre = tmp_path / "movies" / "preprocess"
+    assert (pre / "particles.star").exists() and list((pre / "picks").glob("*.png"))
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "drift_tracks.png" in html and "ctf_fit.png" in html and "movie_001.png" in html
+
+
+def _refine_setup(tmp_path):
+    import shutil
+
+    s = DemoSettings(box=16, pixel_size_A=5.0, n_particles=300, snr=1.0, refine_max_iterations=2,
+                     refine_grid=300, heterogeneity_nres=8)
+    run_demo(tmp_path, s, stages=["maps", "simulate"])
+    (tmp_path / "abinitio").mkdir()
+    shutil.copy(tmp_path / "maps" / "state1_open.mrc", tmp_path / "abinitio" / "initial_model.mrc")
+    return s
+
+
+def test_refine_stage_refines_from_the_initial_model_and_scores_against_the_truth(tmp_path):
+    s = _refine_setup(tmp_path)
+    summary = run_demo(tmp_path, s, stages=["refine"])
+    st = summary["stages"]["refine"]
+    assert st["ok"], st["error"]
+    f = st["figures"]
+    assert f["iterations"] == 2 and f["particles"] == 300
+    assert 0 <= f["median_angle_error_deg"] <= 180 and set(f["median_angle_error_per_state_deg"]) == {1, 2}
+    for name in ("particles.star", "refined.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "iterations.csv"):
+        assert (tmp_path / "refine" / name).exists()
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "fsc_refine.png" in html and "median angular error" in html
+
+
+def test_pose_errors_remove_the_global_rotation_and_hand():
+    from cryoprism.abinitio.so3 import MIRROR
+    from cryoprism.geometry import uniform_rotations
+    from cryoprism.pipeline.stages import pose_errors
+
+    R = uniform_rotations(200, np.random.default_rng(1))
+    G = uniform_rotations(1, np.random.default_rng(2))[0]
+    e = pose_errors(R, R @ G.T, np.repeat([1, 2], 100))          # the map rotated by G: no error
+    assert e["median_angle_error_deg"] < 1e-3 and not e["mirrored"]
+    e = pose_errors(R, MIRROR @ R @ MIRROR @ G.T)                  # mirrored map: no error either
+    assert e["median_angle_error_deg"] < 1e-3 and e["mirrored"]
+
+
+@pytest.mark.slow
+def test_refine_then_heterogeneity_on_the_refined_poses(tmp_path):
+    s = _refine_setup(tmp_path)
+    summary = run_demo(tmp_path, s, stages=["refine", "heterogeneity_refined"])
+    assert all(v["ok"] for v in summary["stages"].values()), summary
+    h = summary["stages"]["heterogeneity_refined"]["figures"]
+    assert 0.5 <= h["accuracy_vs_true_state"] <= 1.0
+    assert "refined poses" in (tmp_path / "report" / "index.html").read_text()

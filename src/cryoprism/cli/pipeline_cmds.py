@@ -13,17 +13,24 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         out: Path = typer.Option(Path("demo_out"), "--out", "-o",
-                                 help="Output folder: maps/, particles/, reconstruct/, heterogeneity/, "
-                                      "classify2d/, abinitio/, micrograph/ and report/index.html."),
+                                 help="Output folder: maps/, movies/, particles/, reconstruct/, heterogeneity/, "
+                                      "classify2d/, abinitio/, refine/, heterogeneity_refined/, micrograph/ and "
+                                      "report/index.html."),
         particles: int = typer.Option(4000, "-n", help="Number of simulated particles."),
         stages: str = typer.Option(None, "--stages",
-                                   help="Comma-separated subset of stages to run: maps, simulate, "
-                                        "reconstruct, heterogeneity, classify2d, abinitio, micrograph."),
+                                   help="Comma-separated subset of stages to run, in this order: maps, movies, "
+                                        "simulate, reconstruct, heterogeneity, classify2d, abinitio, refine, "
+                                        "heterogeneity_refined, micrograph (later stages read earlier ones' "
+                                        "outputs in OUT)."),
         as_json: bool = JSON_OPTION,
     ):
         """Simulate a two-state specimen (adenylate kinase open/closed, shipped with cryoprism) and run
-        2-D analysis, ab initio, mean reconstruction, heterogeneity with per-class reconstruction and
-        micrograph EM on it. Reads nothing; writes OUT (MRC, STAR, CSV, PNG) and OUT/report/index.html."""
+        the library on it: simulated movies (2 × 20 frames of 512², 2.5 Å/px) through motion correction,
+        CTF estimation, picking and extraction; then, on 4000 simulated particles (32², 2.5 Å/px), mean
+        reconstruction, heterogeneity with per-class reconstruction, 2-D analysis, ab initio, refinement
+        from the ab-initio map followed by heterogeneity on the refined poses, and micrograph EM. Reads
+        nothing; writes OUT (MRC, STAR, CSV, PNG) and OUT/report/index.html with errors against the
+        simulated truth (drift in px, defocus in %, picking precision/recall, angles in degrees, FSC in Å)."""
         from cryoprism.pipeline.demo import DemoSettings, run_demo
 
         summary = run_demo(out, DemoSettings(n_particles=particles),

@@ -5,17 +5,28 @@ The specimen is adenylate kinase in its open and closed conformations (PDB 4AKE 
 parsing); each stage writes through its own :class:`cryoprism.io.job.Job` in a folder of ``OUT``:
 
 1. ``maps/``          — density maps of both states from the atomic models (molmap-style),
-2. ``particles/``     — a heterogeneous particle set (both states, CTF, noise) as RELION 3.1 STAR + MRCS,
-3. ``reconstruct/``   — the mean volume by least squares (CG) with half-maps and gold-standard FSC,
+2. ``movies/``        — a few simulated movies (both states at known positions, CTF, ice, drift,
+   local deformation, dose, Poisson counts) through the preprocessing chain (motion correction →
+   CTF → picking → extraction, ``movies/preprocess/``), scored against the truth: drift error, defocus
+   error, picking precision/recall, particles extracted. The chain yields about a hundred particles;
+   the stages below need thousands with known states and poses to score themselves, so they run on
+   the simulated particle set of stage 3, not on these,
+3. ``particles/``     — a heterogeneous particle set (both states, CTF, noise) as RELION 3.1 STAR + MRCS,
+4. ``reconstruct/``   — the mean volume by least squares (CG) with half-maps and gold-standard FSC,
    at the library's defaults (Wiener regularisation and the particle's ball chosen from the data),
-4. ``heterogeneity/`` — covariance eigenvolumes, the number of states, classes and class volumes,
-5. ``classify2d/``    — MFVDM neighbours, class averages and denoised images,
-6. ``abinitio/``      — a Gaussian-mixture initial model from a subset of particles (HMC with CTF),
-7. ``micrograph/``    — reconstruction straight from simulated micrographs (approximate EM) of a
+5. ``heterogeneity/`` — covariance eigenvolumes, the number of states, classes and class volumes, on
+   the true poses,
+6. ``classify2d/``    — MFVDM neighbours, class averages and denoised images,
+7. ``abinitio/``      — a Gaussian-mixture initial model from a subset of particles (HMC with CTF),
+8. ``refine/``        — gold-standard refinement of all particles from the ab-initio map (poses
+   unknown to it) at ``refine``'s defaults; angular errors against the simulated poses,
+9. ``heterogeneity_refined/`` — the heterogeneity analysis again, on the refined poses,
+10. ``micrograph/``   — reconstruction straight from simulated micrographs (approximate EM) of a
    larger specimen, a four-copy assembly of the two adenylate-kinase models (4 × 214 residues,
    ≈ 94 kDa, ≈ 90 Å across), where the method works; the 21 kDa monomer at this scale is where it stops working
    (docs/micrograph_em.md §11), which the report states,
-8. ``report/``        — ``index.html`` with FSC curves, spectra, class histograms, galleries, slices, timings.
+11. ``report/``       — ``index.html`` with drift tracks, CTF fit, picks, FSC curves, spectra, class
+   histograms, galleries, slices, refinement iterations, timings.
 
 Every stage's figures are also in its ``summary.json`` (``Job.finish``) and in ``OUT/summary.json``.
 """
@@ -64,6 +75,18 @@ class DemoSettings:
     mic_rotations: int = 200
     mic_iterations: tuple = (2, 2, 3)
     mic_start_blur_px: float = 1.5
+    movie_count: int = 2
+    movie_size: int = 512
+    movie_frames: int = 20
+    movie_particles: int = 60           # asked per movie; as many as fit well separated
+    movie_snr: float = 0.1              # particles against the ice (as the particle set's snr)
+    movie_contrast: float = 0.1         # std of the expected counts over their mean
+    movie_dose_per_frame_e_A2: float = 1.0
+    movie_drift_px: float = 10.0
+    movie_local_px: float = 1.5
+    movie_diameter_A: float = 60.0
+    refine_max_iterations: int | None = None   # None: refine's defaults (reduced only by the tests)
+    refine_grid: int | None = None
 
 
 @dataclass
@@ -191,16 +214,27 @@ def run_demo(out_dir, settings: DemoSettings | None = None, stages: list[str] | 
         return {"iterations": r.iterations, "mask_radius_px": r.info.get("mask_radius_px"),
                 "resolution_fsc_0.143_A": resolution_at(r.fsc, 0.143), "seconds": r.seconds}
 
-    def heterogeneity(job):
+    def movies(job):
+        from cryoprism.pipeline.stages import movies_stage
+
+        return movies_stage(job, [read_mrc(p)[0] for p in truth], s)
+
+    def heterogeneity(job, star_path=parts):
         from cryoprism.heterogeneity.pipeline import analyze, resolve_nres
 
-        stack = read_particles(parts)
+        stack = read_particles(star_path)
         N = resolve_nres(stack.box, stack.pixel_size_A, s.heterogeneity_nres, None, source=stack)
-        star = _star_for(stack.star, parts, job.out)
+        star = _star_for(stack.star, star_path, job.out)
         res = analyze(stack, N, classes="auto", seed=s.seed, progress=False, job=job, star=star)
-        return {"n_res": N, "states": res.n_states, "class_sizes": [int((res.labels == k).sum())
-                                                                    for k in range(res.n_states)],
-                "eigenvalues": [float(x) for x in res.covariance.eigenvalues[:6]]}
+        fig = {"n_res": N, "states": res.n_states, "class_sizes": [int((res.labels == k).sum())
+                                                                   for k in range(res.n_states)],
+               "eigenvalues": [float(x) for x in res.covariance.eigenvalues[:6]]}
+        if "rlnClassNumber" in stack.table.columns:  # the simulated state (kept by refine's STAR)
+            from cryoprism.heterogeneity.classify import matched_accuracy
+
+            fig["accuracy_vs_true_state"] = float(matched_accuracy(stack.table["rlnClassNumber"].to_numpy(),
+                                                                   np.asarray(res.labels)))
+        return fig
 
     def classify2d(job):
         from cryoprism.classify2d.pipeline import classify, mfvdm_denoise
@@ -234,6 +268,14 @@ def run_demo(out_dir, settings: DemoSettings | None = None, stages: list[str] | 
         return {"images": stack.n, "best_restart": res.best_restart,
                 "restart_log_posteriors": res.restart_log_posteriors, **res.timings_s}
 
+    def refine(job):
+        from cryoprism.pipeline.stages import refine_stage
+
+        return refine_stage(job, parts, out / "abinitio" / "initial_model.mrc", s)
+
+    def heterogeneity_refined(job):
+        return heterogeneity(job, out / "refine" / "particles.star")
+
     def micrograph(job):
         from scipy.ndimage import gaussian_filter
 
@@ -262,11 +304,14 @@ def run_demo(out_dir, settings: DemoSettings | None = None, stages: list[str] | 
                 "em": {k: v for k, v in em.items() if not isinstance(v, (list, dict))}}
 
     run("maps", make_maps)
+    run("movies", movies)
     run("simulate", simulate)
     run("reconstruct", reconstruct)
     run("heterogeneity", heterogeneity)
     run("classify2d", classify2d)
     run("abinitio", abinitio)
+    run("refine", refine)
+    run("heterogeneity_refined", heterogeneity_refined)
     run("micrograph", micrograph)
     total = time.perf_counter() - t_start
     total_cpu = time.process_time() - c_start

@@ -9,8 +9,9 @@
 * defect list: a MotionCor2-style text file of rectangles ``x y w h`` (pixels, origin at the first
   pixel) or a defect map image (non-zero = bad). Defect pixels are replaced, frame by frame, by the
   mean of the good pixels of that frame.
-* :func:`simulate_movie` — a movie of a weak-phase specimen (random texture, optional CTF) under a
-  smooth global drift plus a smooth local deformation, with radiation damage and Poisson counting noise
+* :func:`simulate_movie` — a movie of a weak-phase specimen (a given noise-free image, e.g. a simulated
+  micrograph with particles at known positions, or a random texture; optional CTF) under a smooth global
+  drift plus a smooth local deformation, with radiation damage and Poisson counting noise
   (docs/preprocess.md, "Motion correction"). The truth travels with it.
 """
 
@@ -205,14 +206,20 @@ def critical_exposure_e_A2(s_invA, voltage_kV: float = 300.0):
     return np.where(s > 0, ne * scale, np.inf)
 
 
+def _rfft_freqs(shape, pixel_size_A):
+    """Spatial frequency magnitude (1/Å) on the ``rfft2`` grid of ``shape``."""
+    H, W = shape
+    fy = np.fft.fftfreq(H, d=pixel_size_A)[:, None]
+    fx = np.fft.rfftfreq(W, d=pixel_size_A)[None, :]
+    return np.hypot(fy, fx)
+
+
 def _texture(shape, pixel_size_A, rng, corner_A=50.0):
     """Unit-variance Gaussian random field with amplitude spectrum 1/sqrt(1 + (s·corner)²)."""
     import scipy.fft as sfft
 
     H, W = shape
-    fy = np.fft.fftfreq(H, d=pixel_size_A)[:, None]
-    fx = np.fft.rfftfreq(W, d=pixel_size_A)[None, :]
-    s = np.hypot(fy, fx)
+    s = _rfft_freqs(shape, pixel_size_A)
     F = sfft.rfft2(rng.standard_normal((H, W)).astype(np.float32)) / np.sqrt(1 + (s * corner_A) ** 2)
     t = sfft.irfft2(F, s=(H, W))
     return (t / t.std()).astype(np.float32), s
@@ -222,12 +229,16 @@ def simulate_movie(shape=(1024, 1024), n_frames: int = 40, pixel_size_A: float =
                    dose_per_frame_e_A2: float = 1.0, *, drift_px: float = 20.0, local_px: float = 2.0,
                    contrast: float = 0.1, defocus_A: float | None = 15000.0, astigmatism_A: float = 500.0,
                    voltage_kV: float = 300.0, cs_mm: float = 2.7, damage: bool = True,
-                   jitter_px: float = 0.1, interp_order: int = 3, rng=None,
+                   jitter_px: float = 0.1, interp_order: int = 3, specimen=None, rng=None,
                    progress: bool = False) -> MovieSimulation:
     """Simulate a counting-mode movie (see :class:`MovieSimulation` for the truth it carries).
 
-    Specimen: a random texture (amplitude ∝ 1/√(1 + (50 Å·s)²)), through the CTF when ``defocus_A``
-    is given (``astigmatism_A`` = U − V at a random angle), scaled to relative ``contrast`` (standard
+    Specimen: the noise-free image ``specimen`` (H, W) when given — e.g. a micrograph of projections at
+    known positions from :func:`cryoprism.forward.micrographs.simulate_micrographs` (``snr=None``); its
+    shape replaces ``shape`` and pixel ``(x, y)`` of it is where the specimen point lies in frame 0 —
+    otherwise a random texture (amplitude ∝ 1/√(1 + (50 Å·s)²)). Either goes through the CTF when
+    ``defocus_A`` is given (``astigmatism_A`` = U − V at a random angle; pass ``None`` for a specimen
+    that already carries its CTF), then, mean removed, is scaled to relative ``contrast`` (standard
     deviation of the expected intensity over its mean). Expected counts per pixel and frame:
     ``dose · pixel_size² · (1 + contrast · image)``; with ``damage`` each frame's image is attenuated by
     ``exp(−N/(2 Ne(s)))`` at its mid-frame exposure ``N`` (Grant & Grigorieff 2015). Motion: the global
@@ -243,9 +254,17 @@ def simulate_movie(shape=(1024, 1024), n_frames: int = 40, pixel_size_A: float =
     from cryoprism.ctf.model import CTFParams, ctf_on_grid
 
     rng = np.random.default_rng(rng)
-    H, W = (int(v) for v in shape)
     n = int(n_frames)
-    img, s = _texture((H, W), pixel_size_A, rng)
+    if specimen is not None:
+        img = np.asarray(specimen, np.float32)
+        if img.ndim != 2 or not np.isfinite(img).all() or not img.std() > 0:
+            raise ValueError(f"specimen must be a finite, non-constant 2-D image, got shape {img.shape}")
+        img = img - img.mean()
+        H, W = img.shape
+        s = _rfft_freqs((H, W), pixel_size_A)
+    else:
+        H, W = (int(v) for v in shape)
+        img, s = _texture((H, W), pixel_size_A, rng)
     F0 = sfft.rfft2(img)
     if defocus_A is not None:
         fy = np.fft.fftfreq(H, d=pixel_size_A)[:, None]
