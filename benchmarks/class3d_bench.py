@@ -94,6 +94,7 @@ def run_class3d(stack, sim, rot, org, px, resolution_A, **kw):
     out = {"accuracy": round(matched_accuracy(sim.states, cl.labels), 4), "wall_s": wall, "cpu_s": cpu,
            "rounds": [{k: v for k, v in h.items() if k in ("round", "e_steps", "changed", "median_angle_change_deg",
                                                              "time_s")} for h in cl.iterations]}
+    out["accuracy_per_round"] = [round(matched_accuracy(sim.states, lab), 4) for lab in cl.info["labels_per_round"]]
     out.update(pose_errors(sim, cl.rotations, cl.origins_A, px))
     return out
 
@@ -182,6 +183,7 @@ def main(argv=None):
     ap.add_argument("--variants", default="random,fixed_poses",
                     help="comma-separated extra runs of classify3d: random, fixed_poses, random_fixed ('' none)")
     ap.add_argument("--no-covariance", action="store_true", help="skip the covariance route")
+    ap.add_argument("--no-class3d", action="store_true", help="skip classify3d at its defaults")
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 Class3D (if installed)")
     ap.add_argument("--relion-local", action="store_true", help="also RELION Class3D with local angular searches")
     ap.add_argument("--relion-n", type=int, default=2000)
@@ -210,12 +212,9 @@ def main(argv=None):
     res["consensus_refine"] = info | pose_errors(sim, rot, org, px)
     dump()
     res_A = max(float(info.get("resolution_A", 20.0)), 2.5 * px)
-    res["class3d"] = run_class3d(stack, sim, rot, org, px, res_A)
-    dump()
-    for v in [s for s in a.variants.split(",") if s]:
-        kw = {"random": {"init": "random"}, "fixed_poses": {"pose_rounds": 0},
-              "random_fixed": {"init": "random", "pose_rounds": 0}}[v]
-        res[f"class3d_{v}"] = run_class3d(stack, sim, rot, org, px, res_A, **kw)
+    res["class_resolution_A"] = res_A
+    if not a.no_class3d:
+        res["class3d"] = run_class3d(stack, sim, rot, org, px, res_A)
         dump()
     if not a.no_covariance:
         res["covariance_refined_poses"] = covariance_route(stack, rot, org, px, sim)
@@ -223,6 +222,11 @@ def main(argv=None):
         res["covariance_true_poses"] = covariance_route(stack, sim.rotations, sim.origins_A, px, sim)
         res["accuracy_lost_to_estimated_poses"] = round(res["covariance_true_poses"]["accuracy"]
                                                         - res["covariance_refined_poses"]["accuracy"], 4)
+        dump()
+    for v in [s for s in a.variants.split(",") if s]:
+        kw = {"random": {"init": "random"}, "fixed_poses": {"pose_rounds": 0},
+              "random_fixed": {"init": "random", "pose_rounds": 0}}[v]
+        res[f"class3d_{v}"] = run_class3d(stack, sim, rot, org, px, res_A, **kw)
         dump()
     if a.relion or a.relion_local:
         write_mrc(d / "consensus.mrc", cons_vol, px)

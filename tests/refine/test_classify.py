@@ -47,7 +47,7 @@ def test_local_pose_search_against_class_maps_reduces_pose_errors(two_states):
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
     wrong = sim.rotations @ rotvec_to_matrix(np.deg2rad(6.0) * axis)  # every pose 6° off
     err0 = np.median(angular_distance_deg(sim.rotations, wrong))
-    rot, org, _ = refine_poses(ps, vols, np.asarray(sim.states), wrong, sim.origins_A / PX, 8.0)
+    rot, org, _, _ = refine_poses(ps, vols, np.asarray(sim.states), wrong, sim.origins_A / PX, 8.0)
     err1 = np.median(angular_distance_deg(sim.rotations, rot))
     assert err0 == pytest.approx(6.0, abs=0.01)
     assert err1 < 0.6 * err0  # precision from the true poses: ~2.9°

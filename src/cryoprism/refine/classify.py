@@ -83,15 +83,21 @@ def initial_labels(posed, K: int, init: str, seed: int, n_workers=None, progress
     return np.asarray(het.labels, np.int64)
 
 
-def refine_poses(source, volumes, labels, rotations, origins_px, resolution_A: float, *, images_w=None,
-                 batch_size: int = 128, n_workers=None):
-    """Local search of each particle's pose against the map of its class, up to ``resolution_A``.
+def refine_poses(source, volumes, labels, rotations, origins_px, resolution_A: float, *, grid_size: int = 0,
+                 images_w=None, batch_size: int = 128, n_workers=None):
+    """Pose search of each particle against the class maps, up to ``resolution_A``.
 
     ``volumes``: K maps (full box ``L``); ``rotations`` ``(n, 3, 3)``, ``origins_px`` ``(n, 2)`` (full-box
-    pixels): the starting poses. Stages of :data:`LOCAL_STEPS_DEG` / :data:`LOCAL_SHIFT_STEPS_PX`
-    (27 rotations × a shift grid each, the best kept). Returns ``(rotations, origins_px, score)``.
+    pixels): the starting poses. ``labels`` ``(n,)``: search each particle against its class's map only;
+    ``None``: against every map, and keep the class whose best pose scores highest (the weighted
+    normalised correlation of :mod:`cryoprism.refine.search`, whose square is the log-likelihood with the
+    scale profiled out, so scores of different maps compare). ``grid_size`` > 0: first a global search on
+    a grid of that many rotations at the current origins (a shortlist of 4 plus the current pose), then
+    the local stages; 0: local stages only (:data:`LOCAL_STEPS_DEG` / :data:`LOCAL_SHIFT_STEPS_PX`, 27
+    rotations × a shift grid each). Returns ``(rotations, origins_px, labels, scores (n, K))``.
     """
     from cryoprism.fourier.resample import downsample
+    from cryoprism.geometry.grids import so3_grid_views, so3_grid_views_for
     from cryoprism.image.masks import spherical_mask
 
     L, px = int(source.box), float(source.pixel_size_A)
@@ -105,35 +111,57 @@ def refine_poses(source, volumes, labels, rotations, origins_px, resolution_A: f
     sphere = spherical_mask(L, L / 2 - 2, 2.0)
     refs = [np.asarray(v, np.float32) * sphere for v in volumes]
     refs = [r if Lw == L else downsample(r, Lw, ndim=3)[0].astype(np.float32) for r in refs]
-    rot = np.array(rotations, np.float64)
-    org = np.array(origins_px, np.float64)
-    score = np.zeros(len(rot))
-    n = len(rot)
+    K = len(refs)
+    steps, shifts = list(LOCAL_STEPS_DEG), list(LOCAL_SHIFT_STEPS_PX)
+    grid = P = None
+    if grid_size > 0:
+        n_dir, n_psi = so3_grid_views_for(grid_size)
+        grid, _ = so3_grid_views(n_dir, n_psi)
+        first = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir))) / 2  # half the grid spacing
+        while first > steps[0] * 1.01:
+            steps.insert(0, first)
+            shifts.insert(0, shifts[0])
+            first /= 2
+        P = [search.GridSlices.of(search.slices(r, grid, fs)) for r in refs]
+    rot0 = np.asarray(rotations, np.float64)
+    org0 = np.asarray(origins_px, np.float64)
+    n = len(rot0)
+    rot = np.repeat(rot0[:, None], K, axis=1)
+    org = np.repeat(org0[:, None], K, axis=1)
+    score = np.full((n, K), -np.inf)
 
     def job(r):
         idx = np.arange(*r)
         Y = _data_at(imgs, idx, L, fs)
         C = _ctf_at(ctf, idx, Lw, px_w, fs)
-        out_r, out_o, out_s = rot[idx].copy(), org[idx].copy(), np.zeros(len(idx))
+        out_r, out_o, out_s = rot[idx].copy(), org[idx].copy(), np.full((len(idx), K), -np.inf)
         for c, ref in enumerate(refs):
-            m = np.flatnonzero(labels[idx] == c)
+            m = np.arange(len(idx)) if labels is None else np.flatnonzero(labels[idx] == c)
             if m.size == 0:
                 continue
-            start, o = out_r[m][:, None], out_o[m]
-            for sd, ss in zip(LOCAL_STEPS_DEG, LOCAL_SHIFT_STEPS_PX):
+            start, o = rot0[idx[m]][:, None], org0[idx[m]]
+            if P is not None:
+                A = (np.conj(Y[m]) * C[m] * inv_s2[None]).astype(np.complex64)
+                sl = search.global_search(A, C[m] * C[m] * inv_s2[None], P[c], o, np.zeros((1, 2)), fs, L, 4)
+                start = np.concatenate([start, grid[sl.index]], axis=1)
+                o = np.concatenate([o[:, None], sl.origins_px], axis=1)
+            for sd, ss in zip(steps, shifts):
                 cand = (start[:, :, None] @ search.rotation_stencil(sd)[None, None]).reshape(m.size, -1, 3, 3)
                 lr = search.local_search(Y[m], C[m], inv_s2, ref, cand, o, search.shift_grid(1.5 * ss, ss), fs, L)
                 start, o = lr.rotations[:, None], lr.origins_px
-            out_r[m], out_o[m], out_s[m] = lr.rotations, lr.origins_px, lr.score
+            out_r[m, c], out_o[m, c], out_s[m, c] = lr.rotations, lr.origins_px, lr.score
         return idx, out_r, out_o, out_s
 
     ranges = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
     for idx, r_, o_, s_ in map_batches(job, ranges, n_workers=n_workers, progress=False):
         rot[idx], org[idx], score[idx] = r_, o_, s_
-    return rot, org, score
+    best = np.argmax(score, axis=1) if labels is None else np.asarray(labels, np.int64)
+    rows = np.arange(n)
+    return rot[rows, best], org[rows, best], best, score
 
 
 def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance", pose_rounds: int = 2,
+               global_rounds: int = 1, grid_size: int = 4608,
                resolution_A: float = 20.0, iterations: int = 15, box: int | None = None, symmetry: str = "C1",
                seed: int = 0, batch_size: int = 128, n_workers: int | None = None, progress: bool = True,
                log=None) -> ClassifyResult:
@@ -142,8 +170,11 @@ def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance"
 
     ``init``: ``covariance`` or ``random`` (module docstring). ``iterations``: at most this many E-steps
     of each maximum-likelihood classification (it stops earlier when the log-likelihood stalls).
-    ``pose_rounds``: rounds of local pose refinement per class, each followed by a classification
-    (0: poses fixed, RELION's ``--skip_align``). ``resolution_A``: the pose searches compare up to this
+    ``pose_rounds``: rounds of pose refinement per class, each followed by a classification (0: poses
+    fixed, RELION's ``--skip_align``); the first ``global_rounds`` of them search every particle against
+    every class map globally (``grid_size`` rotations, then local stages) and keep the best-scoring
+    class's pose, the others search locally against the particle's own class map. ``resolution_A``: the
+    pose searches compare up to this
     resolution. ``box``: classify on images Fourier-cropped to ``box`` (default: the full box).
     """
     from cryoprism.heterogeneity.refine_classes import refine_classes
@@ -163,6 +194,7 @@ def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance"
         log.info("3-D classification: %s start, class sizes %s", init, hist[0]["sizes"])
     imgs_w = None
     cr = None
+    per_round = [labels.copy()]
     for rnd in range(pose_rounds + 1):
         t1 = time.perf_counter()
         if rnd > 0:
@@ -171,8 +203,11 @@ def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance"
                 k = min(shell_index(resolution_A, L, px), L / 2 - 1)
                 imgs_w = _images_at(source, working_box(k, L), batch_size, n_workers)
             old = rot
-            rot, org, _ = refine_poses(source, vols, labels, rot, org, resolution_A, images_w=imgs_w,
-                                       batch_size=batch_size, n_workers=n_workers)
+            glob = rnd <= global_rounds
+            rot, org, lab_p, _ = refine_poses(source, vols, None if glob else labels, rot, org, resolution_A,
+                                              grid_size=grid_size if glob else 0, images_w=imgs_w,
+                                              batch_size=batch_size, n_workers=n_workers)
+            labels = lab_p
             from cryoprism.geometry.rotations import angular_distance_deg
 
             change = float(np.median(angular_distance_deg(old, rot)))
@@ -181,17 +216,21 @@ def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance"
                             n_workers=n_workers, progress=progress)
         changed = float(np.mean(cr.labels != labels))
         labels = np.asarray(cr.labels, np.int64)
-        rec = {"round": rnd, "step": "classify" if rnd == 0 else "poses + classify", "e_steps": int(cr.iterations),
+        rec = {"round": rnd, "step": "classify" if rnd == 0 else
+               ("global poses + classify" if rnd <= global_rounds else "local poses + classify"),
+               "e_steps": int(cr.iterations),
                "log_likelihood": float(cr.log_likelihood[-1]) if cr.log_likelihood else None,
                "changed": changed, "sizes": np.bincount(labels, minlength=K).tolist(),
                "time_s": round(time.perf_counter() - t1, 1)}
         if rnd > 0:
             rec["median_angle_change_deg"] = change
         hist.append(rec)
+        per_round.append(labels.copy())
         if log:
             log.info("3-D classification round %d: %s", rnd, rec)
     vols = [symmetrize(v, group).astype(np.float32) for v in cr.volumes]
     gamma = np.asarray(cr.responsibilities)
     info = {"time_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
-            "noise_var": noise_var, "init": init, "pose_rounds": pose_rounds}
+            "noise_var": noise_var, "init": init, "pose_rounds": pose_rounds,
+            "global_rounds": global_rounds, "labels_per_round": per_round}
     return ClassifyResult(labels, gamma.max(1), vols, np.asarray(cr.proportions), hist, rot, org * px, gamma, info)
