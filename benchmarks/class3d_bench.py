@@ -151,7 +151,8 @@ def run_relion(d: Path, rot, org, ref: Path, n: int, budget_s: float, diameter_A
     except OSError as e:
         return {"skipped": f"could not run RELION: {e}"}
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    info = {"command": " ".join(cmd), "n": n, "finished": finished, "wall_s": round(time.perf_counter() - t0, 1),
+    info = {"command": " ".join(cmd).replace(str(out.resolve()), "OUT").replace(str(d.resolve()), "OUT/data"),
+            "n": n, "finished": finished, "wall_s": round(time.perf_counter() - t0, 1),
             "cpu_s_children": round((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), 1)}
     its = sorted(run.glob("run_it*_data.star"))
     if not its:
@@ -184,6 +185,8 @@ def main(argv=None):
                     help="comma-separated extra runs of classify3d: random, fixed_poses, random_fixed ('' none)")
     ap.add_argument("--no-covariance", action="store_true", help="skip the covariance route")
     ap.add_argument("--no-class3d", action="store_true", help="skip classify3d at its defaults")
+    ap.add_argument("--pose-rounds", type=int, default=None, help="classify3d's pose_rounds (default: its own)")
+    ap.add_argument("--global-rounds", type=int, default=None, help="classify3d's global_rounds (default: its own)")
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 Class3D (if installed)")
     ap.add_argument("--relion-local", action="store_true", help="also RELION Class3D with local angular searches")
     ap.add_argument("--relion-n", type=int, default=2000)
@@ -214,7 +217,8 @@ def main(argv=None):
     res_A = max(float(info.get("resolution_A", 20.0)), 2.5 * px)
     res["class_resolution_A"] = res_A
     if not a.no_class3d:
-        res["class3d"] = run_class3d(stack, sim, rot, org, px, res_A)
+        kw = {k: v for k, v in (("pose_rounds", a.pose_rounds), ("global_rounds", a.global_rounds)) if v is not None}
+        res["class3d"] = run_class3d(stack, sim, rot, org, px, res_A, **kw) | kw
         dump()
     if not a.no_covariance:
         res["covariance_refined_poses"] = covariance_route(stack, rot, org, px, sim)

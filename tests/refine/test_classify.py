@@ -28,7 +28,7 @@ def two_states(tmp_path_factory):
 def test_two_states_are_separated_at_known_poses(two_states):
     ps, sim = two_states
     res = classify3d(ps, 2, sim.rotations, sim.origins_A, pose_rounds=1, resolution_A=8.0, iterations=6,
-                     progress=False)
+                     grid_size=1000, progress=False)
     assert matched_accuracy(sim.states, res.labels) > 0.9
     assert len(res.volumes) == 2 and res.volumes[0].shape == (L, L, L)
     assert np.all((res.probability >= 0.5) & (res.probability <= 1.0))
