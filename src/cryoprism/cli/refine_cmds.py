@@ -81,8 +81,8 @@ def refine_command(
                                                        "residuals) or white."),
     classes: int = typer.Option(1, "--classes", min=1,
                                 help="K > 1: after the consensus refinement, 3-D classification into K maps "
-                                     "(started from the covariance route's classes, poses refined locally "
-                                     "per class; OUT/class001.mrc …, rlnClassNumber 1…K, "
+                                     "(started from the covariance route's classes, poses searched globally, then "
+                                     "locally, per class; OUT/class001.mrc …, rlnClassNumber 1…K, "
                                      "rlnMaxValueProbDistribution and the per-class poses in "
                                      "OUT/particles.star; docs/refine.md)."),
     class_resolution: float = typer.Option(None, "--class-resolution", min=1.0,
