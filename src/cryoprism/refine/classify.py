@@ -1,5 +1,5 @@
 """3-D classification (the task of RELION's Class3D): K maps, per-particle class posteriors and poses
-refined per class, starting from the poses of a consensus refinement.
+searched per class, starting from the poses of a consensus refinement.
 
 Three steps (derivations and measurements: docs/refine.md, "3-D classification"):
 
@@ -11,10 +11,11 @@ Three steps (derivations and measurements: docs/refine.md, "3-D classification")
    posteriors, a Wiener prior on each class's difference from the common mean — the one
    implementation, :func:`cryoprism.heterogeneity.refine_classes.refine_classes`, shared with the
    heterogeneity route.
-3. **Local pose refinement per class** (``pose_rounds`` times): each particle's rotation and origin
-   searched locally (:func:`cryoprism.refine.search.local_search`, coarse-to-fine 27-rotation stencils
-   and shift grids) against the map of its most probable class, up to ``resolution_A``; then step 2
-   again from the current classes at the new poses.
+3. **Pose searches per class** (``pose_rounds`` times): the first ``global_rounds`` search every
+   particle against every class map (a global grid, then coarse-to-fine local stencils and shift
+   grids, :mod:`cryoprism.refine.search`) and give it the pose and class of the best-scoring map; the
+   later ones search locally against the particle's own class map, up to ``resolution_A``; after each,
+   step 2 again from the current classes at the new poses.
 """
 
 from __future__ import annotations
