@@ -81,10 +81,14 @@ def refine_command(
                                                        "residuals) or white."),
     classes: int = typer.Option(1, "--classes", min=1,
                                 help="K > 1: after the consensus refinement, 3-D classification into K maps "
-                                     "at the refined poses (OUT/class001.mrc …, rlnClassNumber 1…K and "
-                                     "rlnMaxValueProbDistribution in OUT/particles.star)."),
-    class_resolution: float = typer.Option(20.0, "--class-resolution", min=1.0,
-                                           help="Classification compares up to this resolution (Å)."),
+                                     "(started from the covariance route's classes, poses searched globally, then "
+                                     "locally, per class; OUT/class001.mrc …, rlnClassNumber 1…K, "
+                                     "rlnMaxValueProbDistribution and the per-class poses in "
+                                     "OUT/particles.star; docs/refine.md)."),
+    class_resolution: float = typer.Option(None, "--class-resolution", min=1.0,
+                                           help="The per-class pose searches compare up to this resolution "
+                                                "(Å); default: the consensus refinement's FSC 0.143 "
+                                                "resolution."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the half-set split (when the table has no "
                                                "rlnRandomSubset)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints (one per iteration)."),
@@ -97,8 +101,9 @@ def refine_command(
     OUT/refined.mrc (all particles), OUT/half1.mrc and OUT/half2.mrc (the independent half-maps),
     OUT/mask.mrc, OUT/fsc.csv (half-map FSC per shell, 1/Å and Å), OUT/iterations.csv (box, compared and
     FSC 0.143 resolution in Å, angular step and median change in degrees, time in s per iteration),
-    OUT/refine.png, OUT/summary.json and OUT/checkpoints/. With --classes K also OUT/class001.mrc … and
-    rlnClassNumber / rlnMaxValueProbDistribution columns.
+    OUT/refine.png, OUT/summary.json and OUT/checkpoints/. With --classes K also OUT/class001.mrc … (one map
+    per class, full box, input pixel size), the rlnClassNumber (1…K) and rlnMaxValueProbDistribution
+    (posterior of that class) columns, and the poses refined against each particle's class map.
     """
     from cryoprism.errors import InputError
     from cryoprism.io import read_particles
@@ -135,14 +140,19 @@ def refine_command(
     figures = {}
     if classes > 1:
         from cryoprism.refine.classify import classify3d
+        from cryoprism.refine.pipeline import _output_table
 
-        cl = classify3d(stack, classes, result.rotations, result.origins_A, resolution_A=class_resolution,
+        res_A = float(result.resolution_A) if np.isfinite(result.resolution_A) else 20.0
+        res_A = class_resolution or max(res_A, 2.5 * result.pixel_size_A)
+        cl = classify3d(stack, classes, result.rotations, result.origins_A, resolution_A=res_A,
                         symmetry=settings.symmetry, seed=seed, log=job.log)
+        result.table = _output_table(stack, cl.rotations, cl.origins_A, result.subsets - 1)
         result.table["rlnClassNumber"] = cl.labels + 1
         result.table["rlnMaxValueProbDistribution"] = cl.probability
         for c, v in enumerate(cl.volumes):
             job.write_mrc(f"class{c + 1:03d}.mrc", v, result.pixel_size_A)
-        figures = {"classes": classes, "class_fractions": np.bincount(cl.labels, minlength=classes) / stack.n}
+        figures = {"classes": classes, "class_fractions": np.bincount(cl.labels, minlength=classes) / stack.n,
+                   "class_resolution_A": res_A, "class_cpu_s": cl.info["cpu_s"]}
     write_outputs(job, stack, result)
     job.record(n_particles=stack.n, box=stack.box, pixel_size_A=result.pixel_size_A,
                resolution_A=result.resolution_A, resolution_masked_A=result.resolution_masked_A,

@@ -1,34 +1,40 @@
-"""3-D classification (RELION Class3D-style, at fixed consensus poses): K maps refined together.
+"""3-D classification (the task of RELION's Class3D): K maps, per-particle class posteriors and poses
+searched per class, starting from the poses of a consensus refinement.
 
-Each particle's log-likelihood under class ``c`` at its pose, with the scale ``a`` profiled out
-(docs/refine.md), is ``ℓ_c = X_c² / N_c`` for ``X_c > 0`` (half-plane sums, ``σ²`` per shell), so the
-class posterior is ``p(c | Y) ∝ π_c exp(ℓ_c)``. Expectation–maximisation with hard reconstructions:
-posteriors → each particle reconstructed into its most probable class (least squares with a Wiener
-prior) → class weights ``π_c`` = mean posterior. The K starting maps are reconstructions of K random
-disjoint subsets at the consensus poses (RELION's random-subset initialisation), compared up to a
-fixed resolution (default 20 Å). To keep a particle from voting for the map it helped build (with few
-particles per class that bias freezes a random start), the particles are split in two halves and each
-half is scored against the class maps of the other half. Poses are not re-searched (``--skip_align`` in RELION's terms).
+Three steps (derivations and measurements: docs/refine.md, "3-D classification"):
+
+1. **Start.** ``init="covariance"`` (default): the classes of the covariance route at the consensus
+   poses (:func:`cryoprism.heterogeneity.analyze` with K states, its full-resolution step left to
+   step 2). ``init="random"``: K random subsets (RELION's start).
+2. **Maximum-likelihood classification with the poses fixed**: expectation–maximisation over the K
+   class maps with each particle's own projection, shift and CTF at the full box, soft class
+   posteriors, a Wiener prior on each class's difference from the common mean — the one
+   implementation, :func:`cryoprism.heterogeneity.refine_classes.refine_classes`, shared with the
+   heterogeneity route.
+3. **Pose searches per class** (``pose_rounds`` times): the first ``global_rounds`` search every
+   particle against every class map (a global grid, then coarse-to-fine local stencils and shift
+   grids, :mod:`cryoprism.refine.search`) and give it the pose and class of the best-scoring map; the
+   later ones search locally against the particle's own class map, up to ``resolution_A``; after each,
+   step 2 again from the current classes at the new poses.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cryoprism.parallel import map_batches
 from cryoprism.refine import search
-from cryoprism.refine.pipeline import (
-    _ctf_at,
-    _data_at,
-    _images_at,
-    _reconstruct,
-    _shell_power,
-    shell_index,
-    working_box,
-)
-from cryoprism.refine.symmetry import symmetry_group
+from cryoprism.refine.pipeline import _ctf_at, _data_at, _images_at, _shell_power, shell_index, working_box
+from cryoprism.refine.symmetry import symmetrize, symmetry_group
+
+#: coarse-to-fine local search stages: rotation stencil step (degrees) and shift step (pixels)
+LOCAL_STEPS_DEG = (4.0, 2.0, 1.0, 0.5)
+LOCAL_SHIFT_STEPS_PX = (1.0, 0.5, 0.25, 0.25)
+#: background of the images for the white-noise variance: beyond this fraction of the box from the centre
+BACKGROUND_RADIUS = 0.45
 
 
 @dataclass
@@ -37,94 +43,195 @@ class ClassifyResult:
     probability: np.ndarray  # posterior of the chosen class
     volumes: list  # K maps (full box)
     weights: np.ndarray  # π_c
-    iterations: list = field(default_factory=list)
+    iterations: list = field(default_factory=list)  # one record per round
+    rotations: np.ndarray | None = None  # (n, 3, 3) poses after the per-class local refinement
+    origins_A: np.ndarray | None = None  # (n, 2)
+    responsibilities: np.ndarray | None = None  # (n, K)
+    info: dict = field(default_factory=dict)
 
 
-def _loglik(Y, C, inv_s2, P):
-    """``ℓ_c = max(X_c, 0)² / N_c`` for slices ``P`` ``(b, K, k)`` of K classes at each particle's pose."""
-    X = np.einsum("bk,bck->bc", (np.conj(Y) * C * inv_s2[None]), P).real
-    N = np.einsum("bk,bck->bc", (C * C * inv_s2[None]), (P.real ** 2 + P.imag ** 2))
-    return np.maximum(X, 0.0) ** 2 / np.maximum(N, 1e-30)
+def background_noise_variance(source, radius_fraction: float = BACKGROUND_RADIUS, n_max: int = 4000) -> float:
+    """White-noise variance per pixel of the full-box images from their background (``r > radius``),
+    each image's background mean removed, over up to ``n_max`` evenly spaced particles."""
+    from cryoprism.image.normalize import background_stats
+
+    idx = np.linspace(0, source.n - 1, min(source.n, n_max)).astype(np.int64)
+    acc = 0.0
+    for a in range(0, len(idx), 500):
+        _, sd = background_stats(source.images(idx[a:a + 500]), radius_fraction * source.box)
+        acc += float(np.sum(np.asarray(sd, np.float64) ** 2))
+    return acc / len(idx)
 
 
-def _matched(ref_maps, maps):
-    """``maps`` reordered to best match ``ref_maps`` (largest summed correlation, one-to-one)."""
-    from scipy.optimize import linear_sum_assignment
+def _posed(source, images, rotations, origins_A):
+    """The particles of ``source`` with the given poses (an in-memory :class:`ParticleStack`)."""
+    from cryoprism.io.particles import ParticleStack
 
-    a = np.array([np.ravel(m - np.mean(m)) for m in ref_maps])
-    b = np.array([np.ravel(m - np.mean(m)) for m in maps])
-    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
-    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
-    _, col = linear_sum_assignment(-(a @ b.T))
-    return [maps[j] for j in col]
+    return ParticleStack.from_arrays(images, pixel_size_A=float(source.pixel_size_A), rotations=rotations,
+                                     origins_A=origins_A, ctf=source.ctf_params() if source.has_ctf else None)
 
 
-def _class_map(imgs, rotations, org_px, ctf, px, member, group, n_workers):
-    idx = np.flatnonzero(member)
-    if len(idx) < 2:
-        return np.zeros((imgs.shape[-1],) * 3, np.float32)
-    return _reconstruct(imgs, rotations, org_px, ctf, px, idx, group, n_workers)
+def initial_labels(posed, K: int, init: str, seed: int, n_workers=None, progress: bool = False):
+    """Starting classes ``(n,)``: the covariance route's (``covariance``) or random subsets (``random``)."""
+    if init == "random":
+        return np.random.default_rng(seed).integers(0, K, posed.n)
+    if init != "covariance":
+        raise ValueError(f"init must be covariance or random, got {init!r}")
+    from cryoprism.heterogeneity.pipeline import analyze, resolve_nres
+
+    het = analyze(posed, resolve_nres(posed.box, float(posed.pixel_size_A), None, None), classes=K,
+                  refine_full=False, reconstruct=False, seed=seed, n_workers=n_workers, progress=progress)
+    return np.asarray(het.labels, np.int64)
 
 
-def classify3d(source, K: int, rotations, origins_A, *, resolution_A: float = 20.0, iterations: int = 12,
-               symmetry: str = "C1", seed: int = 0, batch_size: int = 256, n_workers: int | None = None,
-               progress: bool = True, log=None) -> ClassifyResult:
-    """Classify the particles of ``source`` (a ParticleStack) into ``K`` maps at fixed poses
-    (``rotations`` ``(n, 3, 3)``, ``origins_A`` ``(n, 2)``, e.g. from :func:`cryoprism.refine.refine`)."""
-    from tqdm.auto import tqdm
+def refine_poses(source, volumes, labels, rotations, origins_px, resolution_A: float, *, grid_size: int = 0,
+                 images_w=None, batch_size: int = 128, n_workers=None):
+    """Pose search of each particle against the class maps, up to ``resolution_A``.
 
-    n, L, px = int(source.n), int(source.box), float(source.pixel_size_A)
-    try:
-        ctf = source.ctf_params()
-    except Exception:
-        ctf = None
-    group = symmetry_group(symmetry)
-    k_c = min(shell_index(resolution_A, L, px), L / 2 - 1)
-    Lw = working_box(k_c, L)
+    ``volumes``: K maps (full box ``L``); ``rotations`` ``(n, 3, 3)``, ``origins_px`` ``(n, 2)`` (full-box
+    pixels): the starting poses. ``labels`` ``(n,)``: search each particle against its class's map only;
+    ``None``: against every map, and keep the class whose best pose scores highest (the weighted
+    normalised correlation of :mod:`cryoprism.refine.search`, whose square is the log-likelihood with the
+    scale profiled out, so scores of different maps compare). ``grid_size`` > 0: first a global search on
+    a grid of that many rotations at the current origins (a shortlist of 4 plus the current pose), then
+    the local stages; 0: local stages only (:data:`LOCAL_STEPS_DEG` / :data:`LOCAL_SHIFT_STEPS_PX`, 27
+    rotations × a shift grid each). Returns ``(rotations, origins_px, labels, scores (n, K))``.
+    """
+    from cryoprism.fourier.resample import downsample
+    from cryoprism.geometry.grids import so3_grid_views, so3_grid_views_for
+    from cryoprism.image.masks import spherical_mask
+
+    L, px = int(source.box), float(source.pixel_size_A)
+    k = min(shell_index(resolution_A, L, px), L / 2 - 1)
+    Lw = working_box(k, L)
     px_w = px * L / Lw
-    fs = search.fourier_set(Lw, k_c)
-    imgs = _images_at(source, Lw, batch_size, n_workers)
-    org_w = np.asarray(origins_A, np.float64) / px  # full-box pixels
+    fs = search.fourier_set(Lw, k)
+    imgs = images_w if images_w is not None else _images_at(source, Lw, batch_size, n_workers)
+    ctf = source.ctf_params() if source.has_ctf else None
     inv_s2 = (1.0 / np.maximum(_shell_power(source, L), 1e-30))[fs.shell].astype(np.float32)
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, K, n)
-    pi = np.full(K, 1.0 / K)
-    hist = []
-    prob = np.ones(n)
-    bar = tqdm(total=iterations, desc="classify", disable=not progress)
-    halves = rng.permutation(n) % 2  # cross-scoring: particles of one half against the other half's maps
-    for it in range(iterations):
-        vols = [[_class_map(imgs, rotations, org_w * Lw / L, ctf, px_w, (labels == c) & (halves == h), group, n_workers)
-                 for c in range(K)] for h in range(2)]
-        vols[1] = _matched(vols[0], vols[1])
+    sphere = spherical_mask(L, L / 2 - 2, 2.0)
+    refs = [np.asarray(v, np.float32) * sphere for v in volumes]
+    refs = [r if Lw == L else downsample(r, Lw, ndim=3)[0].astype(np.float32) for r in refs]
+    K = len(refs)
+    steps, shifts = list(LOCAL_STEPS_DEG), list(LOCAL_SHIFT_STEPS_PX)
+    grid = P = None
+    if grid_size > 0:
+        n_dir, n_psi = so3_grid_views_for(grid_size)
+        grid, _ = so3_grid_views(n_dir, n_psi)
+        first = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir))) / 2  # half the grid spacing
+        while first > steps[0] * 1.01:
+            steps.insert(0, first)
+            shifts.insert(0, shifts[0])
+            first /= 2
+        P = [search.GridSlices.of(search.slices(r, grid, fs)) for r in refs]
+    rot0 = np.asarray(rotations, np.float64)
+    org0 = np.asarray(origins_px, np.float64)
+    n = len(rot0)
+    rot = np.repeat(rot0[:, None], K, axis=1)
+    org = np.repeat(org0[:, None], K, axis=1)
+    score = np.full((n, K), -np.inf)
 
-        def job(r):
-            idx = np.arange(*r)
-            Y = _data_at(imgs, idx, L, fs) * search.shift_phases(fs, org_w[idx], L)
-            C = _ctf_at(ctf, idx, Lw, px_w, fs)
-            out = np.empty((len(idx), K))
-            for h in range(2):
-                m = halves[idx] == h
-                if np.any(m):
-                    P = np.stack([search.slices(v, rotations[idx[m]], fs) for v in vols[1 - h]], axis=1)
-                    out[m] = _loglik(Y[m], C[m], inv_s2, P)
-            return out
+    def job(r):
+        idx = np.arange(*r)
+        Y = _data_at(imgs, idx, L, fs)
+        C = _ctf_at(ctf, idx, Lw, px_w, fs)
+        out_r, out_o, out_s = rot[idx].copy(), org[idx].copy(), np.full((len(idx), K), -np.inf)
+        for c, ref in enumerate(refs):
+            m = np.arange(len(idx)) if labels is None else np.flatnonzero(labels[idx] == c)
+            if m.size == 0:
+                continue
+            start, o = rot0[idx[m]][:, None], org0[idx[m]]
+            if P is not None:
+                A = (np.conj(Y[m]) * C[m] * inv_s2[None]).astype(np.complex64)
+                sl = search.global_search(A, C[m] * C[m] * inv_s2[None], P[c], o, np.zeros((1, 2)), fs, L, 4)
+                start = np.concatenate([start, grid[sl.index]], axis=1)
+                o = np.concatenate([o[:, None], sl.origins_px], axis=1)
+            for sd, ss in zip(steps, shifts):
+                cand = (start[:, :, None] @ search.rotation_stencil(sd)[None, None]).reshape(m.size, -1, 3, 3)
+                lr = search.local_search(Y[m], C[m], inv_s2, ref, cand, o, search.shift_grid(1.5 * ss, ss), fs, L)
+                start, o = lr.rotations[:, None], lr.origins_px
+            out_r[m, c], out_o[m, c], out_s[m, c] = lr.rotations, lr.origins_px, lr.score
+        return idx, out_r, out_o, out_s
 
-        ll = np.concatenate(map_batches(job, [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)],
-                                        n_workers=n_workers, progress=False))
-        lp = ll + np.log(np.maximum(pi, 1e-12))[None]
-        post = np.exp(lp - lp.max(1, keepdims=True))
-        post /= post.sum(1, keepdims=True)
-        new = np.argmax(post, 1)
-        changed = float(np.mean(new != labels))
-        labels, pi, prob = new, post.mean(0), post.max(1)
-        hist.append({"iteration": it + 1, "changed": changed, "weights": pi.round(4).tolist()})
+    ranges = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    for idx, r_, o_, s_ in map_batches(job, ranges, n_workers=n_workers, progress=False):
+        rot[idx], org[idx], score[idx] = r_, o_, s_
+    best = np.argmax(score, axis=1) if labels is None else np.asarray(labels, np.int64)
+    rows = np.arange(n)
+    return rot[rows, best], org[rows, best], best, score
+
+
+def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance", pose_rounds: int = 2,
+               global_rounds: int = 1, grid_size: int = 4608,
+               resolution_A: float = 20.0, iterations: int = 15, box: int | None = None, symmetry: str = "C1",
+               seed: int = 0, batch_size: int = 128, n_workers: int | None = None, progress: bool = True,
+               log=None) -> ClassifyResult:
+    """Classify the particles of ``source`` (``io.ParticleSource``) into ``K`` maps, starting from the
+    poses ``rotations`` ``(n, 3, 3)`` and ``origins_A`` ``(n, 2)`` (e.g. of :func:`cryoprism.refine.refine`).
+
+    ``init``: ``covariance`` or ``random`` (module docstring). ``iterations``: at most this many E-steps
+    of each maximum-likelihood classification (it stops earlier when the log-likelihood stalls).
+    ``pose_rounds``: rounds of pose refinement per class, each followed by a classification (0: poses
+    fixed, RELION's ``--skip_align``); the first ``global_rounds`` of them search every particle against
+    every class map globally (``grid_size`` rotations, then local stages) and keep the best-scoring
+    class's pose, the others search locally against the particle's own class map. ``resolution_A``: the
+    pose searches compare up to this
+    resolution. ``box``: classify on images Fourier-cropped to ``box`` (default: the full box).
+    """
+    from cryoprism.heterogeneity.refine_classes import refine_classes
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    n, L, px = int(source.n), int(source.box), float(source.pixel_size_A)
+    group = symmetry_group(symmetry)
+    images = np.asarray(source.images(), np.float32)
+    rot = np.asarray(rotations, np.float64).reshape(n, 3, 3)
+    org = np.asarray(origins_A, np.float64).reshape(n, 2) / px
+    noise_var = background_noise_variance(source)
+    posed = _posed(source, images, rot, org * px)
+    labels = initial_labels(posed, K, init, seed, n_workers, progress=False)
+    hist = [{"round": 0, "step": "start", "init": init, "sizes": np.bincount(labels, minlength=K).tolist(),
+             "time_s": round(time.perf_counter() - t0, 1)}]
+    if log:
+        log.info("3-D classification: %s start, class sizes %s", init, hist[0]["sizes"])
+    imgs_w = None
+    cr = None
+    per_round = [labels.copy()]
+    for rnd in range(pose_rounds + 1):
+        t1 = time.perf_counter()
+        if rnd > 0:
+            vols = [symmetrize(v, group) for v in cr.volumes] if len(group) > 1 else list(cr.volumes)
+            if imgs_w is None:
+                k = min(shell_index(resolution_A, L, px), L / 2 - 1)
+                imgs_w = _images_at(source, working_box(k, L), batch_size, n_workers)
+            old = rot
+            glob = rnd <= global_rounds
+            rot, org, lab_p, _ = refine_poses(source, vols, None if glob else labels, rot, org, resolution_A,
+                                              grid_size=grid_size if glob else 0, images_w=imgs_w,
+                                              batch_size=batch_size, n_workers=n_workers)
+            labels = lab_p
+            from cryoprism.geometry.rotations import angular_distance_deg
+
+            change = float(np.median(angular_distance_deg(old, rot)))
+            posed = _posed(source, images, rot, org * px)
+        cr = refine_classes(posed, labels, K, noise_var, box=box, max_iterations=iterations, seed=seed,
+                            n_workers=n_workers, progress=progress)
+        changed = float(np.mean(cr.labels != labels))
+        labels = np.asarray(cr.labels, np.int64)
+        rec = {"round": rnd, "step": "classify" if rnd == 0 else
+               ("global poses + classify" if rnd <= global_rounds else "local poses + classify"),
+               "e_steps": int(cr.iterations),
+               "log_likelihood": float(cr.log_likelihood[-1]) if cr.log_likelihood else None,
+               "changed": changed, "sizes": np.bincount(labels, minlength=K).tolist(),
+               "time_s": round(time.perf_counter() - t1, 1)}
+        if rnd > 0:
+            rec["median_angle_change_deg"] = change
+        hist.append(rec)
+        per_round.append(labels.copy())
         if log:
-            log.info("classification iteration %d: %.2f %% changed, weights %s", it + 1, 100 * changed, pi.round(3))
-        bar.update()
-        if it >= 2 and changed < 0.005:
-            break
-    bar.close()
-    imgs = _images_at(source, L, batch_size, n_workers)
-    vols = [_class_map(imgs, rotations, org_w, ctf, px, labels == c, group, n_workers) for c in range(K)]
-    return ClassifyResult(labels, prob, vols, pi, hist)
+            log.info("3-D classification round %d: %s", rnd, rec)
+    vols = [symmetrize(v, group).astype(np.float32) for v in cr.volumes]
+    gamma = np.asarray(cr.responsibilities)
+    info = {"time_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+            "noise_var": noise_var, "init": init, "pose_rounds": pose_rounds,
+            "global_rounds": global_rounds, "labels_per_round": per_round}
+    return ClassifyResult(labels, gamma.max(1), vols, np.asarray(cr.proportions), hist, rot, org * px, gamma, info)
