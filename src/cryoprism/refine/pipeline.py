@@ -85,25 +85,36 @@ class RefineResult:
 # building blocks
 
 
-def match_reference(volume, ref_pixel_size_A: float | None, L: int, pixel_size_A: float, path=None):
+def match_reference(volume, ref_pixel_size_A: float | None, L: int, pixel_size_A: float, path=None, warn=None):
     """The reference on the particles' box and pixel size: Fourier-resampled when its pixel size
     differs, centre-cropped/padded when its box differs; refused (InputError) when the result would
-    cover less than half the particle box."""
+    cover less than half the particle box or the pixel sizes are too far apart to resample. Every
+    change (and an unknown pixel size, taken as the particles') is reported through ``warn(message)``
+    (e.g. a logger's ``warning``), never made silently."""
     from cryoprism.errors import InputError
     from cryoprism.fourier.resample import crop_or_pad, fourier_resize
 
+    warn = warn or (lambda msg: None)
     v = np.asarray(volume, np.float32)
     if v.ndim != 3 or len(set(v.shape)) != 1:
         raise InputError(f"reference must be a cubic volume, got shape {v.shape}", path)
+    if not ref_pixel_size_A:
+        warn(f"reference pixel size unknown (0 in the header): taken as the particles' {pixel_size_A:g} Å")
     px = float(ref_pixel_size_A) if ref_pixel_size_A else float(pixel_size_A)
     if abs(px - pixel_size_A) > 1e-3 * pixel_size_A:
         n_new = int(round(v.shape[0] * px / pixel_size_A))
-        if n_new < 8:
-            raise InputError(f"reference pixel size {px:g} Å cannot be resampled to {pixel_size_A:g} Å", path)
+        if n_new < 8 or n_new > 4 * L:
+            raise InputError(f"reference pixel size {px:g} Å cannot be resampled to the particles' "
+                             f"{pixel_size_A:g} Å (box {v.shape[0]} → {n_new})", path)
+        warn(f"reference pixel size {px:g} Å differs from the particles' {pixel_size_A:g} Å: Fourier-resampled, "
+             f"box {v.shape[0]} → {n_new}")
         v = fourier_resize(v, n_new, ndim=3)[0]
     if v.shape[0] != L:
         if v.shape[0] * 2 < L:
-            raise InputError(f"reference box {v.shape[0]} covers less than half the particle box {L}", path)
+            raise InputError(f"reference box {v.shape[0]} (at {pixel_size_A:g} Å) covers less than half the "
+                             f"particle box {L}", path)
+        warn(f"reference box {v.shape[0]} differs from the particle box {L}: centre-"
+             f"{'cropped' if v.shape[0] > L else 'padded'}")
         v = crop_or_pad(v, L, ndim=3)
     return v.astype(np.float32)
 
@@ -190,13 +201,10 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         log.setLevel(logging.INFO)
     stack = source
     n, L, px = int(stack.n), int(stack.box), float(stack.pixel_size_A)
-    ref = match_reference(reference, pixel_size_A, L, px)
-    try:
-        ctf = stack.ctf_params()
-    except Exception:  # no CTF columns: run without CTF
-        ctf = None
-        if log:
-            log.warning("no CTF parameters in the particle table: refining without CTF")
+    ref = match_reference(reference, pixel_size_A, L, px, warn=log.warning if log else None)
+    ctf = stack.ctf_params() if stack.has_ctf else None
+    if ctf is None and log:
+        log.warning("no CTF parameters in the particle table: refining without CTF")
     group = symmetry_group(st.symmetry)
     halves = half_set_labels(n, getattr(stack, "table", None), st.seed)
     sel = [np.flatnonzero(halves == h) for h in range(2)]
