@@ -176,6 +176,7 @@ def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
     for key, name, w, wpx in starts:
         w = lowpass(w, wpx, resolution_A=40.0, ndim=3).astype(np.float32)
         r2, wall2, cpu2 = run_cryoprism(stack, w, wpx, f"cryoprism_{key}", out, **kw)
+        write_mrc(out / f"cryoprism_{key}" / "refined.mrc", r2.volume, px)
         s2 = score(vol, px, sim.rotations, sim.origins_A, r2.rotations, r2.origins_A, r2.volume, *r2.half_maps)
         s2.update(start=name, wall_s=round(wall2, 1), cpu_s=round(cpu2, 1), iterations=len(r2.iterations),
                   resolution_per_iteration_A=[h["resolution_A"] for h in r2.iterations],
