@@ -8,10 +8,12 @@ particle's own imaging operator at the full box (or a Fourier-cropped ``box``):
 * M-step: ``π_c = mean_s γ_sc`` and each class volume ``X_c = μ + Δ_c`` from the weighted normal
   equations ``(Σ_s γ_sc M_sᵀM_s + Λ_c) Δ_c = Σ_s γ_sc M_sᵀ(y_s − M_s μ)`` (the Toeplitz kernel and
   back-projection of :mod:`cryoprism.reconstruct`), with a Gaussian prior on the class difference
-  ``Δ_c`` whose power spectrum comes from the cross power of the two half-set estimates
-  (:func:`cryoprism.reconstruct.mean.wiener_regularization`): frequencies where the classes do not
-  differ measurably stay at the common mean and add no noise to the next E-step.
+  ``Δ_c`` whose power spectrum is the mean over classes of the cross power of each class's two
+  half-set estimates (:func:`cryoprism.reconstruct.mean.wiener_regularization`): frequencies where the
+  classes do not differ measurably stay at the common mean and add no noise to the next E-step.
 
+The box is chosen from the data: EM on images Fourier-cropped to 32, then to twice that (up to the
+full box) while the class differences still have spectral SNR at the box's edge.
 Iterates until the log-likelihood gains less than ``tol`` per particle or the labels stop changing.
 Derivation and measured accuracy: docs/heterogeneity.md.
 """
