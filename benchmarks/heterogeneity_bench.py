@@ -206,9 +206,10 @@ def main(argv=None):
             "four_states_snr0.02": ((vols4, px, 10000, 0.02, 17, "lowrank"), {"reconstruct": False}),
             "four_states_snr0.05": ((vols4, px, 10000, 0.05, 17, "lowrank"), {"reconstruct": False}),
         }
-        # the full-resolution class refinement at the defaults (n from --n), e.g. --only refine_4_states
+        # the full-resolution class refinement at its defaults with the true number of states (measured
+        # apart from the count; n from --n), e.g. --only refine_4_states
         cases.update({f"refine_{c}_states": ((vols4[:c], px, args.n, 0.005, 17, "lowrank"),
-                                             {"reconstruct": False}) for c in (2, 3, 4)})
+                                             {"reconstruct": False, "classes": c}) for c in (2, 3, 4)})
     for name, (a, kw) in cases.items():
         if args.only is None or args.only == name:
             _case(out, name, *a, **kw)
