@@ -114,6 +114,7 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
     imgs, rot, ctf, lab, sigma2, clean = simulate(vols, px, n, snr, seed, sigma2=sigma2)
     orc = oracle_accuracy(imgs, clean, lab, n_res)
     orc32 = oracle_accuracy(imgs, clean, lab, min(32, imgs.shape[-1]))
+    oracle_full = oracle_accuracy(imgs, clean, lab, imgs.shape[-1])
     del clean
     t0 = time.perf_counter()
     src = ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=rot, ctf=ctf)
@@ -135,6 +136,8 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
         "accuracy_subspace": matched_accuracy(lab, sub) if sub is not None else None,
         "oracle_accuracy_nres32": orc32,
         "refine_iterations": res.refinement.iterations if res.refinement is not None else 0,
+        "refine_stages": res.refinement.info.get("stages") if res.refinement is not None else None,
+        "oracle_accuracy_full_box": oracle_full,
         "n_res": n_res, "method": res.covariance.method, "cg_iterations": res.covariance.iterations,
         "states_found": C,
         "gap_ratios": [round(float(g), 3) for g in res.states.gaps[:4]],
@@ -174,7 +177,7 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="run only the case with this name")
     ap.add_argument("--sweep", action="store_true",
                     help="2, 3 and 4 states against SNR_het: states found from the gap, accuracy, oracle")
-    ap.add_argument("--n", type=int, default=10000, help="particles per case of --sweep / --null")
+    ap.add_argument("--n", type=int, default=10000, help="particles per case of --sweep / --null / refine_*")
     ap.add_argument("--snrs", default="0.002,0.005,0.01,0.02,0.05", help="SNR_het values of --sweep / --null")
     ap.add_argument("--states", default="2,3,4", help="numbers of states of --sweep")
     ap.add_argument("--null", type=int, default=0,
@@ -203,6 +206,10 @@ def main(argv=None):
             "four_states_snr0.02": ((vols4, px, 10000, 0.02, 17, "lowrank"), {"reconstruct": False}),
             "four_states_snr0.05": ((vols4, px, 10000, 0.05, 17, "lowrank"), {"reconstruct": False}),
         }
+        # the full-resolution class refinement at its defaults with the true number of states (measured
+        # apart from the count; n from --n), e.g. --only refine_4_states
+        cases.update({f"refine_{c}_states": ((vols4[:c], px, args.n, 0.005, 17, "lowrank"),
+                                             {"reconstruct": False, "classes": c}) for c in (2, 3, 4)})
     for name, (a, kw) in cases.items():
         if args.only is None or args.only == name:
             _case(out, name, *a, **kw)
