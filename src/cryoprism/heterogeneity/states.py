@@ -151,9 +151,9 @@ def sequential_test(system: SubspaceSystem, S: np.ndarray, *, alpha: float = ALP
     so the null carries the cross terms ``G_s x_s ξ_sᵀ L_sᵀ`` between the heterogeneity already found and
     the noise, which lift the later eigenvalues of the estimate. Stops at the first ``p ≥ alpha``.
 
-    Returns ``(C, p (K,), p_rank (K,), nulls)``: ``p`` and the Monte-Carlo ranks for the eigenvalues
-    tested (NaN for the rest, except that the one after the last tested gets the last null's value),
-    and the ``(replicates,)`` null samples of each eigenvalue tested."""
+    Returns ``(C, p, p_rank, nulls)``: the p-values and Monte-Carlo ranks of the eigenvalues tested
+    (``C`` of them unless ``max_states`` stopped the run) and the ``(replicates,)`` null samples of
+    each."""
     lam = np.sort(np.linalg.eigvalsh(S))[::-1]
     K = min(lam.size, max_states)
     p = np.full(K, np.nan)
@@ -168,8 +168,9 @@ def sequential_test(system: SubspaceSystem, S: np.ndarray, *, alpha: float = ALP
         if p[k] >= alpha or k + 1 >= max_states:
             break
         k += 1
-    C = 1 + int(np.sum(np.cumprod(np.nan_to_num(p, nan=1.0) < alpha)))
-    return min(C, max_states), p, pr, nulls
+    t = len(nulls)
+    C = 1 + int(np.sum(np.cumprod(p[:t] < alpha)))
+    return min(C, max_states), p[:t], pr[:t], nulls
 
 
 def split_test(d: HetData, A: MeanOperator, *, alpha: float = ALPHA, replicates: int = 20, block: int = 8,
