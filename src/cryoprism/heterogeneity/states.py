@@ -66,7 +66,7 @@ class StateTest:
         nxt = self.p_values[k] if k < self.p_values.size else float("nan")
         if k:
             s = (f"{k} significant eigenvalue(s) (p = {self.p_values[k - 1]:.3g} for eigenvalue {k}, "
-                 f"p = {nxt:.3g} for the next)")
+                 f"p = {nxt:.3g} for the next" + (", under the leakage floor)" if nxt < self.alpha else ")"))
         else:
             s = f"no significant eigenvalue (p = {nxt:.3g} for eigenvalue 1)"
         if self.n_states_bic is not None:
