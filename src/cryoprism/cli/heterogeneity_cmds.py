@@ -31,11 +31,11 @@ def register(app: typer.Typer) -> None:
                                                   help="Resolution limit in Å instead of --nres: "
                                                        "N_res = ceil(2 · box · pixel size / limit)."),
         classes: str = typer.Option("auto", "--classes",
-                                    help="Number of states C; 'auto': from the spectral gap (with its "
-                                         "bootstrap agreement); 'test': the eigenvalues significant in a "
-                                         "split-sample test against pure noise (p < 0.001) bound the "
-                                         "count and the BIC of the state mixture picks it (reported "
-                                         "with 'auto' too)."),
+                                    help="Number of states C; 'auto' (or 'test'): the eigenvalues significant "
+                                         "(p < 0.001) in a split-sample test, each against the null of "
+                                         "the states found before it, bound the count and the BIC of "
+                                         "the state mixture picks it; 'gap': the spectral-gap rule "
+                                         "(always reported as states_from_gap)."),
         method: str = typer.Option("lowrank", "--method",
                                    help="lowrank: matrix-free subspace estimator (any N_res; the "
                                         "default); cg: the dense covariance of Andén, Katsevich & Singer "
@@ -74,9 +74,9 @@ def register(app: typer.Typer) -> None:
 
         Reads PARTICLES (poses and CTF known). Estimates the noise variance (background pixels), the
         mean volume, the 3-D covariance at N_res (Andén, Katsevich & Singer 2015) and its eigenvolumes,
-        the number of states C (from the spectral gap; also reported: a p-value per eigenvalue from a
-        split-sample test against pure noise and the BIC of the state mixture, used with --classes
-        test), per-particle coordinates and classes (Gaussian mixture,
+        the number of states C (a p-value per eigenvalue from a split-sample test whose null holds the
+        states found before it, then the BIC of the state mixture; the spectral-gap count is reported
+        beside it), per-particle coordinates and classes (Gaussian mixture,
         per-particle EM), then classes refined by maximum-likelihood 3-D classification at the full
         box with the poses fixed, whose class volumes are written. Writes into OUT: eigenvalues.csv
         (eigenvalue, gap ratio λ_k/λ_{k+1}), coords.csv (α per particle, class), classes.star (the
@@ -101,11 +101,11 @@ def register(app: typer.Typer) -> None:
             raise InputError("file not found", particles)
         if method not in ("cg", "lowrank"):
             raise InputError(f"--method must be cg or lowrank, got {method!r}", particles)
-        if classes not in ("auto", "test"):
+        if classes not in ("auto", "test", "gap"):
             try:
                 C = int(classes)
             except ValueError:
-                raise InputError(f"--classes must be 'auto', 'test' or an integer, got {classes!r}", particles)
+                raise InputError(f"--classes must be 'auto', 'test', 'gap' or an integer, got {classes!r}", particles)
             if C < 1:
                 raise InputError("--classes must be at least 1", particles)
         else:

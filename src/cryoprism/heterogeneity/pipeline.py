@@ -104,11 +104,11 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
     ``method``: ``lowrank`` (matrix-free subspace estimator, the default: it runs at any ``N_res`` and
     measured better gaps and accuracy than the dense path wherever both ran) or ``cg`` (the dense estimator
     of Andén, Katsevich & Singer 2015, with the 6-D Toeplitz kernel, ``N_res`` ≤ ~10 within
-    ``max_full_bytes``). ``classes``: ``auto`` (the spectral gap, with ``n_boot`` bootstrap
-    replicates of its agreement), ``test`` (the split-sample eigenvalue test against its pure-noise null
-    and the BIC of the state mixture, :mod:`cryoprism.heterogeneity.states`; reported with ``auto``
-    too, not yet the default: on the demo's two-state set it finds 3 significant eigenvalues, a
-    structured component its null does not model) or a number of states.
+    ``max_full_bytes``). ``classes``: ``auto`` (the default; ``test`` is the same): the
+    split-sample eigenvalue test, the null of each eigenvalue holding the states found before it, then
+    the BIC of the state mixture (:mod:`cryoprism.heterogeneity.states`); ``gap`` (the spectral-gap
+    rule, with ``n_boot`` bootstrap replicates of its agreement; always computed and reported as
+    ``states``) or a number of states.
     ``reconstruct``: per-class volumes at full resolution (CG mean with the class's particles).
     ``oversample``: volume grid / band ratio (default 1.5 for ``lowrank``, 1 for ``cg`` whose memory grows
     as the sixth power of the grid). ``support_radius``: the covariance is estimated inside the ball of this
@@ -173,11 +173,11 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
     states = count_states(lam, system, max_states=max_states, n_boot=n_boot, maxiter=cg_iterations,
                           seed=seed)
     test = None
-    if classes in ("auto", "test"):  # the split-sample test is reported with either rule
+    if classes in ("auto", "test", "gap"):  # the split-sample test is reported with either rule
         test = split_test(d, A, max_states=max_states, seed=seed, support_radius=support_radius,
                           n_workers=n_workers, progress=progress)
         choose_by_bic(test, system, Q, lam, d.noise_var, wiener=wiener, seed=seed)
-    C = states.n_states if classes == "auto" else test.n_states if classes == "test" else int(classes)
+    C = states.n_states if classes == "gap" else test.n_states if classes in ("auto", "test") else int(classes)
     r = max(C - 1, 1)
     alpha = coordinates(system.G, system.c, Q[:, :r], lam[:r], d.noise_var, wiener=wiener)
     labels, _ = gmm_classes(alpha, C, seed)
