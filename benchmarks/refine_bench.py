@@ -4,7 +4,8 @@ Simulates ``n`` particles from a map (64², CTF with defocus 1–3 µm, random s
 writes them as a RELION 3.1 STAR without poses, and refines from the map low-passed to 40 Å. Reports
 the median angular and shift errors, the FSC 0.5 resolution against the truth next to the oracle
 (reconstruction from the true poses, same run), the gold-standard FSC 0.143, wall and CPU time and
-the time per iteration. Optional: a start from another map (``--wrong-map``), RELION 3.1 auto-refine
+the time per iteration. Optional: a start from another map (``--wrong-map``) or from the mirrored truth
+(``--wrong-hand``), RELION 3.1 auto-refine
 on the same STAR (``--relion``, on the first ``--relion-n`` particles, stopped after
 ``--relion-budget-s``; its last finished iteration is scored), and a time-per-iteration table over n
 and the grid (``--scaling``). Prints one JSON object.
@@ -40,6 +41,11 @@ from cryoprism.refine import refine  # noqa: E402
 
 def shell(res_A, L, px):
     return float(L * px / res_A) if res_A and np.isfinite(res_A) else float("nan")
+
+
+def mirror_z(vol):
+    """The map's mirror image through the box centre along z (index L//2 stays in place): the other hand."""
+    return np.ascontiguousarray(np.roll(np.asarray(vol, np.float32)[::-1], 1, axis=0))
 
 
 def simulate(vol, px, n, out: Path, snr, shift_px, seed):
@@ -161,16 +167,26 @@ def main_section(res, a, stack, start, vol, px, sim, out, kw):
 def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
     L = vol.shape[0]
     s = res.get("cryoprism", {})
+    starts = []
     if a.wrong_map:
         w, wpx = read_mrc(a.wrong_map)
-        w = lowpass(np.asarray(w, np.float32), wpx, resolution_A=40.0, ndim=3).astype(np.float32)
-        r2, wall2, cpu2 = run_cryoprism(stack, w, wpx, "cryoprism_wrong_start", out, **kw)
+        starts.append(("wrong_start", Path(a.wrong_map).name, np.asarray(w, np.float32), wpx))
+    if a.wrong_hand:
+        starts.append(("wrong_hand", "truth mirrored (z → −z)", mirror_z(vol), px))
+    for key, name, w, wpx in starts:
+        w = lowpass(w, wpx, resolution_A=40.0, ndim=3).astype(np.float32)
+        r2, wall2, cpu2 = run_cryoprism(stack, w, wpx, f"cryoprism_{key}", out, **kw)
+        write_mrc(out / f"cryoprism_{key}" / "refined.mrc", r2.volume, px)
         s2 = score(vol, px, sim.rotations, sim.origins_A, r2.rotations, r2.origins_A, r2.volume, *r2.half_maps)
-        s2.update(start=Path(a.wrong_map).name, wall_s=round(wall2, 1), cpu_s=round(cpu2, 1),
+        s2.update(start=name, wall_s=round(wall2, 1), cpu_s=round(cpu2, 1), iterations=len(r2.iterations),
+                  resolution_per_iteration_A=[h["resolution_A"] for h in r2.iterations],
                   start_fsc05_vs_truth_A=resolution_at(fsc(w, vol, px), 0.5),
+                  fsc05_shells_from_oracle=res["oracle"]["fsc05_vs_truth_shell"] - s2["fsc05_vs_truth_shell"],
                   shells_from_truth_start=(s["fsc05_vs_truth_shell"] - s2["fsc05_vs_truth_shell"]
-                                                   if s else None))
-        res["wrong_start"] = s2
+                                           if s else None))
+        # a mirrored start may converge to the mirrored truth: score that hand too
+        s2["fsc05_vs_mirrored_truth_A"] = resolution_at(fsc(r2.volume, mirror_z(vol), px), 0.5)
+        res[key] = s2
         dump()
     if a.relion:
         n_r = min(a.relion_n, a.n)
@@ -241,6 +257,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--map", required=True, help="true map (MRC), cubic; 64³ expected")
     ap.add_argument("--wrong-map", help="start from this map instead (e.g. another assembly state)")
+    ap.add_argument("--wrong-hand", action="store_true",
+                    help="also start from the truth mirrored along z (the other hand), low-passed to 40 Å")
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--snr", type=float, default=0.05)
     ap.add_argument("--shift-px", type=float, default=4.0)

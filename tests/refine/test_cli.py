@@ -74,7 +74,33 @@ def test_refine_refuses_a_reference_of_another_box(dataset, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "box" in err[0]
-    assert not (tmp_path / "o" / "particles.star").exists()
+    assert not (tmp_path / "o").exists()
+
+
+def test_refine_resamples_a_reference_of_another_pixel_size_with_a_warning(dataset, tmp_path, capsys):
+    d, _ = dataset
+    from cryoprism.fourier.resample import downsample
+    from cryoprism.io.mrc import read_mrc
+
+    vol, _ = read_mrc(d / "ref.mrc")
+    write_mrc(tmp_path / "coarse.mrc", downsample(vol, 12, ndim=3)[0], 2 * PX)  # same extent, 2× the pixel
+    out = tmp_path / "o"
+    rc = main(["refine", str(d / "p.star"), "--ref", str(tmp_path / "coarse.mrc"), "-o", str(out), "--iter", "1",
+               "--grid", "200", "--initial-lowpass", "15", "--json"])
+    assert rc in (0, None)
+    err = capsys.readouterr().err
+    assert "warning" in err and "resampled" in err and "box 12 → 24" in err
+    assert (out / "refined.mrc").exists()
+
+
+def test_refine_refuses_a_reference_whose_pixel_size_cannot_be_resampled(dataset, tmp_path, capsys):
+    d, _ = dataset
+    write_mrc(tmp_path / "tiny.mrc", np.ones((24, 24, 24), np.float32), 0.5)  # 12 Å across: 3 particle pixels
+    rc = main(["refine", str(d / "p.star"), "--ref", str(tmp_path / "tiny.mrc"), "-o", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pixel size" in err[0]
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
 def test_refine_without_ctf_columns_warns(dataset, tmp_path, capsys):

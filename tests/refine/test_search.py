@@ -69,3 +69,30 @@ def test_rotation_stencil_is_a_cube_of_small_rotations():
     assert d[0] < 1e-9
     np.testing.assert_allclose(np.sort(d)[1:7], 3.0, rtol=1e-9)
     np.testing.assert_allclose(d.max(), 3.0 * np.sqrt(3), rtol=1e-9)
+
+
+def test_translational_search_finds_large_shifts_and_the_grid_search_uses_its_candidates(rng):
+    """Origins far from the centre (up to 6 px, beyond a ±2-step search around 0) are found by scoring all
+    shifts of the range against a coarse grid; the fine grid at the candidate origins then finds pose and
+    shift."""
+    from cryoprism.refine.search import origin_candidates
+
+    vol = _volume()
+    fine = so3_grid(300)
+    pick = rng.choice(300, 6, replace=False)
+    org = np.array([[6, 0], [-5, 3], [0, -6], [4, 4], [-3, -5], [5, -2]], float)
+    im, c = _data(vol, fine[pick], org, rng)
+    fs = fourier_set(L, 8)
+    Y = fft2c(im)[:, fs.iy, fs.ix]
+    C = c[:, fs.iy, fs.ix]
+    A, w2 = np.conj(Y) * C, C * C
+    coarse = GridSlices.of(fft2c(project(vol, so3_grid(60)))[:, fs.iy, fs.ix])
+    cand = origin_candidates(A, w2, coarse, shift_grid(7, 1), fs, L, top=3, min_separation_px=2.0)
+    assert cand.shape == (6, 3, 2)
+    assert np.all(np.hypot(*(cand - org[:, None]).transpose(2, 0, 1)).min(1) <= 1.0 + 1e-9)
+    sep = np.hypot(*(cand[:, :, None] - cand[:, None]).transpose(3, 0, 1, 2))
+    assert np.all(sep[:, ~np.eye(3, dtype=bool)] >= 2.0 - 1e-9)  # candidates kept apart
+    P = GridSlices.of(fft2c(project(vol, fine))[:, fs.iy, fs.ix])
+    sl = global_search(A, w2, P, cand, shift_grid(1, 1), fs, L, top=2)
+    assert np.array_equal(sl.index[:, 0], pick)
+    np.testing.assert_allclose(sl.origins_px[:, 0], org, atol=1e-9)

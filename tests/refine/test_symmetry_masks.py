@@ -54,3 +54,22 @@ def test_match_reference_resamples_or_refuses():
     assert np.sum(half) == pytest.approx(np.sum(v) / 8, rel=0.02)  # same density integral per Å³
     with pytest.raises(InputError):
         match_reference(v[:10, :10, :10], 2.0, 32, 2.0)
+
+
+def test_match_reference_warns_at_every_change_and_resamples_to_the_analytic_map():
+    v = gaussian_blob_volume(32, [(0, 0, 0)], [3.0]).astype(np.float32)  # σ = 6 Å at 2 Å/px
+    said = []
+    half = match_reference(v, 2.0, 32, 4.0, warn=said.append)
+    truth = gaussian_blob_volume(32, [(0, 0, 0)], [1.5])  # the same map sampled at 4 Å/px
+    assert np.abs(half - truth).max() < 0.05 * truth.max()
+    assert len(said) == 2 and "resampled" in said[0] and "padded" in said[1]
+    said.clear()
+    big = match_reference(gaussian_blob_volume(40, [(0, 0, 0)], [3.0]), 2.0, 32, 2.0, warn=said.append)
+    np.testing.assert_allclose(big, v, atol=1e-6)  # centre-cropped: the centre voxel stays at L//2
+    assert len(said) == 1 and "cropped" in said[0]
+    said.clear()
+    np.testing.assert_array_equal(match_reference(v, None, 32, 2.0, warn=said.append), v)
+    assert len(said) == 1 and "unknown" in said[0]
+    said.clear()
+    match_reference(v, 2.0, 32, 2.0, warn=said.append)
+    assert said == []  # nothing to say when nothing changes

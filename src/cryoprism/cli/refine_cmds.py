@@ -64,8 +64,10 @@ def refine_command(
     input_star: Path = typer.Argument(..., help="Particles: RELION STAR (3.0/3.1/5) or cryoSPARC .cs with "
                                                  "their MRC stacks; CTF from the table (none: no CTF, with "
                                                  "a warning). Input poses are not used."),
-    ref: Path = typer.Option(..., "--ref", help="Starting map (MRC). Another pixel size is Fourier-resampled, "
-                                                 "another box centre-cropped/padded."),
+    ref: Path = typer.Option(..., "--ref", help="Starting map (MRC). Another pixel size (Å, from the header) "
+                                                 "is Fourier-resampled, another box centre-cropped/padded, "
+                                                 "each with a warning; a map covering less than half the "
+                                                 "particle box is refused (exit 2)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
     mask: Path = typer.Option(None, "--mask", help="Soft mask (MRC, same box and pixel size as the "
                                                    "particles) for the references; default: a sphere plus "
@@ -110,7 +112,7 @@ def refine_command(
     from cryoprism.io.checkpoint import digest
     from cryoprism.io.job import Job
     from cryoprism.io.mrc import read_mrc
-    from cryoprism.refine import RefineSettings, refine
+    from cryoprism.refine import RefineSettings, match_reference, refine
     from cryoprism.refine.symmetry import symmetry_group
 
     if noise not in ("shell", "white"):
@@ -123,6 +125,12 @@ def refine_command(
     if stack.n < 4:
         raise InputError(f"refinement needs at least 4 particles, got {stack.n}", input_star)
     vol, ref_px = read_mrc(ref, ndim=3, finite=True)
+
+    def warn(msg):
+        typer.echo(f"cryoprism: warning: {msg}", err=True)
+
+    # resampled (with a warning) or refused before anything is written
+    vol = match_reference(vol, ref_px, stack.box, stack.pixel_size_A, path=ref, warn=warn)
     m = None
     if mask is not None:
         m, _ = read_mrc(mask, ndim=3, finite=True)
@@ -133,10 +141,9 @@ def refine_command(
     job = Job(out, "refine", {k: v for k, v in vars(settings).items() if k != "max_iterations"},
               {"particles": digest(stack.table.to_numpy(dtype=str)), "reference": digest(vol),
                "mask": digest(m)}, resume=resume)
-    if "rlnDefocusU" not in stack.table.columns:
-        job.log.warning("no CTF columns in %s: refining without CTF", input_star)
-        typer.echo("cryoprism: warning: no CTF columns (rlnDefocusU): refining without CTF", err=True)
-    result = refine(stack, vol, ref_px, job=job, mask=m, settings=settings)
+    if not stack.has_ctf:
+        warn("no CTF columns (rlnDefocusU): refining without CTF")
+    result = refine(stack, vol, stack.pixel_size_A, job=job, mask=m, settings=settings)
     figures = {}
     if classes > 1:
         from cryoprism.refine.classify import classify3d

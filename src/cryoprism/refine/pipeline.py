@@ -52,7 +52,9 @@ class RefineSettings:
     local_shift_step_px: float = 1.0  # first local shift step (halved each iteration)
     min_step_deg: float | None = None  # finest angular step (default from the box: ~0.5 px at Nyquist)
     min_shift_step_px: float = 0.25
-    precentre_radius_px: float | None = None  # shift search radius of the first iteration (default L/4)
+    shift_range_px: float | None = None  # translational search radius of the first iteration (default L/4)
+    coarse_grid_size: int = 576  # rotations of the first iteration's translational search (~30° spacing)
+    origin_candidates: int = 5  # origins kept by that search, each searched with the whole grid
     noise: str = "shell"  # "shell" (per-shell spectrum from residuals) or "white"
     margin_shells: int = 3  # shells beyond the FSC=0.143 shell that the next iteration compares
     symmetry: str = "C1"
@@ -83,25 +85,36 @@ class RefineResult:
 # building blocks
 
 
-def match_reference(volume, ref_pixel_size_A: float | None, L: int, pixel_size_A: float, path=None):
+def match_reference(volume, ref_pixel_size_A: float | None, L: int, pixel_size_A: float, path=None, warn=None):
     """The reference on the particles' box and pixel size: Fourier-resampled when its pixel size
     differs, centre-cropped/padded when its box differs; refused (InputError) when the result would
-    cover less than half the particle box."""
+    cover less than half the particle box or the pixel sizes are too far apart to resample. Every
+    change (and an unknown pixel size, taken as the particles') is reported through ``warn(message)``
+    (e.g. a logger's ``warning``), never made silently."""
     from cryoprism.errors import InputError
     from cryoprism.fourier.resample import crop_or_pad, fourier_resize
 
+    warn = warn or (lambda msg: None)
     v = np.asarray(volume, np.float32)
     if v.ndim != 3 or len(set(v.shape)) != 1:
         raise InputError(f"reference must be a cubic volume, got shape {v.shape}", path)
+    if not ref_pixel_size_A:
+        warn(f"reference pixel size unknown (0 in the header): taken as the particles' {pixel_size_A:g} Å")
     px = float(ref_pixel_size_A) if ref_pixel_size_A else float(pixel_size_A)
     if abs(px - pixel_size_A) > 1e-3 * pixel_size_A:
         n_new = int(round(v.shape[0] * px / pixel_size_A))
-        if n_new < 8:
-            raise InputError(f"reference pixel size {px:g} Å cannot be resampled to {pixel_size_A:g} Å", path)
+        if n_new < 8 or n_new > 4 * L:
+            raise InputError(f"reference pixel size {px:g} Å cannot be resampled to the particles' "
+                             f"{pixel_size_A:g} Å (box {v.shape[0]} → {n_new})", path)
+        warn(f"reference pixel size {px:g} Å differs from the particles' {pixel_size_A:g} Å: Fourier-resampled, "
+             f"box {v.shape[0]} → {n_new}")
         v = fourier_resize(v, n_new, ndim=3)[0]
     if v.shape[0] != L:
         if v.shape[0] * 2 < L:
-            raise InputError(f"reference box {v.shape[0]} covers less than half the particle box {L}", path)
+            raise InputError(f"reference box {v.shape[0]} (at {pixel_size_A:g} Å) covers less than half the "
+                             f"particle box {L}", path)
+        warn(f"reference box {v.shape[0]} differs from the particle box {L}: centre-"
+             f"{'cropped' if v.shape[0] > L else 'padded'}")
         v = crop_or_pad(v, L, ndim=3)
     return v.astype(np.float32)
 
@@ -158,16 +171,6 @@ def _shell_power(stack, L: int, n_max: int = 2000) -> np.ndarray:
     return radial_average(acc / len(idx), n_bins=L // 2 + 1)
 
 
-def _precentre(A: np.ndarray, Pbar: np.ndarray, fs, L: int, radius_px: float) -> np.ndarray:
-    """Origins ``(b, 2)`` maximising the correlation with the orientation-averaged projection
-    ``Pbar`` (the same for every view up to the CTF, already in ``A = conj(Y) C / σ²``)."""
-    u = search.shift_grid(radius_px, 1.0)
-    E = search.shift_phases(fs, u, L)
-    X = A * Pbar[None]
-    cc = search._realify(X) @ search._stack(E).T
-    return u[np.argmax(cc, axis=1)]
-
-
 # ------------------------------------------------------------------------------------------------
 # the refinement
 
@@ -198,13 +201,10 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         log.setLevel(logging.INFO)
     stack = source
     n, L, px = int(stack.n), int(stack.box), float(stack.pixel_size_A)
-    ref = match_reference(reference, pixel_size_A, L, px)
-    try:
-        ctf = stack.ctf_params()
-    except Exception:  # no CTF columns: run without CTF
-        ctf = None
-        if log:
-            log.warning("no CTF parameters in the particle table: refining without CTF")
+    ref = match_reference(reference, pixel_size_A, L, px, warn=log.warning if log else None)
+    ctf = stack.ctf_params() if stack.has_ctf else None
+    if ctf is None and log:
+        log.warning("no CTF parameters in the particle table: refining without CTF")
     group = symmetry_group(st.symmetry)
     halves = half_set_labels(n, getattr(stack, "table", None), st.seed)
     sel = [np.flatnonzero(halves == h) for h in range(2)]
@@ -264,7 +264,9 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
             grid_step = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir)))
         if first:
             g_step = max(1.0, L / (4 * max(k_lim, 1)))
-            offsets0 = search.shift_grid(2.0 * g_step, g_step)  # around the pre-centred origin
+            offsets_all = search.shift_grid(st.shift_range_px or L / 4, g_step)  # the whole shift range
+            offsets0 = search.shift_grid(g_step, g_step)  # around each candidate origin
+            coarse, _ = so3_grid_views(*so3_grid_views_for(st.coarse_grid_size))
             shift_step = g_step / 2
             step_deg = grid_step / 2
         # coarse-to-fine stages: the stencil step halves from the grid's half-spacing (global
@@ -278,9 +280,9 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         for h in range(2):
             idx_h = sel[h]
             P = search.GridSlices.of(search.slices(refs_w[h], grid, fs, wk[h])) if regrid else None
-            Pbar = P.mean if first else None
+            Pc = search.GridSlices.of(search.slices(refs_w[h], coarse, fs, wk[h])) if first else None
 
-            def job_s(r, idx_h=idx_h, h=h, P=P, Pbar=Pbar):
+            def job_s(r, idx_h=idx_h, h=h, P=P, Pc=Pc):
                 idx = idx_h[r[0]:r[1]]
                 Y = _data_at(imgs_w, idx, L, fs)
                 C = _ctf_at(ctf, idx, Lw, px_w, fs)
@@ -288,8 +290,9 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                 start = rot[idx][:, None]
                 if P is not None:  # the whole grid: a shortlist of rotations (and origins)
                     A = (np.conj(Y) * C * inv_s2[None]).astype(np.complex64)
-                    if first:
-                        o0 = _precentre(A, Pbar, fs, L, st.precentre_radius_px or L / 4)
+                    if first:  # all shifts against a coarse grid → candidate origins → the whole grid
+                        o0 = search.origin_candidates(A, C * C * inv_s2[None], Pc, offsets_all, fs, L,
+                                                      st.origin_candidates, 2.0 * g_step)
                         sl = search.global_search(A, C * C * inv_s2[None], P, o0, offsets0, fs, L, st.shortlist)
                         start, o_start = grid[sl.index], sl.origins_px
                     else:

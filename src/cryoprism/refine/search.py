@@ -140,37 +140,55 @@ class GridSlices:
     def of(cls, P: np.ndarray) -> "GridSlices":
         return cls(_stack(P), (P.real ** 2 + P.imag ** 2).astype(np.float32))
 
-    @property
-    def mean(self) -> np.ndarray:
-        """The orientation-averaged slice ``(k,)`` complex64."""
-        k = self.power.shape[1]
-        m = self.stacked.mean(0)
-        return (m[:k] + 1j * m[k:]).astype(np.complex64)
-
 
 def global_search(A: np.ndarray, w2: np.ndarray, grid: GridSlices, origins_px: np.ndarray, offsets_px: np.ndarray,
                   fs: FourierSet, L_full: int, top: int = 4) -> Shortlist:
     """Score every particle of a batch against every grid projection and every offset.
 
     ``A``: ``conj(Y) C / σ²`` ``(b, k)``; ``w2``: ``C² / σ²`` ``(b, k)``; ``grid``: the grid's slices
-    (:class:`GridSlices`); ``origins_px``: the particles' current origins ``(b, 2)``; ``offsets_px``: shift
-    grid ``(t, 2)`` added to them. Returns the ``top`` best rotations with the best offset of each.
+    (:class:`GridSlices`); ``origins_px``: the particles' current origins ``(b, 2)``, or ``(b, m, 2)`` for
+    ``m`` candidate origins per particle; ``offsets_px``: shift grid ``(t, 2)`` added to each origin.
+    Returns the ``top`` best rotations with the best origin (candidate + offset) of each.
     """
-    b, g, t = A.shape[0], grid.power.shape[0], len(offsets_px)
-    A0 = A * shift_phases(fs, origins_px, L_full)
-    E = shift_phases(fs, offsets_px, L_full)
-    X = (A0[:, None, :] * E[None]).reshape(b * t, -1)
+    org = np.asarray(origins_px, np.float64)
+    org = org[:, None, :] if org.ndim == 2 else org
+    b, g = A.shape[0], grid.power.shape[0]
+    cand = (org[:, :, None, :] + np.asarray(offsets_px, np.float64)[None, None]).reshape(b, -1, 2)  # (b, t, 2)
+    t = cand.shape[1]
+    X = (A[:, None, :] * shift_phases(fs, cand, L_full)).reshape(b * t, -1)
     cross = (_realify(X) @ grid.stacked.T).reshape(b, t, g)
     norm = np.sqrt(np.maximum(w2.astype(np.float32) @ grid.power.T, 1e-30))  # (b, g)
-    tb = np.argmax(cross, axis=1)  # best offset per (particle, rotation)
+    tb = np.argmax(cross, axis=1)  # best shift per (particle, rotation)
     best = np.take_along_axis(cross, tb[:, None, :], axis=1)[:, 0] / norm
     K = min(top, g)
     idx = np.argpartition(-best, K - 1, axis=1)[:, :K]
     sc = np.take_along_axis(best, idx, axis=1)
     order = np.argsort(-sc, axis=1)
     idx, sc = np.take_along_axis(idx, order, 1), np.take_along_axis(sc, order, 1)
-    org = origins_px[:, None, :] + offsets_px[np.take_along_axis(tb, idx, axis=1)]
-    return Shortlist(idx, sc, org)
+    chosen = np.take_along_axis(tb, idx, axis=1)  # (b, K) shift index
+    return Shortlist(idx, sc, np.take_along_axis(cand, chosen[:, :, None], axis=1))
+
+
+def origin_candidates(A: np.ndarray, w2: np.ndarray, grid: GridSlices, offsets_px: np.ndarray, fs: FourierSet,
+                      L_full: int, top: int = 4, min_separation_px: float = 2.0) -> np.ndarray:
+    """Translational search of a batch: every offset of ``offsets_px`` ``(t, 2)`` (all shifts of the
+    search range) scored against every projection of a coarse ``grid``; each shift keeps its best
+    rotation's normalised score, and the ``top`` best shifts at least ``min_separation_px`` apart are
+    returned ``(b, top, 2)`` (best first) — the origins around which the fine grid is searched."""
+    b, g, t = A.shape[0], grid.power.shape[0], len(offsets_px)
+    E = shift_phases(fs, offsets_px, L_full)
+    X = (A[:, None, :] * E[None]).reshape(b * t, -1)
+    norm = np.sqrt(np.maximum(w2.astype(np.float32) @ grid.power.T, 1e-30))  # (b, g)
+    s = ((_realify(X) @ grid.stacked.T).reshape(b, t, g) / norm[:, None, :]).max(axis=2)  # (b, t)
+    u = np.asarray(offsets_px, np.float64)
+    d2 = ((u[:, None, :] - u[None, :, :]) ** 2).sum(-1)  # (t, t)
+    near = d2 < min_separation_px ** 2
+    out = np.empty((b, top, 2))
+    for m in range(top):  # greedy non-maximum suppression
+        j = np.argmax(s, axis=1)
+        out[:, m] = u[j]
+        s = np.where(near[j], -np.inf, s)  # (all suppressed: argmax repeats a shift, harmless)
+    return out
 
 
 def rotation_stencil(step_deg: float) -> np.ndarray:
