@@ -73,9 +73,10 @@ def refine_command(
                                                    "particles) for the references; default: a sphere plus "
                                                    "an automatic solvent mask."),
     sym: str = typer.Option("C1", "--sym", help="Point-group symmetry: C1, Cn or Dn."),
-    initial_lowpass: float = typer.Option(40.0, "--initial-lowpass", min=1.0,
+    initial_lowpass: float | None = typer.Option(None, "--initial-lowpass", min=1.0,
                                           help="Low-pass of the starting map (Å); the first comparisons "
-                                               "stop there."),
+                                               "stop there. Default: 40 Å, or box·pixel/6 when finer "
+                                               "(at least 6 shells in small boxes)."),
     max_iterations: int = typer.Option(14, "--iter", min=1, help="At most this many iterations "
                                                                  "(auto-refine stops earlier on convergence)."),
     grid: int = typer.Option(4608, "--grid", min=100, help="Rotations of the global search grid."),

@@ -43,7 +43,8 @@ from cryoprism.refine.symmetry import symmetrize, symmetry_group
 class RefineSettings:
     """Settings of :func:`refine` (defaults are what the benchmark uses)."""
 
-    initial_lowpass_A: float = 40.0  # low-pass of the starting map; also the first frequency limit
+    initial_lowpass_A: float | None = None  # low-pass of the starting map and first frequency limit
+    # (default from the box: :func:`initial_lowpass_A`, 40 Å or finer so that ≥ 6 shells are compared)
     max_iterations: int = 14
     grid_size: int = 4608  # rotations of the global grid (~12° covering)
     shortlist: int = 4  # best grid rotations refined locally in the global iterations
@@ -123,6 +124,21 @@ def working_box(k_lim: float, L: int, pad: int = 3) -> int:
     """Even box holding frequencies up to ``k_lim + pad`` (at most ``L``)."""
     Lw = 2 * int(np.ceil(k_lim + pad)) + 2
     return int(min(L, Lw + (Lw % 2)))
+
+
+#: the initial low-pass never compares fewer Fourier shells than this (small boxes)
+MIN_INITIAL_SHELLS = 6
+
+
+def initial_lowpass_A(L: int, pixel_size_A: float, ceiling_A: float = 40.0,
+                      min_shells: int = MIN_INITIAL_SHELLS) -> float:
+    """Default low-pass of the starting map (Å): ``min(ceiling_A, L · pixel_size_A / min_shells)``.
+
+    40 Å (RELION's usual ``--ini_high``) keeps the start from biasing the poses with details it may not
+    have; in a small box (80 Å: 32 px at 2.5 Å) 40 Å is shell 2, too few coefficients to tell
+    orientations apart, so the limit moves out until ``min_shells`` shells are compared
+    (docs/refine.md, "Small particles and small boxes")."""
+    return float(min(ceiling_A, L * pixel_size_A / min_shells))
 
 
 def shell_index(res_A: float, L: int, pixel_size_A: float) -> float:
@@ -210,8 +226,11 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     sel = [np.flatnonzero(halves == h) for h in range(2)]
     sphere = spherical_mask(L, L / 2 - 2, 2.0)
     user_mask = None if mask is None else np.asarray(mask, np.float32)
-    k_lim = min(shell_index(st.initial_lowpass_A, L, px), L / 2 - 1)
-    start = lowpass(ref, px, resolution_A=st.initial_lowpass_A, ndim=3).astype(np.float32)
+    lp_A = st.initial_lowpass_A or initial_lowpass_A(L, px)
+    if log:
+        log.info("initial low-pass %.1f Å (shell %.1f of %d)", lp_A, shell_index(lp_A, L, px), L // 2)
+    k_lim = min(shell_index(lp_A, L, px), L / 2 - 1)
+    start = lowpass(ref, px, resolution_A=lp_A, ndim=3).astype(np.float32)
     refs = [start * (sphere if user_mask is None else user_mask)] * 2
     weights = [None, None]
     noise = _shell_power(stack, L)
