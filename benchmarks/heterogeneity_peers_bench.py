@@ -85,14 +85,13 @@ def child_cpu() -> float:
 
 def timed(cmds: list[list[str]], log: Path, limit_s: float, env: dict | None = None, cwd=None) -> dict:
     """Run ``cmds`` one after the other (nice'd); wall and children's CPU seconds; stop at the first
-    failure, reporting the command and the tail of its output. With ``REUSE`` a finished run's record
-    (``log`` with ``.json``) is read instead of running again."""
+    failure, reporting the command and the tail of its output. With ``REUSE`` the record of a run that
+    finished or stopped (``log`` with ``.json``) is read instead of running again."""
     record = log.with_suffix(".json")
     if REUSE and record.exists():
         return json.loads(record.read_text())
     r = _timed(cmds, log, limit_s, env, cwd)
-    if "error" not in r:
-        record.write_text(json.dumps(r))
+    record.write_text(json.dumps(r))
     return r
 
 
@@ -188,17 +187,18 @@ def run_cryoprism(data: dict, k: int | None, work: Path, limit_s: float) -> dict
     return r
 
 
-def run_recovar(data: dict, k: int, work: Path, limit_s: float, zdim: int) -> dict:
+def run_recovar(data: dict, k: int, work: Path, limit_s: float, zdim: int, box: int) -> dict:
     py = RECOVAR_VENV / "bin" / "python"
     if not py.exists():
         return {"error": f"not installed: {RECOVAR_VENV} (run --setup)"}
     out = work / "recovar"
     cmd = [RECOVAR_VENV / "bin" / "recovar", "pipeline", data["star"], "-o", out, "--zdim", str(zdim),
            "--mask", "from_halfmaps", "--accept-cpu"]
+    cmd += ["--no-downsample"] if box >= data["box"] else ["--downsample", str(box)]
     r = timed([cmd], work / "recovar.log", limit_s)
     r.pop("stdout", None)
-    r["settings"] = {"zdim": zdim, "command": f"recovar pipeline STAR -o OUT --zdim {zdim} --mask from_halfmaps "
-                                              "--accept-cpu"}
+    r["settings"] = {"zdim": zdim, "box": box,
+                     "command": " ".join(["recovar pipeline STAR -o OUT", *map(str, cmd[5:])])}
     if "error" in r:
         return r
     try:
@@ -249,9 +249,17 @@ def run_cryodrgn(data: dict, k: int, work: Path, limit_s: float, box: int, zdim:
     r.pop("stdout", None)
     r["settings"] = {"box": box, "zdim": zdim, "epochs": epochs, "enc": list(enc), "dec": list(dec),
                      "batch": batch}
-    if "error" in r:
-        return r
-    final = out / "train" / "z.pkl"  # the last epoch's z (z.EPOCH.pkl are the earlier ones)
+    final = out / "train" / "z.pkl"  # the last epoch's z
+    if "error" in r or not final.exists():
+        # stopped at the time limit: the z of the last epoch it finished (z.EPOCH.pkl, 0-based), if any
+        done = sorted(((int(p.stem.split(".")[1]), p) for p in (out / "train").glob("z.*.pkl")
+                       if p.stem.split(".")[1].isdigit()), key=lambda t: t[0])
+        if not done:
+            return r
+        r["epochs_completed"] = done[-1][0] + 1
+        final = done[-1][1]
+    else:
+        r["epochs_completed"] = epochs
     with open(final, "rb") as fh:
         z = pickle.load(fh)
     r.update(cluster(z, k, data["labels"]))
@@ -266,11 +274,12 @@ def run_set(k: int, n: int, snr: float, work: Path, args) -> dict:
     res = {"states": k, "n": n, "L": data["box"], "snr_het": snr, "defocus_groups": 7,
            "simulate_seconds": round(time.perf_counter() - t0, 1)}
     for prog in [p.strip() for p in args.programs.split(",")]:
-        if prog == "cryoprism":
+        if prog in ("cryoprism", "cryoprism_k"):
             res["cryoprism_k"] = run_cryoprism(data, k, work, args.limit_s)
+        if prog in ("cryoprism", "cryoprism_auto"):
             res["cryoprism_auto"] = run_cryoprism(data, None, work, args.limit_s)
-        elif prog == "recovar":
-            res["recovar"] = run_recovar(data, k, work, args.limit_s, args.recovar_zdim)
+        if prog == "recovar":
+            res["recovar"] = run_recovar(data, k, work, args.limit_s, args.recovar_zdim, args.recovar_box)
         elif prog == "cryodrgn":
             res["cryodrgn"] = run_cryodrgn(data, k, work, args.limit_s, args.drgn_box, args.drgn_zdim,
                                            args.drgn_epochs, tuple(args.drgn_enc), tuple(args.drgn_dec),
@@ -298,6 +307,7 @@ def main(argv=None):
     ap.add_argument("--limit-s", type=float, default=3000.0, help="per program and set")
     ap.add_argument("--work", default=str(ROOT / "bench_out" / "peers"), help="folder for the sets and outputs")
     ap.add_argument("--recovar-zdim", type=int, default=4)
+    ap.add_argument("--recovar-box", type=int, default=32, help="recovar --downsample (64: none)")
     ap.add_argument("--drgn-box", type=int, default=32)
     ap.add_argument("--drgn-zdim", type=int, default=8)
     ap.add_argument("--drgn-epochs", type=int, default=8)
