@@ -132,9 +132,10 @@ def _timed(cmds, log, limit_s, env, cwd) -> dict:
 def make_set(k: int, n: int, snr_het: float, folder: Path, seed: int = 0) -> dict:
     """Simulate the k-state set and write STAR + MRCS (poses, CTF, no class column) and truth.npy."""
     if REUSE and (folder / "truth.npy").exists():
+        oracle = json.loads((folder / "oracle.json").read_text()) if (folder / "oracle.json").exists() else {}
         return {"star": folder / "particles.star", "labels": np.load(folder / "truth.npy"),
-                "pixel_size_A": 6.55, "box": 64, "noise_var": None}
-    from heterogeneity_bench import fourth_state, load_states, simulate
+                "pixel_size_A": 6.55, "box": 64, "noise_var": None, **oracle}
+    from heterogeneity_bench import fourth_state, load_states, oracle_accuracy, simulate
 
     from cryoprism.io import ParticleStack
     from cryoprism.io.particles import write_particles
@@ -142,13 +143,16 @@ def make_set(k: int, n: int, snr_het: float, folder: Path, seed: int = 0) -> dic
     vols3, px = load_states(3)
     vols = np.concatenate([vols3, fourth_state(vols3)[None]])[:k] if k == 4 else vols3[:k]
     imgs, rot, ctf, lab, sigma2, clean = simulate(vols, px, n, snr_het, seed)
+    oracle = {"oracle_accuracy_nres32": oracle_accuracy(imgs, clean, lab, 32)}
     del clean
+    (folder / "oracle.json").parent.mkdir(parents=True, exist_ok=True)
+    (folder / "oracle.json").write_text(json.dumps(oracle))
     folder.mkdir(parents=True, exist_ok=True)
     src = ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=rot, ctf=ctf)
     write_particles(folder / "particles.star", folder / "particles.mrcs", src)
     np.save(folder / "truth.npy", lab)
     return {"star": folder / "particles.star", "labels": lab, "pixel_size_A": px, "box": imgs.shape[-1],
-            "noise_var": sigma2}
+            "noise_var": sigma2, **oracle}
 
 
 def cluster(z: np.ndarray, k: int, truth: np.ndarray, seed: int = 0) -> dict:
@@ -272,6 +276,7 @@ def run_set(k: int, n: int, snr: float, work: Path, args) -> dict:
     t0 = time.perf_counter()
     data = make_set(k, n, snr, work, seed=args.seed)
     res = {"states": k, "n": n, "L": data["box"], "snr_het": snr, "defocus_groups": 7,
+           "oracle_accuracy_nres32": data.get("oracle_accuracy_nres32"),
            "simulate_seconds": round(time.perf_counter() - t0, 1)}
     for prog in [p.strip() for p in args.programs.split(",")]:
         if prog in ("cryoprism", "cryoprism_k"):
