@@ -255,12 +255,12 @@ def run_cryodrgn(data: dict, k: int, work: Path, limit_s: float, box: int, zdim:
                      "batch": batch}
     final = out / "train" / "z.pkl"  # the last epoch's z
     if "error" in r or not final.exists():
-        # stopped at the time limit: the z of the last epoch it finished (z.EPOCH.pkl, 0-based), if any
+        # stopped at the time limit: the z of the last epoch it finished (z.EPOCH.pkl, 1-based), if any
         done = sorted(((int(p.stem.split(".")[1]), p) for p in (out / "train").glob("z.*.pkl")
                        if p.stem.split(".")[1].isdigit()), key=lambda t: t[0])
         if not done:
             return r
-        r["epochs_completed"] = done[-1][0] + 1
+        r["epochs_completed"] = done[-1][0]
         final = done[-1][1]
     else:
         r["epochs_completed"] = epochs
