@@ -111,7 +111,7 @@ def _timed(cmds, log, limit_s, env, cwd) -> dict:
             except subprocess.TimeoutExpired as e:
                 out = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
                 fh.write(out)
-                return {"error": f"timed out after {limit_s:.0f} s in: {' '.join(map(str, cmd[:3]))}",
+                return {"error": f"timed out after {limit_s:.0f} s in: {Path(str(cmd[0])).name} {cmd[1]}",
                         "tail": out[-1500:], "seconds": round(time.perf_counter() - t0, 1),
                         "cpu_seconds": round(child_cpu() - c0, 1), "steps": steps}
             fh.write(p.stdout)
@@ -119,7 +119,7 @@ def _timed(cmds, log, limit_s, env, cwd) -> dict:
                           "seconds": round(time.perf_counter() - s0, 1),
                           "cpu_seconds": round(child_cpu() - sc0, 1)})
             if p.returncode != 0:
-                return {"error": f"exit {p.returncode} in: {' '.join(map(str, cmd))}",
+                return {"error": f"exit {p.returncode} in: {Path(str(cmd[0])).name} {cmd[1]}",
                         "tail": p.stdout[-3000:], "seconds": round(time.perf_counter() - t0, 1),
                         "cpu_seconds": round(child_cpu() - c0, 1), "steps": steps, "stdout": p.stdout}
             last = p.stdout
