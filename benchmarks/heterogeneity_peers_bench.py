@@ -29,7 +29,13 @@ Set-up of the peers' venvs (ignored folders in the repository root), also ``--se
     python3 -m venv .bench-venv-cryodrgn && .bench-venv-cryodrgn/bin/pip install torch==2.13.0 \\
         && .bench-venv-cryodrgn/bin/pip install cryodrgn
 
-    python benchmarks/heterogeneity_peers_bench.py [--quick] [--n 5000] [--sets 2,4] [--snrs 0.01]
+    python benchmarks/heterogeneity_peers_bench.py [--quick] [--n 2000] [--sets 2,4] [--snrs 0.01]
+
+``--programs`` runs a subset (cryoprism, cryoprism_k, cryoprism_auto, recovar, cryodrgn); ``--reuse``
+keeps the sets and the runs recorded in ``--work`` (``NAME.json`` beside each log) and redoes only the
+clustering and the JSON, so runs can be made in separate processes and assembled afterwards. A run
+stopped at ``--limit-s`` is recorded with its error and times; cryoDRGN's is then scored on the last
+epoch it finished.
 """
 
 from __future__ import annotations
