@@ -41,7 +41,7 @@ def test_support_cutting_the_particle_inflates_fsc_and_the_chosen_support_does_n
     cut = sphere_mask(L, 6.0)
     z_cut, sd = _high_shell_fsc(*(h * cut for h in halves))
     assert z_cut > 10 * sd
-    # the refinement's support (joint radius + margin) keeps the particle whole: FSC consistent with 0
+    # the refinement's support (the joint radius) keeps the particle whole: FSC consistent with 0
     # (noisier halves, so that the radius comes from the data rather than the cap L/2 - 2)
     halves = [truth + 4 * truth.std() * rng.standard_normal(truth.shape) for _ in range(2)]
     r = _support_radius(halves, L)
