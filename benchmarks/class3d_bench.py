@@ -37,7 +37,6 @@ import numpy as np
 
 warnings.filterwarnings("ignore")
 
-from cryoprism.forward import simulate_particles  # noqa: E402
 from cryoprism.geometry import angular_distance_deg, matrix_to_euler  # noqa: E402
 from cryoprism.heterogeneity.classify import matched_accuracy  # noqa: E402
 from cryoprism.image.filters import lowpass  # noqa: E402
@@ -46,22 +45,14 @@ from cryoprism.io.mrc import read_mrc  # noqa: E402
 from cryoprism.refine import refine  # noqa: E402
 from cryoprism.refine.classify import classify3d  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from refine_bench import simulate  # noqa: E402  (the same simulation and input STAR as the refinement benchmark)
+
 
 def timed(fn, *args, **kw):
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kw)
     return out, round(time.perf_counter() - t0, 1), round(time.process_time() - c0, 1)
-
-
-def simulate(maps, px, n, d: Path, snr, shift_px, seed):
-    d.mkdir(parents=True, exist_ok=True)
-    sim = simulate_particles(maps, n, px, snr=snr, shift_std_A=shift_px * px, rng=seed, out_star=d / "truth.star",
-                             out_mrcs=d / "particles.mrcs", progress=False)
-    st = read_star(d / "truth.star")
-    t = st.particles.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
-                                   "rlnOriginYAngst", "rlnClassNumber"])
-    write_star(d / "input.star", t, st.optics)
-    return sim
 
 
 def pose_errors(sim, rot, org_A, px, idx=None):
