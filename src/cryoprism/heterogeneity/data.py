@@ -89,6 +89,18 @@ def noise_variance(images: np.ndarray, radius_px: float) -> float:
     return float(np.mean(np.asarray(sd, np.float64) ** 2))
 
 
+def source_noise_variance(source: ParticleSource, background_radius: float = 0.45, n_max: int = 4000,
+                          batch_size: int = 500) -> float:
+    """:func:`noise_variance` of a particle source's full-box images, streamed in batches over up to
+    ``n_max`` evenly spaced particles (background beyond ``background_radius · L`` pixels, as
+    :func:`prepare`)."""
+    idx = np.linspace(0, source.n - 1, min(source.n, n_max)).astype(np.int64)
+    radius = background_radius * source.box
+    total = sum(noise_variance(source.images(idx[a:a + batch_size]), radius) * len(idx[a:a + batch_size])
+                for a in range(0, len(idx), batch_size))
+    return total / len(idx)
+
+
 def as_particle_source(d: HetData):
     """The prepared particles as a :class:`~cryoprism.io.ParticleStack` (in memory, at the ``N`` grid)."""
     from cryoprism.io.particles import ParticleStack

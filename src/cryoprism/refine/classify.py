@@ -51,16 +51,11 @@ class ClassifyResult:
 
 
 def background_noise_variance(source, radius_fraction: float = BACKGROUND_RADIUS, n_max: int = 4000) -> float:
-    """White-noise variance per pixel of the full-box images from their background (``r > radius``),
-    each image's background mean removed, over up to ``n_max`` evenly spaced particles."""
-    from cryoprism.image.normalize import background_stats
+    """White-noise variance per pixel of the full-box images from their background (``r > radius``):
+    the heterogeneity route's estimate (:func:`cryoprism.heterogeneity.data.source_noise_variance`)."""
+    from cryoprism.heterogeneity.data import source_noise_variance
 
-    idx = np.linspace(0, source.n - 1, min(source.n, n_max)).astype(np.int64)
-    acc = 0.0
-    for a in range(0, len(idx), 500):
-        _, sd = background_stats(source.images(idx[a:a + 500]), radius_fraction * source.box)
-        acc += float(np.sum(np.asarray(sd, np.float64) ** 2))
-    return acc / len(idx)
+    return source_noise_variance(source, radius_fraction, n_max)
 
 
 def _posed(source, images, rotations, origins_A):
