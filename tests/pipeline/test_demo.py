@@ -72,9 +72,18 @@ def test_refine_stage_refines_from_the_initial_model_and_scores_against_the_trut
     assert st["ok"], st["error"]
     f = st["figures"]
     assert f["iterations"] == 2 and f["particles"] == 300
-    assert 0 <= f["median_angle_error_deg"] <= 180 and set(f["median_angle_error_per_state_deg"]) == {1, 2}
+    assert set(f["median_angle_error_per_state_deg"]) == {1, 2}
     for name in ("particles.star", "refined.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "iterations.csv"):
         assert (tmp_path / "refine" / name).exists()
+    # the reported error is that of the poses written to OUT/refine/particles.star against the simulated
+    # truth (the metric itself is checked against known rotations in the next test)
+    from cryoprism.io import read_particles
+    from cryoprism.pipeline.stages import pose_errors
+
+    truth = read_particles(tmp_path / "particles" / "particles.star")
+    refined = read_particles(tmp_path / "refine" / "particles.star")
+    e = pose_errors(truth.rotations(), refined.rotations())
+    assert f["median_angle_error_deg"] == pytest.approx(e["median_angle_error_deg"], abs=0.05)
     html = (tmp_path / "report" / "index.html").read_text()
     assert "fsc_refine.png" in html and "median angular error" in html
 
