@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -84,54 +87,108 @@ def run_cryoprism(stack, start, px, label, out: Path, **kw):
     return res, wall, cpu
 
 
-def run_relion(data: Path, ref_lp: Path, n: int, budget_s: float, diameter_A: float, out: Path):
+def _session_cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) of the live processes of session ``sid`` (RELION's MPI ranks), from /proc."""
+    tot, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[3]) == sid:  # field 6 of stat: session id
+            tot += (int(f[11]) + int(f[12])) / tick
+    return tot
+
+
+def start_relion(data: Path, ref_lp: Path, n: int, diameter_A: float, out: Path) -> dict:
+    """Launch RELION 3.1 auto-refine on the first ``n`` particles in the background (its own session)."""
     exe = shutil.which("relion_refine_mpi")
     if exe is None:
         return {"skipped": "relion_refine_mpi not found"}
     st = read_star(data / "input.star")
-    t = st.particles.iloc[:n].copy()
-    write_star(data / f"relion_{n}.star", t, st.optics)
+    write_star(data / f"relion_{n}.star", st.particles.iloc[:n].copy(), st.optics)
     run = out / "relion"
-    run.mkdir(parents=True, exist_ok=True)
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", exe, "--o", str(run / "run"),
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", exe, "--o", str((run / "run").resolve()),
            "--auto_refine", "--split_random_halves", "--i", f"relion_{n}.star", "--ref", str(ref_lp.resolve()),
            "--firstiter_cc", "--ini_high", "40", "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "2",
            "--ctf", "--particle_diameter", str(diameter_A), "--flatten_solvent", "--zero_mask", "--oversampling", "1",
            "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", "5", "--offset_step", "2",
            "--sym", "C1", "--low_resol_join_halves", "40", "--norm", "--scale", "--j", "1"]
-    t0 = time.perf_counter()
+    h = {"cmd": cmd, "run": run, "n": n, "out": out, "data": data, "cpu": [0.0], "r0": resource.getrusage(
+        resource.RUSAGE_CHILDREN), "t0": time.perf_counter()}
     try:
-        p = subprocess.Popen(cmd, cwd=data, stdout=open(run / "stdout.txt", "w"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        try:
-            p.wait(timeout=budget_s)
-            finished = True
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 15)
-            p.wait()
-            finished = False
+        h["p"] = subprocess.Popen(cmd, cwd=data, stdout=open(run / "stdout.txt", "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     except OSError as e:
         return {"skipped": f"could not run RELION: {e}"}
-    wall = time.perf_counter() - t0
+
+    def sample():  # the ranks' CPU, also when they are killed at the budget
+        while h["p"].poll() is None:
+            h["cpu"][0] = max(h["cpu"][0], _session_cpu_s(h["p"].pid))
+            time.sleep(5)
+
+    h["sampler"] = threading.Thread(target=sample, daemon=True)
+    h["sampler"].start()
+    return h
+
+
+def _star_value(path: Path, label: str):
+    m = re.search(rf"^_{label}\s+(\S+)", path.read_text(), re.M) if path.exists() else None
+    return float(m.group(1)) if m else None
+
+
+def finish_relion(h: dict, budget_s: float) -> dict:
+    """Wait for the RELION run (killed ``budget_s`` after its start) and read its iterations and final files."""
+    if "skipped" in h:
+        return h
+    p, run, out, data = h["p"], h["run"], h["out"], h["data"]
+    try:
+        p.wait(timeout=max(1.0, budget_s - (time.perf_counter() - h["t0"])))
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 15)
+        p.wait()
+    wall = time.perf_counter() - h["t0"]
+    h["sampler"].join()
+    r1, r0 = resource.getrusage(resource.RUSAGE_CHILDREN), h["r0"]
+    log = (run / "stdout.txt").read_text(errors="replace")
+    converged = "converged" in log.lower() and (run / "run_class001.mrc").exists()
     its = sorted(run.glob("run_it*_data.star"))
-    info = {"command": " ".join(cmd), "n": n, "budget_s": budget_s, "finished": finished, "wall_s": round(wall, 1),
-            "iterations_done": max(0, len(its) - 1)}
-    if len(its) >= 2:
-        times = sorted(f.stat().st_mtime for f in its)
-        info["time_per_iteration_s"] = round(float(np.mean(np.diff(times))), 1)
-        last = its[-1]
-        d = read_star(last).particles
-        rot = euler_to_matrix(d["rlnAngleRot"].values, d["rlnAngleTilt"].values, d["rlnAnglePsi"].values)
-        org = np.stack([d["rlnOriginXAngst"].values, d["rlnOriginYAngst"].values], 1)
-        info["last_iteration"] = last.name
-        info["_rot"], info["_org"] = rot, org
-        h1 = sorted(run.glob(f"{last.name.replace('_data.star', '')}_half1_class001.mrc"))
-        h2 = sorted(run.glob(f"{last.name.replace('_data.star', '')}_half2_class001.mrc"))
-        final = run / "run_class001.mrc"
-        if h1 and h2:
-            info["_half"] = (read_mrc(h1[0])[0], read_mrc(h2[0])[0])
-        if final.exists():
-            info["_final"] = read_mrc(final)[0]
+    info = {"command": " ".join(h["cmd"]).replace(str(out.resolve()), "OUT").replace(str(data.resolve()), "OUT/data"),
+            "n": h["n"], "budget_s": budget_s, "converged": converged, "returncode": p.returncode,
+            "wall_s": round(wall, 1),
+            "cpu_s_children": round((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), 1),
+            "cpu_s_sampled": round(h["cpu"][0], 1), "iterations_done": max(0, len(its) - 1)}
+    if len(its) < 2:
+        return info
+    t = [h["t0"] - time.perf_counter() + time.time()] + [f.stat().st_mtime for f in its[1:]]
+    per = []
+    for k, f in enumerate(its[1:], 1):
+        stem = f.name.replace("_data.star", "")
+        per.append({"iteration": k, "wall_s": round(t[k] - t[k - 1], 1),
+                    "resolution_A": _star_value(run / f"{stem}_half1_model.star", "rlnCurrentResolution"),
+                    "healpix_order": _star_value(run / f"{stem}_sampling.star", "rlnHealpixOrder")})
+    info["per_iteration"] = per
+    last = run / "run_data.star" if converged and (run / "run_data.star").exists() else its[-1]
+    d = read_star(last).particles
+    order = {name: i for i, name in enumerate(read_star(data / f"relion_{h['n']}.star").particles["rlnImageName"])}
+    info["_idx"] = np.array([order[x] for x in d["rlnImageName"]])
+    info["_rot"] = euler_to_matrix(d["rlnAngleRot"].values, d["rlnAngleTilt"].values, d["rlnAnglePsi"].values)
+    info["_org"] = np.stack([d["rlnOriginXAngst"].values, d["rlnOriginYAngst"].values], 1)
+    info["scored"] = last.name
+    stem = "run" if last.name == "run_data.star" else last.name.replace("_data.star", "")
+    h1, h2 = run / f"{stem}_half1_class001{'_unfil' if stem == 'run' else ''}.mrc", \
+        run / f"{stem}_half2_class001{'_unfil' if stem == 'run' else ''}.mrc"
+    if h1.exists() and h2.exists():
+        info["_half"] = (read_mrc(h1)[0], read_mrc(h2)[0])
+        info["half_maps"] = [str(h1.relative_to(out)), str(h2.relative_to(out))]
+    if converged:
+        info["_final"] = read_mrc(run / "run_class001.mrc")[0]
+        info["relion_final_resolution_A"] = _star_value(run / "run_model.star", "rlnCurrentResolution")
     return info
 
 
@@ -165,7 +222,6 @@ def main_section(res, a, stack, start, vol, px, sim, out, kw):
 
 
 def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
-    L = vol.shape[0]
     s = res.get("cryoprism", {})
     starts = []
     if a.wrong_map:
@@ -190,30 +246,38 @@ def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
         dump()
     if a.relion:
         n_r = min(a.relion_n, a.n)
-        info = run_relion(out / "data", out / "data" / "start_lp40.mrc", n_r, a.relion_budget_s, a.relion_diameter_A,
-                          out)
-        if "_rot" in info:
-            rot, org = info.pop("_rot"), info.pop("_org")
-            half = info.pop("_half", None)
-            final = info.pop("_final", None)
-            volume = final if final is not None else (0.5 * (half[0] + half[1]) if half else None)
-            ang = angular_distance_deg(sim.rotations[:n_r], rot)
-            info.update(median_angle_error_deg=float(np.median(ang)),
-                        median_shift_error_px=float(np.median(np.hypot(*((org - sim.origins_A[:n_r]) / px).T))))
-            if volume is not None:
-                rr = resolution_at(fsc(volume, vol, px), 0.5)
-                info.update(fsc05_vs_truth_A=rr, fsc05_vs_truth_shell=shell(rr, L, px))
-        res["relion"] = info
-        if a.cryoprism_at_relion_n:
+        h = start_relion(out / "data", out / "data" / "start_lp40.mrc", n_r, a.relion_diameter_A, out)
+        if a.cryoprism_at_relion_n:  # runs while RELION runs: both share the cores, compare CPU times
             st = read_star(out / "data" / "input.star")
             write_star(out / "data" / f"cp_{n_r}.star", st.particles.iloc[:n_r], st.optics)
             sub = read_particles(out / "data" / f"cp_{n_r}.star")
             r3, wall3, cpu3 = run_cryoprism(sub, start, px, f"cryoprism_n{n_r}", out, **kw)
+            write_mrc(out / f"cryoprism_n{n_r}" / "refined.mrc", r3.volume, px)
+            for i, m in enumerate(r3.half_maps, 1):
+                write_mrc(out / f"cryoprism_n{n_r}" / f"half{i}.mrc", m, px)
             s3 = score(vol, px, sim.rotations[:n_r], sim.origins_A[:n_r], r3.rotations, r3.origins_A, r3.volume,
                        *r3.half_maps)
             s3.update(n=n_r, wall_s=round(wall3, 1), cpu_s=round(cpu3, 1), iterations=len(r3.iterations),
-                      time_per_iteration_s=[h["time_s"] for h in r3.iterations])
+                      time_per_iteration_s=[hh["time_s"] for hh in r3.iterations],
+                      resolution_per_iteration_A=[hh["resolution_A"] for hh in r3.iterations])
             res["cryoprism_at_relion_n"] = s3
+            dump()
+        info = finish_relion(h, a.relion_budget_s)
+        if "_rot" in info:
+            idx, rot, org = info.pop("_idx"), info.pop("_rot"), info.pop("_org")
+            half = info.pop("_half", None)
+            final = info.pop("_final", None)
+            volume = final if final is not None else (0.5 * (half[0] + half[1]) if half else None)
+            if volume is None:
+                volume = np.zeros_like(vol)
+            info.update(score(vol, px, sim.rotations[idx], sim.origins_A[idx], rot, org, volume,
+                              *(half if half else (None, None))))
+        res["relion"] = info
+        if "cryoprism_at_relion_n" in res and "cpu_s_sampled" in info:
+            c = res["cryoprism_at_relion_n"]
+            res["relion_over_cryoprism"] = {"wall": round(info["wall_s"] / c["wall_s"], 2),
+                                            "cpu": round(max(info["cpu_s_sampled"], info["cpu_s_children"])
+                                                         / c["cpu_s"], 2)}
         dump()
 
 
@@ -271,7 +335,8 @@ def main(argv=None):
     ap.add_argument("--skip-main", action="store_true", help="only the optional sections (wrong start, RELION)")
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 auto-refine (if installed)")
     ap.add_argument("--relion-n", type=int, default=1000)
-    ap.add_argument("--relion-budget-s", type=float, default=900.0)
+    ap.add_argument("--relion-budget-s", type=float, default=7200.0,
+                    help="RELION is stopped this long after its start; its last iteration is scored")
     ap.add_argument("--relion-diameter-A", type=float, default=300.0)
     ap.add_argument("--cryoprism-at-relion-n", action="store_true",
                     help="also refine the first --relion-n particles with cryoprism (equal n comparison)")
