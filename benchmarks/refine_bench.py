@@ -192,6 +192,62 @@ def finish_relion(h: dict, budget_s: float) -> dict:
     return info
 
 
+def postprocess_pair(h1, h2, px: float, truth, work: Path) -> dict:
+    """``cryoprism postprocess`` and ``relion_postprocess`` on the same half-maps and mask (cryoprism's
+    automatic mask); each claimed resolution against the truth's: FSC 0.5 of the masked half-map average
+    against the masked truth (the full-map equivalent of the half-map 0.143)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from postprocess_bench import _relion, _relion_general  # the post-processing benchmark's RELION runner
+
+    from cryoprism.image import auto_mask
+    from cryoprism.metrics.postprocess import postprocess
+
+    L = truth.shape[0]
+    mask = auto_mask(0.5 * (h1 + h2), px)
+    t_truth = resolution_at(fsc(0.5 * (h1 + h2), truth, px, mask=mask), 0.5)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = postprocess(h1, h2, px, mask)
+    out = {"truth_fsc05_masked_A": t_truth, "mask_volume_fraction": float((mask >= 0.5).mean()),
+           "cryoprism": {"resolution_A": r.resolution_A, "error_shells": shell(r.resolution_A, L, px)
+                         - shell(t_truth, L, px), "bfactor_A2": r.bfactor_A2,
+                         "resolution_unmasked_A": resolution_at(r.fsc.unmasked, 0.143),
+                         "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)}}
+    if shutil.which("relion_postprocess") is None:
+        out["relion"] = {"skipped": "relion_postprocess not found"}
+        return out
+    work.mkdir(parents=True, exist_ok=True)
+    for name, v in [("h1", h1), ("h2", h2), ("mask", mask)]:
+        write_mrc(work / f"{name}.mrc", np.asarray(v, np.float32), px)
+    (work / "pp").mkdir(exist_ok=True)
+    args = ["--i", "h1.mrc", "--i2", "h2.mrc", "--o", "pp/postprocess", "--angpix", f"{px}", "--mask", "mask.mrc",
+            "--auto_bfac"]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, _ = _relion(args, work)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    g = _relion_general(work / "pp" / "postprocess.star")
+    res_rel = float(g["rlnFinalResolution"])
+    out["relion"] = {"args": " ".join(args), "resolution_A": res_rel,
+                     "error_shells": shell(res_rel, L, px) - shell(t_truth, L, px),
+                     "bfactor_A2": float(g.get("rlnBfactorUsedForSharpening", np.nan)),
+                     "wall_s": round(wall, 2),
+                     "cpu_s_children": round((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), 2)}
+    return out
+
+
+def postprocess_section(out: Path, vol, px) -> dict:
+    """Post-process the half-maps of the RELION and cryoprism runs of an earlier ``--relion`` run in ``out``."""
+    res = {}
+    rel = out / "relion"
+    if (rel / "run_half1_class001_unfil.mrc").exists():
+        h = [read_mrc(rel / f"run_half{i}_class001_unfil.mrc")[0] for i in (1, 2)]
+        res["relion_half_maps"] = postprocess_pair(*h, px, vol, out / "postprocess_relion")
+    for d in sorted(out.glob("cryoprism_n*")):
+        if (d / "half1.mrc").exists():
+            h = [read_mrc(d / f"half{i}.mrc")[0] for i in (1, 2)]
+            res[f"{d.name}_half_maps"] = postprocess_pair(*h, px, vol, out / f"postprocess_{d.name}")
+    return res
+
+
 def scaling(stack, start, px, out: Path, ns, grids):
     rows = []
     for n in ns:
@@ -273,6 +329,8 @@ def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
             info.update(score(vol, px, sim.rotations[idx], sim.origins_A[idx], rot, org, volume,
                               *(half if half else (None, None))))
         res["relion"] = info
+        if info.get("converged"):
+            res["postprocess"] = postprocess_section(out, vol, px)
         if "cryoprism_at_relion_n" in res and "cpu_s_sampled" in info:
             c = res["cryoprism_at_relion_n"]
             res["relion_over_cryoprism"] = {"wall": round(info["wall_s"] / c["wall_s"], 2),
@@ -338,6 +396,9 @@ def main(argv=None):
     ap.add_argument("--relion-budget-s", type=float, default=7200.0,
                     help="RELION is stopped this long after its start; its last iteration is scored")
     ap.add_argument("--relion-diameter-A", type=float, default=300.0)
+    ap.add_argument("--postprocess-only", action="store_true",
+                    help="only post-process (cryoprism and relion_postprocess) the half-maps of an earlier --relion "
+                         "run in --out")
     ap.add_argument("--cryoprism-at-relion-n", action="store_true",
                     help="also refine the first --relion-n particles with cryoprism (equal n comparison)")
     ap.add_argument("--scaling", action="store_true", help="time per iteration for n in {1000, 2000} × grid "
@@ -347,6 +408,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     vol, px = read_mrc(a.map)
     vol = np.asarray(vol, np.float32)
+    if a.postprocess_only:
+        json.dump({"postprocess": postprocess_section(out, vol, px)}, sys.stdout, default=float)
+        sys.stdout.write("\n")
+        return
     L = vol.shape[0]
     res: dict = {"n": a.n, "box": L, "pixel_size_A": px, "snr": a.snr, "shift_sigma_px": a.shift_px,
                  "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
