@@ -6,9 +6,12 @@ the median angular and shift errors, the FSC 0.5 resolution against the truth ne
 (reconstruction from the true poses, same run), the gold-standard FSC 0.143, wall and CPU time and
 the time per iteration. Optional: a start from another map (``--wrong-map``) or from the mirrored truth
 (``--wrong-hand``), RELION 3.1 auto-refine
-on the same STAR (``--relion``, on the first ``--relion-n`` particles, stopped after
-``--relion-budget-s``; its last finished iteration is scored), and a time-per-iteration table over n
-and the grid (``--scaling``). Prints one JSON object.
+on the same STAR (``--relion``, on the first ``--relion-n`` particles, in the background while
+``--cryoprism-at-relion-n`` refines the same particles; stopped ``--relion-budget-s`` after its start,
+its last finished iteration scored, its CPU time summed over its MPI processes; when it converges,
+``relion_postprocess`` and ``cryoprism postprocess`` on its half-maps — ``--postprocess-only`` does that
+for an earlier run's folder), and a time-per-iteration table over n and the grid (``--scaling``).
+Prints one JSON object.
 
     python benchmarks/refine_bench.py --map MAP.mrc [--wrong-map OTHER.mrc] [--n 5000] [--relion]
 """
