@@ -5,6 +5,10 @@ After the covariance (:mod:`cryoprism.heterogeneity.covariance`), each particle 
 ``α_s`` on the leading eigenvolumes and their posterior covariance ``Σ_s``. For a continuous motion
 the particles fill a curve or a sheet in that space instead of separate clusters. This module
 
+0. computes the coordinates as posterior means under their own distribution deconvolved from the
+   data (:func:`deconvolved_coordinates`, a grid prior fitted by EM as the nonparametric maximum
+   likelihood of Kiefer & Wolfowitz 1956) instead of the Gaussian prior of the Wiener coordinates:
+   a curved path in the coordinate space then pins each particle's position along it;
 1. estimates the density of the coordinates (Gaussian kernel density, bandwidth by Scott's rule or
    from the coordinates' posterior covariance, as RECOVAR of Gilles & Singer 2024 uses the
    coordinates' uncertainty);
@@ -40,6 +44,7 @@ class ContinuousSettings:
     """Settings of :func:`continuous_analysis` (the defaults are the CLI's)."""
 
     n_dims: int = 2  # coordinates used for the density and the path (2 or 3)
+    prior: str = "deconvolved"  # coordinates' prior: "deconvolved" (from the data) or "gaussian" (Wiener)
     n_points: int = 10  # volumes per principal direction and along the path
     n_directions: int = 2  # principal directions with a volume series
     percentiles: tuple = (5.0, 95.0)  # range of each direction's series, percentiles of its coordinate
@@ -85,7 +90,7 @@ class Trajectory:
 
 @dataclass
 class ContinuousResult:
-    coords: np.ndarray  # (n, d) Wiener coordinates on the first d eigenvolumes
+    coords: np.ndarray  # (n, d) posterior-mean coordinates on the first d eigenvolumes (settings.prior)
     posterior: np.ndarray  # (n, d, d) their posterior covariances
     density: LatentDensity
     modes: np.ndarray  # (2, d) the path's end points
@@ -114,6 +119,87 @@ def latent_coordinates(G: np.ndarray, c: np.ndarray, Q: np.ndarray, eigenvalues:
     lam = np.maximum(np.asarray(eigenvalues[:d], np.float64), 1e-12)
     H = np.einsum("ai,sab,bj->sij", Q, G, Q) + noise_var * np.diag(1.0 / lam)[None]
     return alpha, noise_var * np.linalg.inv(H)
+
+
+#: points per axis of the grid prior of :func:`deconvolved_coordinates` (d = 1, 2, 3)
+PRIOR_GRID = {1: 96, 2: 48, 3: 20}
+
+
+def _quadratic_features(a: np.ndarray) -> np.ndarray:
+    """``[a_i a_j (i ≤ j), a_i]`` of points ``a (g, d)``: ``(g, d(d+1)/2 + d)``."""
+    d = a.shape[1]
+    iu = np.triu_indices(d)
+    return np.concatenate([a[:, iu[0]] * a[:, iu[1]], a], axis=1)
+
+
+def _particle_features(H: np.ndarray, h: np.ndarray, noise_var: float) -> np.ndarray:
+    """Coefficients of ``log p(y_s | a) = −(aᵀH_s a − 2 aᵀh_s) / 2σ²`` on :func:`_quadratic_features`."""
+    d = h.shape[1]
+    iu = np.triu_indices(d)
+    w = np.where(iu[0] == iu[1], -0.5, -1.0) / noise_var  # off-diagonal terms appear twice in aᵀHa
+    return np.concatenate([H[:, iu[0], iu[1]] * w, h / noise_var], axis=1)
+
+
+def _grid_posteriors(F: np.ndarray, Phi: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """Posterior probabilities ``(n, g)`` over the grid points for particle features ``F (n, p)``."""
+    lp = F @ Phi.T + log_prior
+    lp -= lp.max(axis=1, keepdims=True)
+    np.exp(lp, out=lp)
+    lp /= lp.sum(axis=1, keepdims=True)
+    return lp
+
+
+def deconvolved_coordinates(G: np.ndarray, c: np.ndarray, Q: np.ndarray, eigenvalues: np.ndarray,
+                            noise_var: float, *, grid: int | None = None, iterations: int = 100,
+                            max_points: int = MAX_DENSITY_POINTS, chunk: int = 2000,
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Coordinates on the eigenvolumes ``Q (m, d)`` (d ≤ 3) as posterior means under their own
+    distribution, deconvolved from the data: ``(α (n, d), Σ (n, d, d), (grid points (g, d), prior (g,)))``.
+
+    Particle ``s`` sees the coordinates ``a`` through ``log p(y_s | a) = −(aᵀH_s a − 2 aᵀh_s)/2σ²``
+    (``H_s = P_sᵀP_s = QᵀG_sQ``, ``h_s = P_sᵀz_s = Qᵀc_s``). The prior ``π`` lives on a regular grid of
+    ``grid`` points per axis over ``±4√λ_k`` (``λ`` the eigenvalues: the coordinates' variances) and is
+    the maximum of the marginal likelihood ``Σ_s log Σ_g π_g p(y_s | a_g)`` — the nonparametric maximum
+    likelihood estimate of a mixing distribution (Kiefer & Wolfowitz 1956) — by ``iterations`` EM steps
+    ``π_g ← mean_s γ_sg`` from the Gaussian ``N(0, Λ)`` of the Wiener coordinates, on at most
+    ``max_points`` particles (a random subset beyond). Then each particle's posterior ``γ_sg`` gives
+    ``α_s = Σ_g γ_sg a_g`` and ``Σ_s = Σ_g γ_sg (a_g − α_s)(a_g − α_s)ᵀ``.
+
+    When the particles fill a curve (a continuous motion, curved in volume space) the prior concentrates
+    on it and the posterior uses every coordinate to place a particle along it; for Gaussian
+    coordinates it stays Gaussian and ``α_s`` is the Wiener coordinate. Cost ``O(iterations · n · g^d)``.
+    """
+    Q = np.asarray(Q, np.float64)
+    d = Q.shape[1]
+    if d > 3:
+        raise ValueError(f"the grid prior is for at most 3 coordinates, got {d}")
+    H = np.einsum("ai,sab,bj->sij", Q, G, Q)
+    h = np.asarray(c, np.float64) @ Q
+    F = _particle_features(H, h, noise_var)
+    lam = np.maximum(np.asarray(eigenvalues[:d], np.float64), 1e-12)
+    g = int(grid or PRIOR_GRID[d])
+    axes = [np.linspace(-4.0 * np.sqrt(v), 4.0 * np.sqrt(v), g) for v in lam]
+    A = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
+    Phi = _quadratic_features(A)
+    log_prior = -0.5 * np.sum(A ** 2 / lam, axis=1)
+    log_prior -= np.log(np.exp(log_prior - log_prior.max()).sum()) + log_prior.max()
+    n = F.shape[0]
+    fit = F if n <= max_points else F[np.random.default_rng(seed).choice(n, max_points, replace=False)]
+    for _ in range(int(iterations)):
+        pi = np.zeros(A.shape[0])
+        for a in range(0, fit.shape[0], chunk):
+            pi += _grid_posteriors(fit[a:a + chunk], Phi, log_prior).sum(0)
+        pi /= fit.shape[0]
+        log_prior = np.log(np.maximum(pi, 1e-300))
+    alpha = np.empty((n, d))
+    post = np.empty((n, d, d))
+    outer = (A[:, :, None] * A[:, None, :]).reshape(-1, d * d)
+    for a in range(0, n, chunk):
+        gam = _grid_posteriors(F[a:a + chunk], Phi, log_prior)
+        m = gam @ A
+        alpha[a:a + chunk] = m
+        post[a:a + chunk] = (gam @ outer).reshape(-1, d, d) - m[:, :, None] * m[:, None, :]
+    return alpha, post, (A, np.exp(log_prior))
 
 
 def scott_bandwidth(x: np.ndarray) -> np.ndarray:
@@ -363,7 +449,13 @@ def continuous_analysis(source, system, Q: np.ndarray, eigenvalues: np.ndarray, 
     s = settings or ContinuousSettings()
     t0, c0 = time.perf_counter(), time.process_time()
     d = int(min(max(s.n_dims, 1), Q.shape[1]))
-    coords, post = latent_coordinates(system.G, system.c, Q[:, :d], eigenvalues, noise_var)
+    if s.prior == "deconvolved" and d <= 3:
+        coords, post, _ = deconvolved_coordinates(system.G, system.c, Q[:, :d], eigenvalues, noise_var,
+                                                  seed=s.seed)
+    elif s.prior in ("gaussian", "deconvolved"):
+        coords, post = latent_coordinates(system.G, system.c, Q[:, :d], eigenvalues, noise_var)
+    else:
+        raise ValueError(f"prior must be 'deconvolved' or 'gaussian', got {s.prior!r}")
     dens = kernel_density(coords, s.bandwidth, post, seed=s.seed)
     n = coords.shape[0]
     K = int(s.neighbours or default_neighbours(n, s.n_points))
