@@ -289,9 +289,9 @@ def split_class(d: HetData, A: MeanOperator, *, alpha: float = ALPHA, replicates
     from cryoprism.heterogeneity.classify import coordinates, gmm_classes, subspace_em
     from cryoprism.heterogeneity.covariance import covariance_lowrank
 
-    test = split_test(d, A, alpha=alpha, replicates=replicates, max_states=2, seed=seed,
+    test = split_test(d, A, alpha=alpha, replicates=replicates, max_states=1, seed=seed,
                       support_radius=support_radius, n_workers=n_workers, progress=progress)
-    if test.n_states_eig < 2:
+    if not test.p_values[0] < alpha:
         return test, None
     cov = covariance_lowrank(d, A, seed=seed, n_workers=n_workers, support_radius=support_radius,
                              progress=progress)
