@@ -154,33 +154,6 @@ def em_pass(source, volumes, gamma: np.ndarray, proportions: np.ndarray, noise_v
     return new_gamma, out[0], out[1], out[2]
 
 
-def difference_support(halves: list, *, smooth_px: float = 1.0, window_px: float = 2.0,
-                       extend_px: float = 1.0, edge_px: float = 2.0) -> np.ndarray | None:
-    """Soft mask ``[0, 1]`` of the voxels where some class difference has more signal than noise.
-
-    ``halves``: per class the two half-set estimates ``(Δ_c^A, Δ_c^B)`` of its difference from the mean.
-    As :func:`cryoprism.reconstruct.mean.particle_radius_px` does per shell, locally and per class: after
-    a Gaussian of ``smooth_px``, ``S_c(x) = g_w * (Δ_c^A Δ_c^B)`` estimates the signal power near ``x``
-    (the halves' noises are independent) and ``N_c(x) = g_w * ¼(Δ_c^A − Δ_c^B)²`` the noise power of
-    their average (``g_w``: Gaussian of ``window_px``); the support is the union over classes of
-    ``{S_c > N_c}``, dilated by ``extend_px`` with a raised-cosine edge ``edge_px`` wide. A voxel outside
-    it would add more noise than signal to every class's E-step scores. None when no voxel qualifies."""
-    from scipy import ndimage
-
-    from cryoprism.image.masks import soft_edge
-
-    binary = False
-    for h0, h1 in halves:
-        a0 = ndimage.gaussian_filter(np.asarray(h0, np.float64), smooth_px)
-        a1 = ndimage.gaussian_filter(np.asarray(h1, np.float64), smooth_px)
-        S = ndimage.gaussian_filter(a0 * a1, window_px)
-        N = ndimage.gaussian_filter(0.25 * (a0 - a1) ** 2, window_px)
-        binary = binary | (S > N)
-    if not np.any(binary):
-        return None
-    return soft_edge(ndimage.distance_transform_edt(~binary), extend_px, edge_px)
-
-
 def molecule_support(mean: np.ndarray, *, extend_px: float = 2.0, edge_px: float = 3.0) -> np.ndarray | None:
     """Soft mask of the particle: :func:`cryoprism.image.masks.auto_mask` of the common mean (threshold
     from its solvent statistics, dilated by ``extend_px`` with an ``edge_px`` raised-cosine edge). The
@@ -197,7 +170,7 @@ def molecule_support(mean: np.ndarray, *, extend_px: float = 2.0, edge_px: float
 
 
 #: the class-difference supports of :func:`m_step` (``support=``)
-SUPPORTS = ("difference", "molecule", "none")
+SUPPORTS = ("molecule", "none")
 
 
 def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, maxiter: int = 15,
@@ -216,8 +189,7 @@ def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, m
     the particle (:func:`molecule_support` of ``μ``; ``solve_mean(..., support=M)``) and ``S_c`` comes from
     the masked half-set differences: the differences of 1250–2500 particles per class carry noise in
     the whole box but signal only where the particle is (measured: 94 % instead of 73 % from the
-    covariance-space start, docs/heterogeneity.md); ``difference`` — the mask of
-    :func:`difference_support`; ``none`` — no mask.
+    covariance-space start, docs/heterogeneity.md); ``none`` — no mask.
     ``previous``: ``(μ, Δ (C, …))`` to start CG from. ``info``: a dict that receives
     ``difference_ssnr`` (per shell, :func:`difference_ssnr`). Returns ``(volumes (C, …), μ, Δ)``.
     """
@@ -245,9 +217,7 @@ def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, m
             half.append(x)
         halves.append(half)
     mask = None
-    if support == "difference":
-        mask = difference_support(halves)
-    elif support == "molecule":
+    if support == "molecule":
         mask = molecule_support(mu)
     lams = [wiener_regularization(*(h if mask is None else (h[0] * mask, h[1] * mask)), noise_var)
             for h in halves]
@@ -334,8 +304,7 @@ def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float,
     responsibilities) while the class differences' spectral SNR (:func:`difference_ssnr`) at the box's
     edge shell is ≥ ``box_ssnr``. ``prior``: the class-difference prior of :func:`m_step`.
     ``support``: where the class differences are solved: ``molecule`` (default) inside the particle's
-    envelope from the common mean (:func:`molecule_support`); ``difference``: inside the voxels where
-    the differences have more signal than noise (:func:`difference_support`); ``none``: the whole box.
+    envelope from the common mean (:func:`molecule_support`); ``none``: the whole box.
     Stops when the log-likelihood gains less than ``tol`` per particle, when fewer than 0.1 % of the
     labels change, or after ``max_iterations`` E-steps in all.
 
