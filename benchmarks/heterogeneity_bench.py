@@ -140,6 +140,7 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
         "oracle_accuracy_nres32": orc32,
         "refine_iterations": res.refinement.iterations if res.refinement is not None else 0,
         "refine_stages": res.refinement.info.get("stages") if res.refinement is not None else None,
+        "class_splits": res.refinement.info.get("splits") if res.refinement is not None else None,
         "oracle_accuracy_full_box": oracle_full,
         "n_res": n_res, "method": res.covariance.method, "cg_iterations": res.covariance.iterations,
         "states_found": C, "states_from_gap": res.states.n_states,

@@ -160,7 +160,8 @@ def register(app: typer.Typer) -> None:
             out.update({"state_test": t.summary(), "p_values": [float(x) for x in t.p_values],
                         "states_from_eigenvalues": t.n_states_eig, "states_from_bic": t.n_states_bic})
         if r is not None:
-            out.update({"refine_iterations": r.iterations, "refine_box": r.box})
+            out.update({"refine_iterations": r.iterations, "refine_box": r.box,
+                        "class_splits": r.info.get("splits", [])})
         return out
 
     def _relocated(star, out: Path):

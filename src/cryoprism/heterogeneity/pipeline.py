@@ -115,6 +115,8 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
     radius, a fraction of half the box (1.0: the inscribed ball; None: the whole cube); the particle must
     lie inside it. ``refine_full``: refine the classes by maximum-likelihood 3-D classification at the full
     box (poses fixed, :mod:`cryoprism.heterogeneity.refine_classes`); its class volumes are the outputs.
+    With ``classes="auto"`` the refinement then splits each class whose own particles hold a further
+    significant eigenvalue (:func:`~cryoprism.heterogeneity.refine_classes.split_classes`).
     ``trajectory`` (:class:`cryoprism.heterogeneity.continuous.ContinuousSettings`): also the density of
     the coordinates and the volumes along the principal directions and a high-density path
     (:mod:`cryoprism.heterogeneity.continuous`; written to OUT/trajectory/).
@@ -193,8 +195,10 @@ def analyze(source: ParticleSource, n_res: int, *, method: str = "lowrank", clas
         t1 = time.perf_counter()
         res.labels_subspace = labels
         res.refinement = refine_classes(source, labels, C, d.info["noise_var_L"], seed=seed,
-                                        n_workers=n_workers, progress=progress)
+                                        n_workers=n_workers, progress=progress,
+                                        split=classes in ("auto", "test"), max_classes=max_states)
         res.labels = labels = res.refinement.labels
+        res.n_classes = C = len(res.refinement.proportions)  # classes split by the refinement
         if res.refinement.box == source.box:
             res.class_volumes = list(res.refinement.volumes)
         t["refine_classes_s"] = time.perf_counter() - t1

@@ -15,7 +15,10 @@ particle's own imaging operator at the full box (or a Fourier-cropped ``box``):
 
 The box is chosen from the data: EM on images Fourier-cropped to 32, then to twice that (up to the
 full box) while the class differences still have spectral SNR at the box's edge.
+Each class difference is solved inside the particle's envelope (the soft mask of the common mean).
 Iterates until the log-likelihood gains less than ``tol`` per particle or the labels stop changing.
+Optionally (``split``) splits afterwards each class whose own particles hold a further state (the
+split-sample test of :mod:`cryoprism.heterogeneity.states`).
 Derivation and measured accuracy: docs/heterogeneity.md.
 """
 
@@ -151,8 +154,28 @@ def em_pass(source, volumes, gamma: np.ndarray, proportions: np.ndarray, noise_v
     return new_gamma, out[0], out[1], out[2]
 
 
+def molecule_support(mean: np.ndarray, *, extend_px: float = 2.0, edge_px: float = 3.0) -> np.ndarray | None:
+    """Soft mask of the particle: :func:`cryoprism.image.masks.auto_mask` of the common mean (threshold
+    from its solvent statistics, dilated by ``extend_px`` with an ``edge_px`` raised-cosine edge). The
+    states differ only where some state has density, and the mean holds every state's density with
+    its proportion; it is estimated from all particles, so its envelope is well determined. None when
+    no voxel clears the threshold."""
+    from cryoprism.image.masks import auto_mask
+
+    try:
+        return np.asarray(auto_mask(mean, 1.0, lowpass_A=0.0, extend_px=extend_px, edge_px=edge_px),
+                          np.float64)
+    except ValueError:
+        return None
+
+
+#: the class-difference supports of :func:`m_step` (``support=``)
+SUPPORTS = ("molecule", "none")
+
+
 def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, maxiter: int = 15,
-           regularization: float = 1e-3, prior: str = "class", info: dict | None = None):
+           regularization: float = 1e-3, prior: str = "class", info: dict | None = None,
+           support: str = "molecule"):
     """Class volumes ``μ + Δ_c`` from the per-class, per-half sums of :func:`em_pass`.
 
     The common mean ``μ`` is the least-squares volume of all particles (``Σ_c`` of the sums, scalar
@@ -162,6 +185,11 @@ def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, m
     ``pooled`` — one spectrum, the mean of the ``S_c`` over classes (keeps a class that its own
     estimate would shrink to the mean and empty; measured better at n = 5000 per four classes, 0.6
     point worse at n = 10 000, docs/heterogeneity.md).
+    ``support``: ``molecule`` (default) — each ``Δ_c = M u_c`` is solved inside the soft mask ``M`` of
+    the particle (:func:`molecule_support` of ``μ``; ``solve_mean(..., support=M)``) and ``S_c`` comes from
+    the masked half-set differences: the differences of 1250–2500 particles per class carry noise in
+    the whole box but signal only where the particle is (measured: 94 % instead of 73 % from the
+    covariance-space start, docs/heterogeneity.md); ``none`` — no mask.
     ``previous``: ``(μ, Δ (C, …))`` to start CG from. ``info``: a dict that receives
     ``difference_ssnr`` (per shell, :func:`difference_ssnr`). Returns ``(volumes (C, …), μ, Δ)``.
     """
@@ -176,7 +204,9 @@ def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, m
     lam = regularization * float(np.abs(total.kernel_hat).max())
     mu0 = None if previous is None else previous[0]
     mu, _ = solve_mean(total, rhs.sum(axis=(0, 1)), lam, 1e-6, maxiter, x0=mu0)
-    lams = []
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    halves = []
     for c in range(C):
         d0 = None if previous is None else previous[1][c]
         half = []
@@ -185,18 +215,24 @@ def m_step(rhs: np.ndarray, K: np.ndarray, noise_var: float, previous=None, *, m
             lq = regularization * float(np.abs(kh[c][q].kernel_hat).max())
             x, _ = solve_mean(kh[c][q], b, lq, 1e-6, maxiter // 2, x0=d0)
             half.append(x)
-        lams.append(wiener_regularization(half[0], half[1], noise_var))
+        halves.append(half)
+    mask = None
+    if support == "molecule":
+        mask = molecule_support(mu)
+    lams = [wiener_regularization(*(h if mask is None else (h[0] * mask, h[1] * mask)), noise_var)
+            for h in halves]
     if prior == "pooled":  # harmonic mean of Λ_c = arithmetic mean of the spectra S_c
         lams = [1.0 / np.mean([1.0 / lm for lm in lams], axis=0)] * C
     deltas = []
     for c in range(C):
         d0 = None if previous is None else previous[1][c]
         b = rhs[c].sum(0) - apply_kernel(full[c], mu)
-        x, _ = solve_mean(full[c], b, lams[c], 1e-6, maxiter, x0=d0)
+        x, _ = solve_mean(full[c], b, lams[c], 1e-6, maxiter, x0=d0, support=mask)
         deltas.append(x)
     deltas = np.stack(deltas)
     if info is not None:
         info["difference_ssnr"] = np.mean([difference_ssnr(full[c], lams[c]) for c in range(C)], axis=0)
+        info["support_fraction"] = 1.0 if mask is None else float(np.mean(mask))
     return (mu[None] + deltas).astype(np.float32), mu, deltas
 
 
@@ -215,7 +251,8 @@ def difference_ssnr(kernel, Lam: np.ndarray) -> np.ndarray:
     return (kap / np.maximum(cnt, 1)) / np.maximum(lam / np.maximum(cl, 1), 1e-300)
 
 
-def _em(source, gamma, pi, sigma2, box, halves, lab, iterations, tol, prior, n_workers, progress):
+def _em(source, gamma, pi, sigma2, box, halves, lab, iterations, tol, prior, n_workers, progress,
+        support="molecule"):
     """EM at one box from responsibilities ``gamma``: ``(gamma, π, labels, volumes, log-likelihoods,
     E-steps, info of the last M-step)``."""
     n = gamma.shape[0]
@@ -226,7 +263,7 @@ def _em(source, gamma, pi, sigma2, box, halves, lab, iterations, tol, prior, n_w
         gamma, ll, rhs, K = em_pass(source, vols, gamma, pi, sigma2, box, halves, n_workers=n_workers,
                                     progress=False)
         pi = np.maximum(gamma.mean(0), 1.0 / n)
-        vols, mu, deltas = m_step(rhs, K, sigma2, prev, prior=prior, info=info)
+        vols, mu, deltas = m_step(rhs, K, sigma2, prev, prior=prior, info=info, support=support)
         prev = (mu, deltas)
         if it == 0:
             continue
@@ -244,11 +281,20 @@ def _em(source, gamma, pi, sigma2, box, halves, lab, iterations, tol, prior, n_w
 START_BOX = 32
 BOX_SSNR = 1.0
 
+#: class splitting: the band of the per-class state test (as the covariance's default ``N_res``), the
+#: fewest particles a class needs to be tested, and the smallest sub-class a split may leave
+SPLIT_NRES = 17
+SPLIT_MIN_PARTICLES = 200
+SPLIT_MIN_FRACTION = 0.02
+
+
 
 def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float, *, box: int | None = None,
-                   max_iterations: int = 15, tol: float = 1e-3, seed: int = 0, n_workers: int | None = None,
+                   max_iterations: int = 30, tol: float = 1e-3, seed: int = 0, n_workers: int | None = None,
                    progress: bool = True, prior: str = "class", start_box: int = START_BOX,
-                   box_ssnr: float = BOX_SSNR) -> ClassRefinement:
+                   box_ssnr: float = BOX_SSNR, support: str = "molecule", split: bool = False,
+                   split_alpha: float | None = None, split_nres: int = SPLIT_NRES,
+                   max_classes: int = 8) -> ClassRefinement:
     """ML 3-D classification with fixed poses, started from ``labels``.
 
     ``source``: the particles (``io.ParticleSource``: images at the full box ``L``, poses, origins,
@@ -257,9 +303,26 @@ def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float,
     data: EM at ``min(L, start_box)``, then at twice that box (up to ``L``, continuing from the
     responsibilities) while the class differences' spectral SNR (:func:`difference_ssnr`) at the box's
     edge shell is ≥ ``box_ssnr``. ``prior``: the class-difference prior of :func:`m_step`.
+    ``support``: where the class differences are solved: ``molecule`` (default) inside the particle's
+    envelope from the common mean (:func:`molecule_support`); ``none``: the whole box.
     Stops when the log-likelihood gains less than ``tol`` per particle, when fewer than 0.1 % of the
     labels change, or after ``max_iterations`` E-steps in all.
+
+    ``split``: afterwards, split classes that hold a further state (:func:`split_classes`: the
+    split-sample test at level ``split_alpha`` (default :data:`states.ALPHA`) on each class's particles
+    at ``split_nres``, up to ``max_classes``); the decisions are in ``info["splits"]``.
     """
+    kw = dict(box=box, max_iterations=max_iterations, tol=tol, seed=seed, n_workers=n_workers,
+              progress=progress, prior=prior, start_box=start_box, box_ssnr=box_ssnr, support=support)
+    res = _refine(source, labels, n_classes, noise_var, **kw)
+    if split:
+        res = split_classes(source, res, noise_var, alpha=split_alpha, n_res=split_nres,
+                            max_classes=max_classes, **kw)
+    return res
+
+
+def _refine(source, labels, n_classes, noise_var, *, box, max_iterations, tol, seed, n_workers, progress,
+            prior, start_box, box_ssnr, support) -> ClassRefinement:
     L = int(source.box)
     n = int(source.n)
     C = int(n_classes)
@@ -274,14 +337,83 @@ def refine_classes(source, labels: np.ndarray, n_classes: int, noise_var: float,
     while True:
         sigma2 = float(noise_var) * (b / L) ** 2
         gamma, pi, lab, vols, ll, it, info = _em(source, gamma, pi, sigma2, b, halves, lab,
-                                                 max_iterations - its, tol, prior, n_workers, progress)
+                                                 max_iterations - its, tol, prior, n_workers, progress,
+                                                 support)
         lls += ll
         its += it
         ssnr = info["difference_ssnr"]
         edge = float(ssnr[max(b // 2 - 1, 0)])
-        stages.append({"box": b, "iterations": it, "edge_ssnr": edge})
+        stages.append({"box": b, "iterations": it, "edge_ssnr": edge,
+                       "support_fraction": info.get("support_fraction", 1.0)})
         if not auto or b >= L or edge < box_ssnr or its >= max_iterations:
             break
         b = int(min(L, 2 * b))
     return ClassRefinement(lab, gamma, vols, pi, lls, its, b,
                            {"sigma2_box": sigma2, "stages": stages, "difference_ssnr": ssnr.tolist()})
+
+
+
+def class_state_test(source, idx: np.ndarray, *, n_res: int = SPLIT_NRES, alpha: float | None = None, seed: int = 0,
+               n_workers: int | None = None):
+    """The state test of :func:`states.split_class` on particles ``idx`` of ``source`` (Fourier-cropped to
+    ``n_res``, residuals from their own least-squares mean): ``(StateTest, sub-labels or None)``."""
+    from cryoprism.heterogeneity.covariance import estimate_mean
+    from cryoprism.heterogeneity.data import compute_residuals, prepare
+    from cryoprism.heterogeneity.states import ALPHA, split_class
+
+    d = prepare(source.subset(np.asarray(idx)), min(int(n_res), int(source.box)), oversample=1.5,
+                n_workers=n_workers, progress=False)
+    A = estimate_mean(d, n_workers=n_workers, progress=False)
+    compute_residuals(d, A.mean, n_workers=n_workers, progress=False)
+    return split_class(d, A, alpha=ALPHA if alpha is None else alpha, seed=seed, n_workers=n_workers)
+
+
+def split_classes(source, refined: ClassRefinement, noise_var: float, *, alpha: float | None = None,
+                  n_res: int = SPLIT_NRES, max_classes: int = 8, min_particles: int = SPLIT_MIN_PARTICLES,
+                  min_fraction: float = SPLIT_MIN_FRACTION, **refine_kw) -> ClassRefinement:
+    """Split the classes of ``refined`` that hold a further state, refining after each split.
+
+    Each class with at least ``min_particles`` is tested (:func:`class_state_test`: the split-sample test of
+    its first eigenvalue at level ``alpha``); the first with ``p < alpha`` is split in two by its own
+    covariance's first coordinate, and the EM (:func:`refine_classes`, ``refine_kw``) runs again with
+    one class more from those labels. The split is kept unless the log-likelihood of the mixture
+    stalls (gains less than ``tol`` per particle) or a sub-class ends below ``min_fraction`` of the
+    split class; after a kept split only its two classes are tested again. Stops when no class splits
+    or at ``max_classes``. ``info["splits"]``: one record per test (class, particles, eigenvalue,
+    p-value, and for a split the sub-class sizes, the log-likelihood gain and whether it was kept).
+    """
+    n = int(source.n)
+    tol = float(refine_kw.get("tol", 1e-3))
+    seed = int(refine_kw.get("seed", 0))
+    res, decisions = refined, []
+    todo = list(range(len(res.proportions)))
+    while todo and len(res.proportions) < max_classes:
+        c = todo.pop(0)
+        idx = np.flatnonzero(res.labels == c)
+        rec = {"class": int(c), "n_particles": int(idx.size), "n_classes": int(len(res.proportions))}
+        if idx.size < min_particles:
+            decisions.append({**rec, "tested": False})
+            continue
+        test, sub = class_state_test(source, idx, n_res=n_res, alpha=alpha, seed=seed,
+                               n_workers=refine_kw.get("n_workers"))
+        rec.update(tested=True, eigenvalue=float(test.eigenvalues[0]), p_value=float(test.p_values[0]),
+                   split=sub is not None)
+        if sub is None:
+            decisions.append(rec)
+            continue
+        C = len(res.proportions)
+        labels = np.asarray(res.labels).copy()
+        labels[idx[sub == 1]] = C
+        new = _refine(source, labels, C + 1, noise_var, **refine_kw)
+        gain = float(new.log_likelihood[-1] - res.log_likelihood[-1]) if new.log_likelihood and \
+            res.log_likelihood else float("inf")
+        sizes = [int(np.sum(new.labels == c)), int(np.sum(new.labels == C))]
+        keep = gain >= tol * n and min(sizes) >= min_fraction * idx.size
+        rec.update(sub_sizes_start=np.bincount(sub, minlength=2).tolist(), sub_sizes=sizes,
+                   log_likelihood_gain=gain, kept=bool(keep))
+        decisions.append(rec)
+        if keep:
+            res = new
+            todo = [c, C] + [k for k in todo if k not in (c, C)]
+    res.info["splits"] = decisions
+    return res

@@ -275,3 +275,29 @@ def choose_by_bic(test: StateTest, system: SubspaceSystem, Q: np.ndarray, eigenv
     test.n_states_bic = int(np.argmin(test.bic)) + 1
     test.n_states = test.n_states_bic
     return test
+
+
+def split_class(d: HetData, A: MeanOperator, *, alpha: float = ALPHA, replicates: int = 20, seed: int = 0,
+                support_radius: float | None = 1.0, n_workers: int | None = None,
+                progress: bool = False) -> tuple[StateTest, np.ndarray | None]:
+    """Does one class hold a further state? The split-sample test (:func:`split_test`, the first
+    eigenvalue against the pure-noise null) on the class's own particles ``d``, whose residuals are
+    taken from the class's own mean ``A``; when its first eigenvalue is significant (``p < alpha``),
+    the two sub-classes: the class's covariance (:func:`covariance.covariance_lowrank`), the Wiener
+    coordinate on its first eigenvolume, a two-component Gaussian mixture and the per-particle EM over
+    the two states (:func:`classify.subspace_em`). Returns ``(test, labels (n,) in {0, 1} or None)``."""
+    from cryoprism.heterogeneity.classify import coordinates, gmm_classes, subspace_em
+    from cryoprism.heterogeneity.covariance import covariance_lowrank
+
+    test = split_test(d, A, alpha=alpha, replicates=replicates, max_states=1, seed=seed,
+                      support_radius=support_radius, n_workers=n_workers, progress=progress)
+    if not test.p_values[0] < alpha:
+        return test, None
+    cov = covariance_lowrank(d, A, seed=seed, n_workers=n_workers, support_radius=support_radius,
+                             progress=progress)
+    system, Q = cov.info["system"], cov.info["Q"][:, :1]
+    co = coordinates(system.G, system.c, Q, cov.eigenvalues[:1], d.noise_var)
+    lab, _ = gmm_classes(co, 2, seed)
+    H = np.einsum("ai,sab,bj->sij", Q, system.G, Q)
+    lab, _, _ = subspace_em(H, system.c @ Q, d.noise_var, lab, 2)
+    return test, lab
