@@ -91,6 +91,9 @@ class DemoSettings:
     movie_diameter_A: float = 60.0
     refine_max_iterations: int | None = None   # None: refine's defaults (reduced only by the tests)
     refine_grid: int | None = None
+    refine_state: int | None = 1        # refine the particles of this simulated state (None: all)
+    refine_rounds: int = 3              # refinements in a row, each from the previous map
+    refine_initial_lowpass_A: float | None = 20.0   # start of the first round (the ab-initio map's reach)
 
 
 @dataclass
