@@ -54,11 +54,11 @@ def test_movies_stage_scores_the_preprocess_chain_against_the_truth(tmp_path):
     assert "drift_tracks.png" in html and "ctf_fit.png" in html and "movie_001.png" in html
 
 
-def _refine_setup(tmp_path):
+def _refine_setup(tmp_path, rounds=2):
     import shutil
 
     s = DemoSettings(box=16, pixel_size_A=5.0, n_particles=300, snr=1.0, refine_max_iterations=2,
-                     refine_grid=300, heterogeneity_nres=8)
+                     refine_grid=300, heterogeneity_nres=8, refine_rounds=rounds)
     run_demo(tmp_path, s, stages=["maps", "simulate"])
     (tmp_path / "abinitio").mkdir()
     shutil.copy(tmp_path / "maps" / "state1_open.mrc", tmp_path / "abinitio" / "initial_model.mrc")
@@ -71,21 +71,27 @@ def test_refine_stage_refines_from_the_initial_model_and_scores_against_the_trut
     st = summary["stages"]["refine"]
     assert st["ok"], st["error"]
     f = st["figures"]
-    assert f["iterations"] == 2 and f["particles"] == 300
-    assert set(f["median_angle_error_per_state_deg"]) == {1, 2}
-    for name in ("particles.star", "refined.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "iterations.csv"):
-        assert (tmp_path / "refine" / name).exists()
-    # the reported error is that of the poses written to OUT/refine/particles.star against the simulated
-    # truth (the metric itself is checked against known rotations in the next test)
     from cryoprism.io import read_particles
     from cryoprism.pipeline.stages import pose_errors
 
     truth = read_particles(tmp_path / "particles" / "particles.star")
+    open_rows = np.flatnonzero(truth.table["rlnClassNumber"].to_numpy() == 1)   # the state refined
+    assert f["iterations"] == 2 and f["particles"] == len(open_rows) and f["state"] == 1
+    assert set(f["median_angle_error_per_state_deg"]) == {1}
+    assert [r["round"] for r in f["rounds"]] == [1, 2]
+    assert f["rounds"][0]["start_resolution_A"] == pytest.approx(s.refine_initial_lowpass_A)
+    assert isinstance(f["resolution_validated"], bool)
+    for name in ("particles.star", "refined.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "iterations.csv"):
+        assert (tmp_path / "refine" / name).exists()
+    # the reported error is that of the poses written to OUT/refine/particles.star against the simulated
+    # truth of the same rows (the metric itself is checked against known rotations in the next test)
     refined = read_particles(tmp_path / "refine" / "particles.star")
-    e = pose_errors(truth.rotations(), refined.rotations())
+    assert refined.n == len(open_rows)
+    e = pose_errors(truth.rotations(open_rows), refined.rotations())
     assert f["median_angle_error_deg"] == pytest.approx(e["median_angle_error_deg"], abs=0.05)
+    assert f["rounds"][-1]["median_angle_error_deg"] == pytest.approx(e["median_angle_error_deg"], abs=0.05)
     html = (tmp_path / "report" / "index.html").read_text()
-    assert "fsc_refine.png" in html and "median angular error" in html
+    assert "fsc_refine.png" in html and "median angular error" in html and "round 2" in html
 
 
 def test_pose_errors_remove_the_global_rotation_and_hand():
@@ -103,7 +109,7 @@ def test_pose_errors_remove_the_global_rotation_and_hand():
 
 @pytest.mark.slow
 def test_refine_then_heterogeneity_on_the_refined_poses(tmp_path):
-    s = _refine_setup(tmp_path)
+    s = _refine_setup(tmp_path, rounds=1)
     summary = run_demo(tmp_path, s, stages=["refine", "heterogeneity_refined"])
     assert all(v["ok"] for v in summary["stages"].values()), summary
     h = summary["stages"]["heterogeneity_refined"]["figures"]

@@ -53,6 +53,8 @@ def write_outputs(job, stack, result) -> None:
     f = result.fsc
     cols = {"shell": np.arange(len(f.curve)), "freq_invA": f.freq_invA, "resolution_A": f.resolution_A,
             "fsc": f.curve}
+    if "fsc_uncorrected" in result.info:  # before removing what the halves' shared start explains
+        cols["fsc_uncorrected"] = result.info["fsc_uncorrected"]
     if result.fsc_masked is not None:
         cols["fsc_masked"] = result.fsc_masked.curve
     job.write_csv("fsc.csv", pd.DataFrame(cols))
@@ -102,7 +104,9 @@ def refine_command(
     Writes OUT/particles.star (the input rows and columns in order, with rlnAngleRot/Tilt/Psi in degrees,
     rlnOriginXAngst/YAngst in Å and rlnRandomSubset 1/2 set or appended; optics table kept),
     OUT/refined.mrc (all particles), OUT/half1.mrc and OUT/half2.mrc (the independent half-maps),
-    OUT/mask.mrc, OUT/fsc.csv (half-map FSC per shell, 1/Å and Å), OUT/iterations.csv (box, compared and
+    OUT/mask.mrc, OUT/fsc.csv (half-map FSC per shell, 1/Å and Å: fsc with what the halves' shared
+    start explains removed, fsc_uncorrected before; the summary's resolution_validated is false when the
+    halves agree no further than the start's low-pass, start_resolution_A), OUT/iterations.csv (box, compared and
     FSC 0.143 resolution in Å, angular step and median change in degrees, time in s per iteration),
     OUT/refine.png, OUT/summary.json and OUT/checkpoints/. With --classes K also OUT/class001.mrc … (one map
     per class, full box, input pixel size), the rlnClassNumber (1…K) and rlnMaxValueProbDistribution
@@ -164,6 +168,8 @@ def refine_command(
     write_outputs(job, stack, result)
     job.record(n_particles=stack.n, box=stack.box, pixel_size_A=result.pixel_size_A,
                resolution_A=result.resolution_A, resolution_masked_A=result.resolution_masked_A,
+               resolution_validated=result.info.get("resolution_validated"),
+               start_resolution_A=result.info.get("start_resolution_A"),
                iterations=len(result.iterations), cpu_s=result.info["cpu_s"], out=out, **figures)
     emit(job.finish(), as_json)
 

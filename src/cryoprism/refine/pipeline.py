@@ -61,6 +61,8 @@ class RefineSettings:
     margin_shells: int = 3  # shells beyond the FSC=0.143 shell that the next iteration compares
     symmetry: str = "C1"
     solvent_mask: bool = True  # automatic soft solvent mask on the references after the first iteration
+    independent_starts: bool = True  # each half from its own copy of the start, phases randomised beyond
+    # the start's limit (docs/refine.md, "The gold standard and the shared start")
     batch_size: int = 128
     seed: int = 0
 
@@ -140,6 +142,67 @@ def initial_lowpass_A(L: int, pixel_size_A: float, ceiling_A: float = 40.0,
     orientations apart, so the limit moves out until ``min_shells`` shells are compared
     (docs/refine.md, "Small particles and small boxes")."""
     return float(min(ceiling_A, L * pixel_size_A / min_shells))
+
+
+def independent_from_shell(lowpass_A: float, L: int, pixel_size_A: float) -> int:
+    """First Fourier shell where the two halves' starts carry nothing in common: the one after the start's
+    low-pass shell ``k₀ = L Δ / lowpass_A`` (integer shells ``0 … ⌊k₀⌋`` hold the shared start)."""
+    return int(np.floor(shell_index(lowpass_A, L, pixel_size_A) + 1e-9)) + 1
+
+
+def half_starts(start: np.ndarray, from_shell: int, seed: int = 0) -> list[np.ndarray]:
+    """Two copies of the low-passed ``start``, one per half-set, each with the phases of shells
+    ``k ≥ from_shell`` randomised independently (:func:`cryoprism.metrics.postprocess.randomize_phases`,
+    amplitudes kept): the halves share the start only below ``from_shell``, so that their FSC beyond
+    it owes nothing to a common origin (RELION starts both halves from one map low-passed to 40–60 Å
+    for the same reason, docs/refine.md "The gold standard and the shared start")."""
+    from cryoprism.metrics.postprocess import randomize_phases
+
+    rng = np.random.default_rng([seed, 18])
+    return [randomize_phases(start, from_shell, rng).astype(np.float32) for _ in range(2)]
+
+
+@dataclass
+class GoldFSC:
+    """The half-maps' FSC with what their shared start explains removed (:func:`start_corrected_fsc`)."""
+
+    raw: object  # FSCResult of the half-maps
+    start_only: object  # FSCResult of the null: the halves' shared band alone, through the support
+    corrected: object  # FSCResult: (raw − start_only) / (1 − start_only) from ``from_shell`` on
+    from_shell: int
+    resolution_A: float  # FSC 0.143 of ``corrected``
+    validated: bool  # the corrected FSC stays ≥ 0.143 beyond the shared band
+
+
+def start_corrected_fsc(raw, half_maps, pixel_size_A: float, from_shell: int, support_px: float,
+                        seed: int = 0) -> GoldFSC:
+    """Gold-standard FSC that counts only what the halves found independently of their shared start.
+
+    The halves share the start's shells ``k < from_shell`` (:func:`half_starts`). Reconstruction inside a
+    hard ball (the support, ``support_px``) spreads that shared band into every shell (the sharp edge
+    has power at all frequencies), so pure-noise particles refined from one start agree beyond it.
+    As Chen et al. (2013) do for a mask, the null is measured: both half-maps with the phases of shells
+    ``k ≥ from_shell`` randomised independently (:func:`~cryoprism.metrics.postprocess.randomize_phases`),
+    cut by the same ball, give the FSC ``F_s`` that the shared band alone produces;
+    ``F = (F_raw − F_s) / (1 − F_s)`` for ``k ≥ from_shell``
+    (:func:`~cryoprism.metrics.postprocess.correct_fsc`). The resolution (FSC 0.143 of ``F``) is
+    *validated* only when ``F`` is still ≥ 0.143 at ``from_shell``: otherwise the halves agree only
+    as far as the start they were given."""
+    from cryoprism.metrics.fsc import FSCResult
+    from cryoprism.metrics.postprocess import correct_fsc, randomize_phases
+    from cryoprism.reconstruct.mean import sphere_mask
+
+    L = half_maps[0].shape[0]
+    rng = np.random.default_rng([seed, 143])
+    ball = sphere_mask(L, support_px).astype(np.float32)
+    rnd = [randomize_phases(m, from_shell, rng) * ball for m in half_maps]
+    null = _fsc(rnd[0], rnd[1], pixel_size_A)
+    curve = correct_fsc(raw.curve, null.curve, from_shell)
+    corr = FSCResult(freq_invA=raw.freq_invA, curve=curve, n_voxels=raw.n_voxels, pixel_size_A=raw.pixel_size_A,
+                     box=raw.box)
+    validated = bool(from_shell < len(curve) and curve[from_shell] >= 0.143
+                     and np.all(np.asarray(raw.curve[1:from_shell]) >= 0.143))
+    return GoldFSC(raw, null, corr, from_shell, resolution_at(corr, 0.143), validated)
 
 
 def shell_index(res_A: float, L: int, pixel_size_A: float) -> float:
@@ -232,7 +295,9 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         log.info("initial low-pass %.1f Å (shell %.1f of %d)", lp_A, shell_index(lp_A, L, px), L // 2)
     k_lim = min(shell_index(lp_A, L, px), L / 2 - 1)
     start = lowpass(ref, px, resolution_A=lp_A, ndim=3).astype(np.float32)
-    refs = [start * (sphere if user_mask is None else user_mask)] * 2
+    shared_shells = independent_from_shell(lp_A, L, px)
+    starts = half_starts(start, shared_shells, st.seed) if st.independent_starts else [start, start]
+    refs = [s * (sphere if user_mask is None else user_mask) for s in starts]
     weights = [None, None]
     noise = _shell_power(stack, L)
     rot = np.tile(np.eye(3), (n, 1, 1))
@@ -381,8 +446,12 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     imgs = _images_at(stack, L, st.batch_size, n_workers)
     maps = _reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers, support_px)
     full = _reconstruct(imgs, rot, org, ctf, px, np.arange(n), group, n_workers, support_px)
-    f = _fsc(maps[0], maps[1], px)
-    res = resolution_at(f, 0.143)
+    f_raw = _fsc(maps[0], maps[1], px)
+    gold = start_corrected_fsc(f_raw, maps, px, shared_shells, support_px, st.seed)
+    f, res = gold.corrected, gold.resolution_A
+    if log and not gold.validated:
+        log.warning("the half-maps agree only as far as their shared start (FSC 0.143 at %.1f Å, the start "
+                    "low-passed to %.1f Å): the resolution is not validated", res, lp_A)
     sol = user_mask if user_mask is not None else auto_solvent_mask(full, px)
     fm = _fsc(maps[0], maps[1], px, mask=sol) if sol is not None else None
     res_m = resolution_at(fm, 0.143) if fm is not None else None
@@ -390,7 +459,10 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     table = _output_table(stack, rot, origins_A, halves)
     info = {"iterations": len(history), "time_s": round(time.perf_counter() - t_start, 2),
             "cpu_s": round(time.process_time() - cpu_start, 2), "symmetry": st.symmetry,
-            "ctf": ctf is not None}
+            "ctf": ctf is not None, "start_resolution_A": round(float(lp_A), 3),
+            "independent_from_shell": shared_shells, "resolution_validated": gold.validated,
+            "resolution_uncorrected_A": resolution_at(f_raw, 0.143),
+            "fsc_uncorrected": [float(c) for c in f_raw.curve]}
     return RefineResult(full, tuple(maps), f, fm, sol, rot, origins_A, halves + 1, history, res, res_m, px,
                         table, info)
 
