@@ -157,16 +157,20 @@ def _shell_sum(values, n_shells: int) -> np.ndarray:
     return np.bincount(k[keep], weights=values.ravel()[keep], minlength=n_shells)
 
 
-def _cyclic_convolution(a, b) -> np.ndarray:
-    """``Σ_p a(q − p) b(p)`` of two real centred Fourier-space arrays (indices modulo the box)."""
+def _cyclic_convolver(a):
+    """``b ↦ Σ_p a(q − p) b(p)`` for real centred Fourier-space arrays (indices modulo the box); the
+    transform of ``a`` is computed once."""
     import scipy.fft as sfft
 
     from cryoprism.parallel.config import fft_workers
 
     w = fft_workers()
-    ua, ub = sfft.ifftshift(a), sfft.ifftshift(b)
-    c = sfft.ifftn(sfft.fftn(ua, workers=w) * sfft.fftn(ub, workers=w), workers=w).real
-    return sfft.fftshift(c)
+    Fa = sfft.fftn(sfft.ifftshift(a), workers=w)
+
+    def conv(b):
+        return sfft.fftshift(sfft.ifftn(Fa * sfft.fftn(sfft.ifftshift(b), workers=w), workers=w).real)
+
+    return conv
 
 
 def expected_randomized_masked_fsc(half1, half2, mask, pixel_size_A: float, from_shell: int) -> FSCResult:
@@ -188,12 +192,12 @@ def expected_randomized_masked_fsc(half1, half2, mask, pixel_size_A: float, from
     L = a.shape[0]
     n_sh = L // 2 + 1
     low = _shell_index(a.shape) < from_shell
-    Mp = np.abs(fftnc(m, nd)) ** 2
+    leak = _cyclic_convolver(np.abs(fftnc(m, nd)) ** 2)
     masked_low, power_high = [], []
     for v in (a, b):
         F = fftnc(v, nd)
         masked_low.append(fftnc(m * ifftnc(np.where(low, F, 0), nd).real, nd))
-        power_high.append(_cyclic_convolution(Mp, np.where(low, 0, np.abs(F) ** 2)) / a.size ** 2)
+        power_high.append(leak(np.where(low, 0, np.abs(F) ** 2)) / a.size ** 2)
     A1, A2 = masked_low
     num = _shell_sum(A1.real * A2.real + A1.imag * A2.imag, n_sh)
     p1 = _shell_sum(np.abs(A1) ** 2 + power_high[0], n_sh)
