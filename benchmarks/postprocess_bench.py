@@ -14,6 +14,18 @@ Data (made here from ``--map``, default EMD-3488 haemoglobin, 100³ at 1.05 Å/p
   worse on the blurred side; both programs' maps are compared inside the mask with each other and with
   the local truth: the FSC at 0.5 between the half-map average and the truth in cryoprism's windows.
 
+With ``--half-maps H1 H2`` (e.g. a refinement's half-maps of ``--map``, the truth, same box and pixel size)
+the benchmark instead measures the mask-corrected FSC on two sets, against the truth: ``refined``, the
+given half-maps, and ``synthetic``, the truth attenuated per shell as in the half-maps plus independent
+noise with the per-shell spectrum of ``(H1 − H2)/√2`` and its radial envelope in real space (each half's
+noise when the two are independent: a reconstruction's noise, inside its support, rising relative to the
+signal with frequency; the truth-implied
+half-map FSC ``T²/(2 − T²)`` holds exactly in expectation). For each: the truth's crossing (FSC 0.5 of
+the masked half-map average against the masked truth), cryoprism's (the randomised FSC in expectation
+over the phases), cryoprism with one phase draw per seed and RELION with ``--random_seed`` over
+``--draws`` seeds (mean, sd, range, in Fourier shells), and the corrected curve against the
+truth-implied one (mean and RMS difference beyond the randomisation cut).
+
 Both programs get the same half-maps and the same mask (cryoprism's automatic mask). RELION runs
 twice, as it requires: ``--auto_bfac`` (global) and ``--locres --adhoc_bfac`` (local; sampling, window
 radius and edge: twice cryoprism's grid step, cryoprism's window radius and edge; RELION computes a
@@ -21,6 +33,7 @@ full-box FFT per window, so a grid as fine as cryoprism's would take ~10 min her
 runs include the global post-processing. Prints ONE JSON object.
 
     .venv/bin/python benchmarks/postprocess_bench.py [--map M.mrc] [--no-relion]
+    .venv/bin/python benchmarks/postprocess_bench.py --map truth.mrc --half-maps half1.mrc half2.mrc [--draws 10]
 """
 
 from __future__ import annotations
@@ -71,6 +84,131 @@ def _side_stats(locres, mask, x):
             "median_A": float(np.median(locres[inside]))}
 
 
+def _shell_stats(shells, truth_shell) -> dict:
+    e = np.asarray(shells) - truth_shell
+    return {"error_shells_mean": float(e.mean()), "error_shells_sd": float(e.std()),
+            "error_shells_min": float(e.min()), "error_shells_max": float(e.max())}
+
+
+def _relion_seeds(h1, h2, mask, px, seeds, L) -> dict:
+    """``relion_postprocess --auto_bfac`` on the same half-maps and mask, once per ``--random_seed``."""
+    from cryoprism.io import write_mrc
+
+    shells, t = [], 0.0
+    with tempfile.TemporaryDirectory() as td:
+        d = Path(td)
+        for name, vol in [("h1", h1), ("h2", h2), ("mask", mask)]:
+            write_mrc(d / f"{name}.mrc", np.asarray(vol, np.float32), px)
+        for sd in seeds:
+            (d / f"pp{sd}").mkdir()
+            dt, _ = _relion(["--i", "h1.mrc", "--i2", "h2.mrc", "--o", f"pp{sd}/postprocess", "--angpix", f"{px}",
+                             "--mask", "mask.mrc", "--auto_bfac", "--random_seed", str(sd)], d)
+            t += dt
+            shells.append(L * px / float(_relion_general(d / f"pp{sd}" / "postprocess.star")["rlnFinalResolution"]))
+    return {"shells": shells, "time_s_per_run": t / len(seeds)}
+
+
+def half_map_set(h1, h2, truth, px, draws: int, relion: bool) -> dict:
+    """The mask-corrected FSC of ``h1``, ``h2`` against the truth-implied curve (see the module text)."""
+    from cryoprism.image import auto_mask
+    from cryoprism.metrics import fsc, resolution_at
+    from cryoprism.metrics.postprocess import mask_corrected_fsc
+
+    L = truth.shape[0]
+    mask = auto_mask(0.5 * (h1 + h2), px)
+    T = fsc(0.5 * (h1 + h2), truth, px, mask=mask)
+    truth_shell = L * px / resolution_at(T, 0.5)
+    implied = T.curve ** 2 / (2 - T.curve ** 2)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = mask_corrected_fsc(h1, h2, mask, px)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    k0 = r.randomize_shell
+    sel = (np.arange(len(implied)) >= k0 + 3) & (implied > 0.05)
+    dev = (r.corrected.curve - implied)[sel]
+    one = [mask_corrected_fsc(h1, h2, mask, px, rng=sd, n_draws=1) for sd in range(draws)]
+    one_dev = [(o.corrected.curve - implied)[sel] for o in one]
+    out = {"truth_fsc05_shell": truth_shell, "truth_fsc05_A": L * px / truth_shell,
+           "mask_volume_fraction": float((mask >= 0.5).mean()), "randomize_shell": k0,
+           "cryoprism": {"resolution_A": r.resolution_A(), "error_shells": L * px / r.resolution_A() - truth_shell,
+                         "masked_uncorrected_error_shells": L * px / resolution_at(r.masked, 0.143) - truth_shell,
+                         "curve_minus_truth_implied_mean": float(dev.mean()),
+                         "curve_minus_truth_implied_rms": float(np.sqrt(np.mean(dev ** 2))),
+                         "shells_compared": int(sel.sum()), "wall_s": wall, "cpu_s": cpu},
+           "cryoprism_one_phase_draw": {
+               "draws": draws, **_shell_stats([L * px / o.resolution_A() for o in one], truth_shell),
+               "curve_minus_truth_implied_rms_mean": float(np.mean([np.sqrt(np.mean(d ** 2)) for d in one_dev]))}}
+    if relion and shutil.which("relion_postprocess") is not None:
+        rel = _relion_seeds(h1, h2, mask, px, range(draws), L)
+        out["relion"] = {"seeds": draws, **_shell_stats(rel["shells"], truth_shell),
+                         "time_s_per_run": rel["time_s_per_run"]}
+    return out
+
+
+def mean_of_sets(sets, field) -> dict:
+    v = [st[field] for st in sets]
+    return {"mean": float(np.mean(v)), "sd": float(np.std(v))}
+
+
+def half_maps_main(args) -> int:
+    from cryoprism.fourier import fftnc, ifftnc, radial_index
+    from cryoprism.io import read_mrc
+
+    truth, px = read_mrc(args.map, ndim=3, finite=True)
+    h1, _ = read_mrc(args.half_maps[0], ndim=3, finite=True)
+    h2, _ = read_mrc(args.half_maps[1], ndim=3, finite=True)
+    if h1.shape != truth.shape or h2.shape != truth.shape:
+        raise SystemExit("half-maps and --map must have one box")
+    # synthetic: the truth, attenuated per shell as in the half-maps (g = Σ Re(A T*) / Σ |T|² of the
+    # half-map average A against the truth T), plus independent noise with the half-maps' noise spectrum
+    # |FT((h1 − h2)/√2)|² (one half's noise if independent), both averaged per shell
+    k = radial_index(truth.shape)
+    n_sh = truth.shape[0] // 2 + 1
+    kc = np.minimum(k, n_sh - 1).ravel()
+    cnt = np.bincount(kc, minlength=n_sh)
+    FT, FA = fftnc(truth, 3), fftnc(0.5 * (h1 + h2), 3)
+    g = np.bincount(kc, (FA * FT.conj()).real.ravel(), n_sh) / np.bincount(kc, (np.abs(FT) ** 2).ravel(), n_sh)
+    truth_att = ifftnc(FT * np.clip(g, 0, None)[kc].reshape(truth.shape), 3).real.astype(np.float32)
+    p = np.abs(fftnc((h1 - h2) / np.sqrt(2.0), 3)) ** 2
+    amp = np.sqrt(np.bincount(kc, p.ravel(), n_sh) / cnt)[kc].reshape(truth.shape)
+    # a reconstruction's noise lies inside its support: the same radial envelope (rms of the difference
+    # map per integer radius, normalised to mean square 1 so that the spectrum keeps its level)
+    d2 = ((h1 - h2) ** 2 / 2.0).ravel()
+    c = truth.shape[0] // 2
+    zz, yy, xx = np.indices(truth.shape)
+    r = np.rint(np.sqrt((zz - c) ** 2 + (yy - c) ** 2 + (xx - c) ** 2)).astype(int).ravel()
+    env = np.sqrt(np.bincount(r, d2) / np.bincount(r))[r].reshape(truth.shape)
+    env /= np.sqrt(np.mean(env ** 2))
+    rng = np.random.default_rng(args.seed)
+
+    def noise():
+        w = fftnc(rng.standard_normal(truth.shape), 3)
+        return (env * ifftnc(w / np.sqrt(w.size) * amp, 3).real).astype(np.float32)
+
+    sets = [half_map_set(truth_att + noise(), truth_att + noise(), truth_att, px, args.draws, not args.no_relion)
+            for _ in range(args.synthetic_sets)]
+
+    def mean_of(key, field):
+        v = [st[key][field] for st in sets if key in st]
+        return {"mean": float(np.mean(v)), "sd": float(np.std(v))} if v else None
+
+    out = {"map": args.map.name, "half_maps": [Path(h).name for h in args.half_maps], "box": truth.shape[0],
+           "pixel_size_A": px, "load_avg": list(__import__("os").getloadavg()),
+           "refined": half_map_set(h1, h2, truth, px, args.draws, not args.no_relion),
+           "synthetic_summary": {
+               "sets": len(sets), "truth_fsc05_shell": mean_of_sets(sets, "truth_fsc05_shell"),
+               "cryoprism_error_shells": mean_of("cryoprism", "error_shells"),
+               "masked_uncorrected_error_shells": mean_of("cryoprism", "masked_uncorrected_error_shells"),
+               "cryoprism_curve_minus_truth_implied_mean": mean_of("cryoprism", "curve_minus_truth_implied_mean"),
+               "cryoprism_curve_minus_truth_implied_rms": mean_of("cryoprism", "curve_minus_truth_implied_rms"),
+               "one_phase_draw_error_shells": mean_of("cryoprism_one_phase_draw", "error_shells_mean"),
+               "one_phase_draw_sd_within_set": mean_of("cryoprism_one_phase_draw", "error_shells_sd"),
+               "relion_error_shells": mean_of("relion", "error_shells_mean"),
+               "relion_sd_within_set": mean_of("relion", "error_shells_sd")},
+           "synthetic": sets}
+    print(json.dumps(out, default=float))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--map", type=Path, default=DEFAULT_MAP, help="known map (MRC, cubic)")
@@ -80,9 +218,15 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=3.0, help="noise σ / blurred map's std")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-relion", action="store_true", help="skip RELION")
+    ap.add_argument("--half-maps", nargs=2, type=Path, metavar=("H1", "H2"),
+                    help="measure the corrected FSC of these half-maps of --map (see the module text)")
+    ap.add_argument("--draws", type=int, default=10, help="phase seeds for the one-draw statistics")
+    ap.add_argument("--synthetic-sets", type=int, default=8, help="noise realisations of the synthetic set")
     args = ap.parse_args(argv)
 
     warnings.simplefilter("ignore")
+    if args.half_maps:
+        return half_maps_main(args)
     from cryoprism.image import auto_mask
     from cryoprism.io import read_mrc, write_mrc
     from cryoprism.metrics import apply_bfactor, fsc, guinier_bfactor, resolution_at

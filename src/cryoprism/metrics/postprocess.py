@@ -5,6 +5,8 @@
   (0.8, as RELION), the randomised maps are masked, and beyond that shell
   ``FSC_true = (FSC_masked − FSC_random) / (1 − FSC_random)`` (from the third randomised shell on, as
   RELION: next to the cut the randomised curve is dominated by leakage of the intact neighbour shells).
+  ``FSC_random`` is the expectation over the random phases, computed in closed form rather than drawn
+  once (a single draw moved the 0.143 crossing of refined half-maps by ±1.3 shells).
 * Sharpening (Rosenthal & Henderson 2003): the masked average is weighted by the figure of merit
   ``√(2 FSC / (1 + FSC))``, a line is fitted to its Guinier plot between ``d_low_A`` (10 Å) and the
   resolution, the map is multiplied by ``exp(−B s²/4)`` with the fitted ``B`` (negative: sharpening) and
@@ -78,6 +80,19 @@ def _shell_index(shape) -> np.ndarray:
     return k
 
 
+def _random_unit_phases(shape, rng) -> np.ndarray:
+    """``e^{iφ}`` with the phases of the transform of real white noise (Friedel-symmetric)."""
+    N = fftnc(rng.standard_normal(shape, dtype=np.float32), len(shape))
+    absN = np.abs(N)
+    return np.divide(N, absN, out=np.ones_like(N), where=absN > 0)  # e^{iφ} without trigonometry
+
+
+def _randomized_transform(F, from_shell: int, rng) -> np.ndarray:
+    """Real map of the centred transform ``F`` with random phases in shells ``k ≥ from_shell``."""
+    unit = _random_unit_phases(F.shape, rng)
+    return ifftnc(F * np.where(_shell_index(F.shape) >= from_shell, unit, 1), F.ndim).real
+
+
 def randomize_phases(volume, from_shell: int, rng=None) -> np.ndarray:
     """``volume`` with the phases of every Fourier voxel in shells ``k ≥ from_shell`` replaced by random
     ones (amplitudes kept).
@@ -87,12 +102,34 @@ def randomize_phases(volume, from_shell: int, rng=None) -> np.ndarray:
     """
     rng = np.random.default_rng(rng)
     v = np.asarray(volume)
-    F = fftnc(v, v.ndim)
-    N = fftnc(rng.standard_normal(v.shape, dtype=np.float32), v.ndim)
-    absN = np.abs(N)
-    unit = np.divide(N, absN, out=np.ones_like(N), where=absN > 0)  # e^{iφ} without trigonometry
-    F *= np.where(_shell_index(v.shape) >= from_shell, unit, 1)
-    return ifftnc(F, v.ndim).real.astype(v.dtype if np.issubdtype(v.dtype, np.floating) else np.float64)
+    out = _randomized_transform(fftnc(v, v.ndim), from_shell, rng)
+    return out.astype(v.dtype if np.issubdtype(v.dtype, np.floating) else np.float64)
+
+
+#: Phase draws of the randomised masked FSC; 0 = its expectation over the random phases
+#: (:func:`expected_randomized_masked_fsc`, no draw at all). One draw (Chen et al. 2013, RELION) adds its own
+#: estimation noise (≈ 1/√(n_k/2) per shell, as large as the masked FSC's) to the corrected curve; where
+#: the curve runs close to the threshold over several shells the first crossing then moves by shells from
+#: draw to draw, on average towards low resolution (measured on refined 50S half-maps: one draw
+#: 27.2 ± 1.3 shells over ten draws, the expectation 27.9, truth 27.6; docs/postprocess.md §2).
+PHASE_DRAWS = 0
+
+
+def randomized_masked_fsc(half1, half2, mask, pixel_size_A: float, from_shell: int, n_draws: int = 1,
+                          rng=0) -> FSCResult:
+    """Masked FSC of the two half-maps with independent random phases in shells ``k ≥ from_shell``,
+    averaged over ``n_draws`` phase draws (each half-map transformed once)."""
+    rng = np.random.default_rng(rng)
+    a, b = np.asarray(half1), np.asarray(half2)
+    Fa, Fb = fftnc(a, a.ndim), fftnc(b, b.ndim)
+    curves = []
+    for _ in range(max(1, int(n_draws))):
+        ra = _randomized_transform(Fa, from_shell, rng)
+        rb = _randomized_transform(Fb, from_shell, rng)
+        curves.append(fsc(ra, rb, pixel_size_A, mask=mask))
+    first = curves[0]
+    return FSCResult(freq_invA=first.freq_invA, curve=np.mean([c.curve for c in curves], axis=0),
+                     n_voxels=first.n_voxels, pixel_size_A=first.pixel_size_A, box=first.box)
 
 
 #: The correction starts this many shells after the first randomised one (RELION's choice): at the cut
@@ -114,20 +151,82 @@ def correct_fsc(masked, randomized, from_shell: int) -> np.ndarray:
     return out
 
 
+def _shell_sum(values, n_shells: int) -> np.ndarray:
+    k = _shell_index(values.shape).ravel()
+    keep = k < n_shells
+    return np.bincount(k[keep], weights=values.ravel()[keep], minlength=n_shells)
+
+
+def _cyclic_convolver(a):
+    """``b ↦ Σ_p a(q − p) b(p)`` for real centred Fourier-space arrays (indices modulo the box); the
+    transform of ``a`` is computed once."""
+    import scipy.fft as sfft
+
+    from cryoprism.parallel.config import fft_workers
+
+    w = fft_workers()
+    Fa = sfft.fftn(sfft.ifftshift(a), workers=w)
+
+    def conv(b):
+        return sfft.fftshift(sfft.ifftn(Fa * sfft.fftn(sfft.ifftshift(b), workers=w), workers=w).real)
+
+    return conv
+
+
+def expected_randomized_masked_fsc(half1, half2, mask, pixel_size_A: float, from_shell: int) -> FSCResult:
+    """The masked FSC of the phase-randomised half-maps in expectation over the random phases (the limit
+    of infinitely many phase draws), computed without drawing any (docs/postprocess.md §2).
+
+    Split each half-map's transform into its intact part ``A_i`` (shells ``< from_shell``) and the part
+    ``B_i`` whose phases are randomised. Independent uniform phases make every cross term with ``B_i``
+    vanish in expectation, so per Fourier voxel ``q`` of the masked maps (``M`` = transform of the mask,
+    ``N`` voxels, unnormalised DFTs)
+
+        E[X₁ X₂*] = Ã₁ Ã₂*,   E|X_i|² = |Ã_i|² + N⁻² Σ_p |M(q − p)|² |B_i(p)|²,
+
+    with ``Ã_i`` the transform of ``mask × A_i``; the shell sums of these give the curve (a ratio of
+    expectations, exact to O(1/n_k)). Cost: 12 FFTs of the box, deterministic.
+    """
+    a, b, m = (np.asarray(x, dtype=np.float64) for x in (half1, half2, mask))
+    nd = a.ndim
+    L = a.shape[0]
+    n_sh = L // 2 + 1
+    low = _shell_index(a.shape) < from_shell
+    leak = _cyclic_convolver(np.abs(fftnc(m, nd)) ** 2)
+    masked_low, power_high = [], []
+    for v in (a, b):
+        F = fftnc(v, nd)
+        masked_low.append(fftnc(m * ifftnc(np.where(low, F, 0), nd).real, nd))
+        power_high.append(leak(np.where(low, 0, np.abs(F) ** 2)) / a.size ** 2)
+    A1, A2 = masked_low
+    num = _shell_sum(A1.real * A2.real + A1.imag * A2.imag, n_sh)
+    p1 = _shell_sum(np.abs(A1) ** 2 + power_high[0], n_sh)
+    p2 = _shell_sum(np.abs(A2) ** 2 + power_high[1], n_sh)
+    den = np.sqrt(p1 * p2)
+    curve = np.divide(num, den, out=np.zeros(n_sh), where=den > 0)
+    n_vox = np.bincount(_shell_index(a.shape).ravel(), minlength=n_sh)[:n_sh]
+    return FSCResult(freq_invA=np.arange(n_sh) / (L * float(pixel_size_A)), curve=curve, n_voxels=n_vox,
+                     pixel_size_A=float(pixel_size_A), box=L)
+
+
 def mask_corrected_fsc(half1, half2, mask, pixel_size_A: float, randomize_at_fsc: float = 0.8,
-                       rng=0) -> MaskedFSC:
+                       rng=0, n_draws: int = PHASE_DRAWS) -> MaskedFSC:
     """Unmasked, masked, phase-randomised masked and corrected FSC of two half-maps (Chen et al. 2013).
 
-    Both half-maps get independent random phases beyond :func:`randomize_shell` of the unmasked FSC.
+    Both half-maps get independent random phases beyond :func:`randomize_shell` of the unmasked FSC. The
+    randomised masked FSC is its expectation over the phases (``n_draws=0``, the default:
+    :func:`expected_randomized_masked_fsc`, deterministic) or the mean over ``n_draws`` phase draws
+    (:func:`randomized_masked_fsc` with ``rng``; ``n_draws=1`` is the single draw of Chen et al. 2013).
     """
     rng = np.random.default_rng(rng)
     un = fsc(half1, half2, pixel_size_A)
     ms = fsc(half1, half2, pixel_size_A, mask=mask)
     k0 = randomize_shell(un.curve, randomize_at_fsc)
     if k0 < len(un.curve):
-        r1 = randomize_phases(half1, k0, rng)
-        r2 = randomize_phases(half2, k0, rng)
-        rnd = fsc(r1, r2, pixel_size_A, mask=mask)
+        if n_draws > 0:
+            rnd = randomized_masked_fsc(half1, half2, mask, pixel_size_A, k0, n_draws, rng)
+        else:
+            rnd = expected_randomized_masked_fsc(half1, half2, mask, pixel_size_A, k0)
     else:  # the FSC never drops below the threshold: nothing to randomise
         rnd = ms
     corr = correct_fsc(ms.curve, rnd.curve, k0 + CORRECT_AFTER)
@@ -330,15 +429,18 @@ class PostprocessResult:
 
 def postprocess(half1, half2, pixel_size_A: float, mask=None, *, bfactor_A2: float | str = "auto",
                 locres: bool = False, randomize_at_fsc: float = 0.8, d_low_A: float = 10.0,
-                threshold: float = 0.143, rng=0, job=None, progress: bool = False) -> PostprocessResult:
+                threshold: float = 0.143, rng=0, phase_draws: int = PHASE_DRAWS, job=None,
+                progress: bool = False) -> PostprocessResult:
     """Post-process two half-maps (cubic, same box, ``pixel_size_A`` Å/voxel).
 
     ``mask``: soft solvent mask; default :func:`cryoprism.image.auto_mask` of the half-maps' average.
     ``bfactor_A2``: ``"auto"`` (Guinier fit of the FSC-weighted masked average between ``d_low_A`` and
     the resolution; 0 when that band has fewer than 3 shells) or the B-factor to apply (Å², negative
-    sharpens). ``locres``: also compute :func:`local_resolution`. With ``job``
-    (:class:`cryoprism.io.job.Job`) writes ``mask.mrc``, ``postprocess.mrc`` (sharpened, FSC-weighted,
-    low-passed at the resolution, masked), ``fsc.csv``, ``fsc.png`` and ``locres.mrc``.
+    sharpens). ``phase_draws``: 0 (default) uses the randomised masked FSC's expectation over the
+    phases, ``n > 0`` the mean of ``n`` draws from ``rng``. ``locres``: also compute
+    :func:`local_resolution`. With ``job`` (:class:`cryoprism.io.job.Job`) writes ``mask.mrc``,
+    ``postprocess.mrc`` (sharpened, FSC-weighted, low-passed at the resolution, masked), ``fsc.csv``,
+    ``fsc.png`` and ``locres.mrc``.
     """
     from cryoprism.image.masks import auto_mask as _auto_mask
 
@@ -350,7 +452,7 @@ def postprocess(half1, half2, pixel_size_A: float, mask=None, *, bfactor_A2: flo
     is_auto = mask is None
     m = _auto_mask(avg, pixel_size_A) if is_auto else np.asarray(mask, dtype=np.float32)
     log = job.log if job is not None else None
-    curves = mask_corrected_fsc(a, b, m, pixel_size_A, randomize_at_fsc, rng)
+    curves = mask_corrected_fsc(a, b, m, pixel_size_A, randomize_at_fsc, rng, phase_draws)
     res = curves.resolution_A(threshold)
     if log:
         log.info("phases randomised from shell %d (%.2f Å); resolution %.2f Å", curves.randomize_shell,
