@@ -377,11 +377,10 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                     k_lim=k_lim, step_deg=step_deg, shift_step=shift_step, history=history, iteration=it,
                     support_px=support_px)
     bar.close()
-    # final maps at full box, full map from all particles
-    imgs = _images_at(stack, L, st.batch_size, n_workers)
-    maps = _reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers, support_px)
-    full = _reconstruct(imgs, rot, org, ctf, px, np.arange(n), group, n_workers, support_px)
-    f = _fsc(maps[0], maps[1], px)
+    # final maps at full box, full map from all particles (the step the benchmark's oracle repeats)
+    gold = reconstruct_gold_standard(stack, rot, org * px, halves, support_px=support_px, symmetry=st.symmetry,
+                                     n_workers=n_workers, batch_size=st.batch_size)
+    maps, full, f = list(gold.half_maps), gold.volume, gold.fsc
     res = resolution_at(f, 0.143)
     sol = user_mask if user_mask is not None else auto_solvent_mask(full, px)
     fm = _fsc(maps[0], maps[1], px, mask=sol) if sol is not None else None
@@ -390,7 +389,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     table = _output_table(stack, rot, origins_A, halves)
     info = {"iterations": len(history), "time_s": round(time.perf_counter() - t_start, 2),
             "cpu_s": round(time.process_time() - cpu_start, 2), "symmetry": st.symmetry,
-            "ctf": ctf is not None}
+            "ctf": ctf is not None, "support_px": round(float(support_px), 2)}
     return RefineResult(full, tuple(maps), f, fm, sol, rot, origins_A, halves + 1, history, res, res_m, px,
                         table, info)
 
@@ -430,6 +429,48 @@ def _support_radius(maps, L: int) -> float:
     r = particle_radius_px(maps[0], maps[1])
     cap = L / 2 - 2
     return cap if r is None else float(min(cap, r * L / Lw + SUPPORT_MARGIN_PX))
+
+
+@dataclass
+class GoldStandardMaps:
+    """Result of :func:`reconstruct_gold_standard`: the two half-maps, the map from all particles,
+    the half-maps' FSC and the support radius (full-box px) they were reconstructed in."""
+
+    half_maps: tuple
+    volume: np.ndarray
+    fsc: object
+    support_px: float
+
+
+def reconstruct_gold_standard(source, rotations, origins_A, halves=None, *, support_px: float | None = None,
+                              symmetry: str = "C1", seed: int = 0, n_workers=None,
+                              batch_size: int = 128) -> GoldStandardMaps:
+    """The final reconstruction step of :func:`refine` at given poses (no search).
+
+    Each half-set (``halves``: labels 0/1; default the split :func:`refine` makes,
+    :func:`half_set_labels` with ``seed``) is reconstructed at full box from its own particles with its
+    own Wiener prior (:func:`_reconstruct`) inside one support radius ``support_px`` (full-box px) for
+    both; the full map from all particles inside the same radius; the FSC of the half-maps.
+    ``support_px=None`` applies :func:`refine`'s rule at these poses: half-maps inside the references'
+    sphere ``L/2 − 2`` (the first iteration's support), then the particle radius measured between
+    them (:func:`_support_radius`). :func:`refine` passes the radius measured between its last
+    iteration's half-maps; at the true poses this is the fair oracle of the refinement (same split,
+    same support rule, same prior rule, same box; only the poses differ).
+    """
+    stack = source
+    n, L, px = int(stack.n), int(stack.box), float(stack.pixel_size_A)
+    lab = half_set_labels(n, getattr(stack, "table", None), seed) if halves is None else np.asarray(halves)
+    sel = [np.flatnonzero(lab == h) for h in range(2)]
+    group = symmetry_group(symmetry)
+    rot = np.asarray(rotations, np.float64).reshape(n, 3, 3)
+    org = np.asarray(origins_A, np.float64).reshape(n, 2) / px
+    ctf = stack.ctf_params() if stack.has_ctf else None
+    imgs = _images_at(stack, L, batch_size, n_workers)
+    if support_px is None:
+        support_px = _support_radius(_reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers, L / 2 - 2), L)
+    maps = _reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers, support_px)
+    full = _reconstruct(imgs, rot, org, ctf, px, np.arange(n), group, n_workers, support_px)
+    return GoldStandardMaps(tuple(maps), full, _fsc(maps[0], maps[1], px), float(support_px))
 
 
 def _reconstruct(imgs, rot, org_px, ctf, px, idx, group, n_workers, support_px):
