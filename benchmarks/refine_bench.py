@@ -185,6 +185,10 @@ def main_section(res, a, stack, start, vol, px, sim, out, kw):
              support_px=r.info.get("support_px"), same_halves_as_oracle=bool(np.array_equal(r.subsets - 1,
                                                                                              res["_halves"])))
     s.update(versus_oracle(s, res["oracle"]))
+    resc = np.asarray(r.info.get("rescued_indices", []), np.int64)
+    if resc.size:  # particles searched over all shifts again in the second global pass
+        ang = angular_distance_deg(sim.rotations[resc], r.rotations[resc])
+        s.update(rescued=int(resc.size), rescued_frac_angle_error_gt_20deg=float(np.mean(ang > 20)))
     s["gold_minus_truth_shells"] = s["gold_fsc0143_shell"] - s["fsc05_vs_truth_shell"]
     res["cryoprism"] = s
     res["load_avg_after_cryoprism"] = os.getloadavg()[0]
@@ -297,6 +301,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="refine_bench_out")
     ap.add_argument("--max-iterations", type=int, default=None)
+    ap.add_argument("--rescue-ratio", type=float, default=None,
+                    help="override RefineSettings.rescue_ratio (experiments; default: the library's)")
     ap.add_argument("--partial", help="also write the JSON so far to this file after every section")
     ap.add_argument("--two-state", help="second map: K = 2 classification vs the covariance route")
     ap.add_argument("--two-state-n", type=int, default=2000)
@@ -340,6 +346,8 @@ def main(argv=None):
                                       "support_px": old.info.get("mask_radius_px"),
                                       "time_s": round(time.perf_counter() - t0, 1)}
     kw = {} if a.max_iterations is None else {"max_iterations": a.max_iterations}
+    if a.rescue_ratio is not None:
+        kw["rescue_ratio"] = a.rescue_ratio
 
     def dump():
         if a.partial:

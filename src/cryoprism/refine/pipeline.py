@@ -57,6 +57,8 @@ class RefineSettings:
     shift_range_px: float | None = None  # translational search radius of the first iteration (default L/4)
     coarse_grid_size: int = 576  # rotations of the first iteration's translational search (~30° spacing)
     origin_candidates: int = 5  # origins kept by that search, each searched with the whole grid
+    rescue_ratio: float = 0.0  # later global passes: particles whose fitted scale at their best grid pose is
+    # below this fraction of the batch's median are searched over all shifts again (0: off)
     noise: str = "shell"  # "shell" (per-shell spectrum from residuals) or "white"
     margin_shells: int = 3  # shells beyond the FSC=0.143 shell that the next iteration compares
     symmetry: str = "C1"
@@ -242,6 +244,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     shift_step = st.local_shift_step_px
     min_step = st.min_step_deg or float(np.rad2deg(0.5 / (L / 2)))
     history: list[dict] = []
+    rescued_idx = np.zeros(0, np.int64)  # particles searched over all shifts again (last rescue pass)
     it0 = 0
     ck = job.checkpoints if job is not None else None
     if ck is not None:
@@ -278,17 +281,20 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         old_rot = rot.copy()
         res_acc = np.zeros(int(fs.shell.max()) + 1)
         cnt_acc = np.zeros_like(res_acc)
+        rescued = []
         first = it == 0
         regrid = it < st.global_iterations
         if regrid:
             n_dir, n_psi = so3_grid_views_for(st.grid_size if first else st.regrid_size)
             grid, _ = so3_grid_views(n_dir, n_psi)
             grid_step = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir)))
-        if first:
+        rescue = regrid and not first and st.rescue_ratio > 0
+        if first or rescue:
             g_step = max(1.0, L / (4 * max(k_lim, 1)))
             offsets_all = search.shift_grid(st.shift_range_px or L / 4, g_step)  # the whole shift range
             offsets0 = search.shift_grid(g_step, g_step)  # around each candidate origin
             coarse, _ = so3_grid_views(*so3_grid_views_for(st.coarse_grid_size))
+        if first:
             shift_step = g_step / 2
             step_deg = grid_step / 2
         # coarse-to-fine stages: the stencil step halves from the grid's half-spacing (global
@@ -302,7 +308,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         for h in range(2):
             idx_h = sel[h]
             P = search.GridSlices.of(search.slices(refs_w[h], grid, fs, wk[h])) if regrid else None
-            Pc = search.GridSlices.of(search.slices(refs_w[h], coarse, fs, wk[h])) if first else None
+            Pc = search.GridSlices.of(search.slices(refs_w[h], coarse, fs, wk[h])) if first or rescue else None
 
             def job_s(r, idx_h=idx_h, h=h, P=P, Pc=Pc):
                 idx = idx_h[r[0]:r[1]]
@@ -310,6 +316,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                 C = _ctf_at(ctf, idx, Lw, px_w, fs)
                 o_start = org[idx]
                 start = rot[idx][:, None]
+                flagged = idx[:0]
                 if P is not None:  # the whole grid: a shortlist of rotations (and origins)
                     A = (np.conj(Y) * C * inv_s2[None]).astype(np.complex64)
                     if first:  # all shifts against a coarse grid → candidate origins → the whole grid
@@ -318,9 +325,18 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                         sl = search.global_search(A, C * C * inv_s2[None], P, o0, offsets0, fs, L, st.shortlist)
                         start, o_start = grid[sl.index], sl.origins_px
                     else:
-                        sl = search.global_search(A, C * C * inv_s2[None], P, o_start, np.zeros((1, 2)), fs, L,
-                                                  st.shortlist)
+                        w2 = C * C * inv_s2[None]
+                        sl = search.global_search(A, w2, P, o_start, np.zeros((1, 2)), fs, L, st.shortlist)
                         start = np.concatenate([start, grid[sl.index]], axis=1)
+                        if rescue:  # low fitted scale: all shifts again, against the better map
+                            low = search.low_scale(sl, w2, P, st.rescue_ratio)
+                            o_start = np.repeat(o_start[:, None], start.shape[1], axis=1)
+                            if low.any():
+                                o0 = search.origin_candidates(A[low], w2[low], Pc, offsets_all, fs, L,
+                                                              st.origin_candidates, 2.0 * g_step)
+                                s2 = search.global_search(A[low], w2[low], P, o0, offsets0, fs, L, st.shortlist)
+                                start[low, 1:], o_start[low, 1:] = grid[s2.index], s2.origins_px
+                            flagged = idx[low]
                 lr = None
                 for j, (sd, ss) in enumerate(zip(steps, shifts)):
                     stencil = search.rotation_stencil(sd)
@@ -328,11 +344,12 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                     lr = search.local_search(Y, C, inv_s2, refs_w[h], cand, o_start,
                                              search.shift_grid(1.5 * ss, ss), fs, L, wk[h])
                     start, o_start = lr.rotations[:, None], lr.origins_px
-                return idx, lr
+                return idx, lr, flagged
 
             ranges = [(a, min(a + st.batch_size, len(idx_h))) for a in range(0, len(idx_h), st.batch_size)]
-            for idx, lr in map_batches(job_s, ranges, n_workers=n_workers, progress=False):
+            for idx, lr, flagged in map_batches(job_s, ranges, n_workers=n_workers, progress=False):
                 rot[idx], org[idx] = lr.rotations, lr.origins_px
+                rescued.append(flagged)
                 res_acc += lr.residual_shell
                 cnt_acc += lr.count_shell
         step_deg = max(min_step, steps[-1] / 2)
@@ -361,7 +378,9 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                "compared_resolution_A": round(L * px / max(fs.k_max, 1e-9), 2),
                "resolution_A": round(res143, 3), "step_deg": round(float(step_deg), 3),
                "shift_step_px": round(float(shift_step), 3), "median_angle_change_deg": dang,
-               "time_s": round(time.perf_counter() - t_it, 2)}
+               "time_s": round(time.perf_counter() - t_it, 2), "rescued": int(sum(len(r) for r in rescued))}
+        if rescue:
+            rescued_idx = np.sort(np.concatenate(rescued))
         converged = bool(it >= 3 and stale >= 2 and step_deg <= min_step + 1e-9
                          and (np.isnan(dang) or dang <= 2 * min_step))
         rec["converged"] = converged
@@ -389,7 +408,8 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     table = _output_table(stack, rot, origins_A, halves)
     info = {"iterations": len(history), "time_s": round(time.perf_counter() - t_start, 2),
             "cpu_s": round(time.process_time() - cpu_start, 2), "symmetry": st.symmetry,
-            "ctf": ctf is not None, "support_px": round(float(support_px), 2)}
+            "ctf": ctf is not None, "support_px": round(float(support_px), 2),
+            "rescued_indices": rescued_idx}
     return RefineResult(full, tuple(maps), f, fm, sol, rot, origins_A, halves + 1, history, res, res_m, px,
                         table, info)
 
