@@ -303,6 +303,8 @@ def main(argv=None):
     ap.add_argument("--max-iterations", type=int, default=None)
     ap.add_argument("--rescue-ratio", type=float, default=None,
                     help="override RefineSettings.rescue_ratio (experiments; default: the library's)")
+    ap.add_argument("--global-iterations", type=int, default=None,
+                    help="override RefineSettings.global_iterations (experiments; default: the library's)")
     ap.add_argument("--partial", help="also write the JSON so far to this file after every section")
     ap.add_argument("--two-state", help="second map: K = 2 classification vs the covariance route")
     ap.add_argument("--two-state-n", type=int, default=2000)
@@ -348,6 +350,8 @@ def main(argv=None):
     kw = {} if a.max_iterations is None else {"max_iterations": a.max_iterations}
     if a.rescue_ratio is not None:
         kw["rescue_ratio"] = a.rescue_ratio
+    if a.global_iterations is not None:
+        kw["global_iterations"] = a.global_iterations
 
     def dump():
         if a.partial:

@@ -57,7 +57,7 @@ class RefineSettings:
     shift_range_px: float | None = None  # translational search radius of the first iteration (default L/4)
     coarse_grid_size: int = 576  # rotations of the first iteration's translational search (~30° spacing)
     origin_candidates: int = 5  # origins kept by that search, each searched with the whole grid
-    rescue_ratio: float = 0.0  # later global passes: particles whose fitted scale at their best grid pose is
+    rescue_ratio: float = 0.8  # later global passes: particles whose fitted scale at their best grid pose is
     # below this fraction of the batch's median are searched over all shifts again (0: off)
     noise: str = "shell"  # "shell" (per-shell spectrum from residuals) or "white"
     margin_shells: int = 3  # shells beyond the FSC=0.143 shell that the next iteration compares
