@@ -217,6 +217,9 @@ def sections(res, a, stack, start, vol, px, sim, out, kw, dump):
         s2["gold_minus_truth_shells"] = s2["gold_fsc0143_shell"] - s2["fsc05_vs_truth_shell"]
         # a mirrored start may converge to the mirrored truth: score that hand too
         s2["fsc05_vs_mirrored_truth_A"] = resolution_at(fsc(r2.volume, mirror_z(vol), px), 0.5)
+        if key == "wrong_hand":  # the oracle of the other hand has the same curve (mirrored map and poses)
+            m = vs_truth(r2.volume, mirror_z(vol), px)
+            s2["vs_mirrored_truth"] = {**{k: m[k] for k in m if k != "fsc_vs_truth"}, **versus_oracle(m, res["oracle"])}
         res[key] = s2
         dump()
     if a.relion:
