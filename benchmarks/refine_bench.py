@@ -2,9 +2,11 @@
 
 Simulates ``n`` particles from a map (64², CTF with defocus 1–3 µm, random shifts σ = 4 px, SNR 0.05),
 writes them as a RELION 3.1 STAR without poses, and refines from the map low-passed to 40 Å. Reports
-the median angular and shift errors, the FSC 0.5 resolution against the truth next to the oracle
-(reconstruction from the true poses, same run), the gold-standard FSC 0.143, wall and CPU time and
-the time per iteration. Optional: a start from another map (``--wrong-map``) or from the mirrored truth
+the median angular and shift errors, the FSC against the truth (0.5 and 0.143 crossings, the curve)
+next to the oracle's — the refinement's own final reconstruction step (``reconstruct_gold_standard``:
+same half-set split, support rule and prior) at the true poses, same run — and the mean difference of
+the two curves over shells 10–32, the gold-standard FSC 0.143, wall and CPU time and the time per
+iteration. Optional: a start from another map (``--wrong-map``) or from the mirrored truth
 (``--wrong-hand``), RELION 3.1 auto-refine
 on the same STAR (``--relion``, on the first ``--relion-n`` particles, stopped after
 ``--relion-budget-s``; its last finished iteration is scored), and a time-per-iteration table over n
