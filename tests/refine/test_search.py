@@ -96,3 +96,23 @@ def test_translational_search_finds_large_shifts_and_the_grid_search_uses_its_ca
     sl = global_search(A, w2, P, cand, shift_grid(1, 1), fs, L, top=2)
     assert np.array_equal(sl.index[:, 0], pick)
     np.testing.assert_allclose(sl.origins_px[:, 0], org, atol=1e-9)
+
+
+def test_low_scale_flags_the_particles_searched_at_a_wrong_origin(rng):
+    """Noise-free particles have fitted scale 1 at their true pose; those whose true origin lies 6 px from
+    the searched one fit no grid projection well (scale well below the batch's median) and are flagged."""
+    from cryoprism.refine.search import low_scale
+
+    vol = _volume()
+    grid = so3_grid(300)
+    pick = rng.choice(300, 8, replace=False)
+    org = np.zeros((8, 2))
+    far = np.array([1, 4, 6])
+    org[far] = [[6, 0], [0, -6], [-4, 5]]
+    im, c = _data(vol, grid[pick], org, rng)
+    fs = fourier_set(L, 8)
+    Y = fft2c(im)[:, fs.iy, fs.ix]
+    C = c[:, fs.iy, fs.ix]
+    P = GridSlices.of(fft2c(project(vol, grid))[:, fs.iy, fs.ix])
+    sl = global_search(np.conj(Y) * C, C * C, P, np.zeros((8, 2)), np.zeros((1, 2)), fs, L, top=2)
+    assert np.array_equal(np.flatnonzero(low_scale(sl, C * C, P, 0.8)), far)

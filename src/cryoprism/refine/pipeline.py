@@ -57,6 +57,8 @@ class RefineSettings:
     shift_range_px: float | None = None  # translational search radius of the first iteration (default L/4)
     coarse_grid_size: int = 576  # rotations of the first iteration's translational search (~30° spacing)
     origin_candidates: int = 5  # origins kept by that search, each searched with the whole grid
+    rescue_ratio: float = 0.8  # later global passes: particles whose fitted scale at their best grid pose is
+    # below this fraction of the batch's median are searched over all shifts again (0: off)
     noise: str = "shell"  # "shell" (per-shell spectrum from residuals) or "white"
     margin_shells: int = 3  # shells beyond the FSC=0.143 shell that the next iteration compares
     symmetry: str = "C1"
@@ -307,6 +309,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     shift_step = st.local_shift_step_px
     min_step = st.min_step_deg or float(np.rad2deg(0.5 / (L / 2)))
     history: list[dict] = []
+    rescued_idx = np.zeros(0, np.int64)  # particles searched over all shifts again (last rescue pass)
     it0 = 0
     ck = job.checkpoints if job is not None else None
     if ck is not None:
@@ -343,17 +346,20 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         old_rot = rot.copy()
         res_acc = np.zeros(int(fs.shell.max()) + 1)
         cnt_acc = np.zeros_like(res_acc)
+        rescued = []
         first = it == 0
         regrid = it < st.global_iterations
         if regrid:
             n_dir, n_psi = so3_grid_views_for(st.grid_size if first else st.regrid_size)
             grid, _ = so3_grid_views(n_dir, n_psi)
             grid_step = float(np.rad2deg(np.sqrt(4 * np.pi / n_dir)))
-        if first:
+        rescue = regrid and not first and st.rescue_ratio > 0
+        if first or rescue:
             g_step = max(1.0, L / (4 * max(k_lim, 1)))
             offsets_all = search.shift_grid(st.shift_range_px or L / 4, g_step)  # the whole shift range
             offsets0 = search.shift_grid(g_step, g_step)  # around each candidate origin
             coarse, _ = so3_grid_views(*so3_grid_views_for(st.coarse_grid_size))
+        if first:
             shift_step = g_step / 2
             step_deg = grid_step / 2
         # coarse-to-fine stages: the stencil step halves from the grid's half-spacing (global
@@ -367,7 +373,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
         for h in range(2):
             idx_h = sel[h]
             P = search.GridSlices.of(search.slices(refs_w[h], grid, fs, wk[h])) if regrid else None
-            Pc = search.GridSlices.of(search.slices(refs_w[h], coarse, fs, wk[h])) if first else None
+            Pc = search.GridSlices.of(search.slices(refs_w[h], coarse, fs, wk[h])) if first or rescue else None
 
             def job_s(r, idx_h=idx_h, h=h, P=P, Pc=Pc):
                 idx = idx_h[r[0]:r[1]]
@@ -375,6 +381,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                 C = _ctf_at(ctf, idx, Lw, px_w, fs)
                 o_start = org[idx]
                 start = rot[idx][:, None]
+                flagged = idx[:0]
                 if P is not None:  # the whole grid: a shortlist of rotations (and origins)
                     A = (np.conj(Y) * C * inv_s2[None]).astype(np.complex64)
                     if first:  # all shifts against a coarse grid → candidate origins → the whole grid
@@ -383,9 +390,18 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                         sl = search.global_search(A, C * C * inv_s2[None], P, o0, offsets0, fs, L, st.shortlist)
                         start, o_start = grid[sl.index], sl.origins_px
                     else:
-                        sl = search.global_search(A, C * C * inv_s2[None], P, o_start, np.zeros((1, 2)), fs, L,
-                                                  st.shortlist)
+                        w2 = C * C * inv_s2[None]
+                        sl = search.global_search(A, w2, P, o_start, np.zeros((1, 2)), fs, L, st.shortlist)
                         start = np.concatenate([start, grid[sl.index]], axis=1)
+                        if rescue:  # low fitted scale: all shifts again, against the better map
+                            low = search.low_scale(sl, w2, P, st.rescue_ratio)
+                            o_start = np.repeat(o_start[:, None], start.shape[1], axis=1)
+                            if low.any():
+                                o0 = search.origin_candidates(A[low], w2[low], Pc, offsets_all, fs, L,
+                                                              st.origin_candidates, 2.0 * g_step)
+                                s2 = search.global_search(A[low], w2[low], P, o0, offsets0, fs, L, st.shortlist)
+                                start[low, 1:], o_start[low, 1:] = grid[s2.index], s2.origins_px
+                            flagged = idx[low]
                 lr = None
                 for j, (sd, ss) in enumerate(zip(steps, shifts)):
                     stencil = search.rotation_stencil(sd)
@@ -393,11 +409,12 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                     lr = search.local_search(Y, C, inv_s2, refs_w[h], cand, o_start,
                                              search.shift_grid(1.5 * ss, ss), fs, L, wk[h])
                     start, o_start = lr.rotations[:, None], lr.origins_px
-                return idx, lr
+                return idx, lr, flagged
 
             ranges = [(a, min(a + st.batch_size, len(idx_h))) for a in range(0, len(idx_h), st.batch_size)]
-            for idx, lr in map_batches(job_s, ranges, n_workers=n_workers, progress=False):
+            for idx, lr, flagged in map_batches(job_s, ranges, n_workers=n_workers, progress=False):
                 rot[idx], org[idx] = lr.rotations, lr.origins_px
+                rescued.append(flagged)
                 res_acc += lr.residual_shell
                 cnt_acc += lr.count_shell
         step_deg = max(min_step, steps[-1] / 2)
@@ -426,7 +443,9 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                "compared_resolution_A": round(L * px / max(fs.k_max, 1e-9), 2),
                "resolution_A": round(res143, 3), "step_deg": round(float(step_deg), 3),
                "shift_step_px": round(float(shift_step), 3), "median_angle_change_deg": dang,
-               "time_s": round(time.perf_counter() - t_it, 2)}
+               "time_s": round(time.perf_counter() - t_it, 2), "rescued": int(sum(len(r) for r in rescued))}
+        if rescue:
+            rescued_idx = np.sort(np.concatenate(rescued))
         converged = bool(it >= 3 and stale >= 2 and step_deg <= min_step + 1e-9
                          and (np.isnan(dang) or dang <= 2 * min_step))
         rec["converged"] = converged
@@ -442,11 +461,10 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
                     k_lim=k_lim, step_deg=step_deg, shift_step=shift_step, history=history, iteration=it,
                     support_px=support_px)
     bar.close()
-    # final maps at full box, full map from all particles
-    imgs = _images_at(stack, L, st.batch_size, n_workers)
-    maps = _reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers, support_px)
-    full = _reconstruct(imgs, rot, org, ctf, px, np.arange(n), group, n_workers, support_px)
-    f_raw = _fsc(maps[0], maps[1], px)
+    # final maps at full box, full map from all particles (the step the benchmark's oracle repeats)
+    gs = reconstruct_gold_standard(stack, rot, org * px, halves, support_px=support_px, symmetry=st.symmetry,
+                                   n_workers=n_workers, batch_size=st.batch_size)
+    maps, full, f_raw = list(gs.half_maps), gs.volume, gs.fsc
     gold = start_corrected_fsc(f_raw, maps, px, shared_shells, support_px, st.seed)
     f, res = gold.corrected, gold.resolution_A
     if log and not gold.validated:
@@ -462,7 +480,8 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
             "ctf": ctf is not None, "start_resolution_A": round(float(lp_A), 3),
             "independent_from_shell": shared_shells, "resolution_validated": gold.validated,
             "resolution_uncorrected_A": resolution_at(f_raw, 0.143),
-            "fsc_uncorrected": [float(c) for c in f_raw.curve]}
+            "fsc_uncorrected": [float(c) for c in f_raw.curve],
+            "support_px": round(float(support_px), 2), "rescued_indices": rescued_idx}
     return RefineResult(full, tuple(maps), f, fm, sol, rot, origins_A, halves + 1, history, res, res_m, px,
                         table, info)
 
@@ -502,6 +521,48 @@ def _support_radius(maps, L: int) -> float:
     r = particle_radius_px(maps[0], maps[1])
     cap = L / 2 - 2
     return cap if r is None else float(min(cap, r * L / Lw + SUPPORT_MARGIN_PX))
+
+
+@dataclass
+class GoldStandardMaps:
+    """Result of :func:`reconstruct_gold_standard`: the two half-maps, the map from all particles,
+    the half-maps' FSC and the support radius (full-box px) they were reconstructed in."""
+
+    half_maps: tuple
+    volume: np.ndarray
+    fsc: object
+    support_px: float
+
+
+def reconstruct_gold_standard(source, rotations, origins_A, halves=None, *, support_px: float | None = None,
+                              symmetry: str = "C1", seed: int = 0, n_workers=None,
+                              batch_size: int = 128) -> GoldStandardMaps:
+    """The final reconstruction step of :func:`refine` at given poses (no search).
+
+    Each half-set (``halves``: labels 0/1; default the split :func:`refine` makes,
+    :func:`half_set_labels` with ``seed``) is reconstructed at full box from its own particles with its
+    own Wiener prior (:func:`_reconstruct`) inside one support radius ``support_px`` (full-box px) for
+    both; the full map from all particles inside the same radius; the FSC of the half-maps.
+    ``support_px=None`` applies :func:`refine`'s rule at these poses: half-maps inside the references'
+    sphere ``L/2 − 2`` (the first iteration's support), then the particle radius measured between
+    them (:func:`_support_radius`). :func:`refine` passes the radius measured between its last
+    iteration's half-maps; at the true poses this is the fair oracle of the refinement (same split,
+    same support rule, same prior rule, same box; only the poses differ).
+    """
+    stack = source
+    n, L, px = int(stack.n), int(stack.box), float(stack.pixel_size_A)
+    lab = half_set_labels(n, getattr(stack, "table", None), seed) if halves is None else np.asarray(halves)
+    sel = [np.flatnonzero(lab == h) for h in range(2)]
+    group = symmetry_group(symmetry)
+    rot = np.asarray(rotations, np.float64).reshape(n, 3, 3)
+    org = np.asarray(origins_A, np.float64).reshape(n, 2) / px
+    ctf = stack.ctf_params() if stack.has_ctf else None
+    imgs = _images_at(stack, L, batch_size, n_workers)
+    if support_px is None:
+        support_px = _support_radius(_reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers, L / 2 - 2), L)
+    maps = _reconstruct_halves(imgs, rot, org, ctf, px, sel, group, n_workers, support_px)
+    full = _reconstruct(imgs, rot, org, ctf, px, np.arange(n), group, n_workers, support_px)
+    return GoldStandardMaps(tuple(maps), full, _fsc(maps[0], maps[1], px), float(support_px))
 
 
 def _reconstruct(imgs, rot, org_px, ctf, px, idx, group, n_workers, support_px):

@@ -169,6 +169,17 @@ def global_search(A: np.ndarray, w2: np.ndarray, grid: GridSlices, origins_px: n
     return Shortlist(idx, sc, np.take_along_axis(cand, chosen[:, :, None], axis=1))
 
 
+def low_scale(shortlist: Shortlist, w2: np.ndarray, grid: GridSlices, ratio: float) -> np.ndarray:
+    """Particles of a batch whose fitted scale at their best grid pose, ``â = score / ‖C P‖_σ``
+    (the amplitude that maximises the likelihood, :func:`local_search`), is below ``ratio`` times
+    the batch's median: ``(b,)`` bool. A particle at a wrong origin correlates with no projection of
+    the grid, so its best score is small for its expected signal norm."""
+    best = shortlist.index[:, 0]
+    norm = np.sqrt(np.maximum(np.einsum("bk,bk->b", w2.astype(np.float32), grid.power[best]), 1e-30))
+    a = shortlist.score[:, 0] / norm
+    return a < ratio * np.median(a)
+
+
 def origin_candidates(A: np.ndarray, w2: np.ndarray, grid: GridSlices, offsets_px: np.ndarray, fs: FourierSet,
                       L_full: int, top: int = 4, min_separation_px: float = 2.0) -> np.ndarray:
     """Translational search of a batch: every offset of ``offsets_px`` ``(t, 2)`` (all shifts of the
