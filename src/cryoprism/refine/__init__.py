@@ -3,9 +3,17 @@
 See docs/refine.md for the scoring, the searches and the measured results.
 """
 
-from cryoprism.refine.pipeline import RefineResult, RefineSettings, match_reference, refine
+from cryoprism.refine.pipeline import (
+    GoldStandardMaps,
+    RefineResult,
+    RefineSettings,
+    match_reference,
+    reconstruct_gold_standard,
+    refine,
+)
 from cryoprism.refine.search import fourier_set, global_search, local_search, rotation_stencil
 from cryoprism.refine.symmetry import symmetrize, symmetry_group
 
-__all__ = ["refine", "RefineResult", "RefineSettings", "match_reference", "fourier_set", "global_search",
+__all__ = ["refine", "RefineResult", "RefineSettings", "match_reference", "reconstruct_gold_standard",
+           "GoldStandardMaps", "fourier_set", "global_search",
            "local_search", "rotation_stencil", "symmetry_group", "symmetrize"]
