@@ -16,9 +16,11 @@ in ``truth.npy``). Every program reads that same STAR, in its own process:
 * cryoDRGN (Zhong et al. 2021; its own venv, torch CPU): ``cryodrgn downsample`` to ``--drgn-box``,
   ``parse_pose_star`` / ``parse_ctf_star``, ``train_vae`` with the poses fixed (zdim 8, a small
   network and few epochs to fit the CPU budget: ``--drgn-*``), then the same k-means / mixture on the
-  final ``z``.
+  final ``z``, and on each epoch's ``z`` beside the epoch's losses from ``run.log`` (is it still
+  learning?).
 
-Accuracy: best permutation of the labels against the truth (``matched_accuracy``). Time: wall and
+Accuracy: best permutation of the labels against the truth (``matched_accuracy``), with the confusion
+matrix (rows the true states); each set carries a SHA-256 prefix of its images and truth. Time: wall and
 CPU (``RUSAGE_CHILDREN`` user + system of the subprocesses, which waited for their own children), each
 program alone, one after the other, nice'd, with 2 threads (OMP_NUM_THREADS, XLA_FLAGS,
 torch.set_num_threads via the env). Prints one JSON object.
@@ -332,6 +334,7 @@ def run_set(k: int, n: int, snr: float, work: Path, args) -> dict:
     data = make_set(k, n, snr, work, seed=args.seed)
     res = {"states": k, "n": n, "L": data["box"], "snr_het": snr, "defocus_groups": 7,
            "oracle_accuracy_nres32": data.get("oracle_accuracy_nres32"),
+           "sha256_images": data.get("sha256_images"), "sha256_truth": data.get("sha256_truth"),
            "simulate_seconds": round(time.perf_counter() - t0, 1)}
     for prog in [p.strip() for p in args.programs.split(",")]:
         if prog in ("cryoprism", "cryoprism_k"):
