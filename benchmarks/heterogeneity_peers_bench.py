@@ -16,9 +16,11 @@ in ``truth.npy``). Every program reads that same STAR, in its own process:
 * cryoDRGN (Zhong et al. 2021; its own venv, torch CPU): ``cryodrgn downsample`` to ``--drgn-box``,
   ``parse_pose_star`` / ``parse_ctf_star``, ``train_vae`` with the poses fixed (zdim 8, a small
   network and few epochs to fit the CPU budget: ``--drgn-*``), then the same k-means / mixture on the
-  final ``z``.
+  final ``z``, and on each epoch's ``z`` beside the epoch's losses from ``run.log`` (is it still
+  learning?).
 
-Accuracy: best permutation of the labels against the truth (``matched_accuracy``). Time: wall and
+Accuracy: best permutation of the labels against the truth (``matched_accuracy``), with the confusion
+matrix (rows the true states); each set carries a SHA-256 prefix of its images and truth. Time: wall and
 CPU (``RUSAGE_CHILDREN`` user + system of the subprocesses, which waited for their own children), each
 program alone, one after the other, nice'd, with 2 threads (OMP_NUM_THREADS, XLA_FLAGS,
 torch.set_num_threads via the env). Prints one JSON object.
@@ -140,7 +142,7 @@ def make_set(k: int, n: int, snr_het: float, folder: Path, seed: int = 0) -> dic
     if REUSE and (folder / "truth.npy").exists():
         oracle = json.loads((folder / "oracle.json").read_text()) if (folder / "oracle.json").exists() else {}
         return {"star": folder / "particles.star", "labels": np.load(folder / "truth.npy"),
-                "pixel_size_A": 6.55, "box": 64, "noise_var": None, **oracle}
+                "pixel_size_A": 6.55, "box": 64, "noise_var": None, **oracle, **fingerprint(folder)}
     from heterogeneity_bench import fourth_state, load_states, oracle_accuracy, simulate
 
     from cryoprism.io import ParticleStack
@@ -158,7 +160,21 @@ def make_set(k: int, n: int, snr_het: float, folder: Path, seed: int = 0) -> dic
     write_particles(folder / "particles.star", folder / "particles.mrcs", src)
     np.save(folder / "truth.npy", lab)
     return {"star": folder / "particles.star", "labels": lab, "pixel_size_A": px, "box": imgs.shape[-1],
-            "noise_var": sigma2, **oracle}
+            "noise_var": sigma2, **oracle, **fingerprint(folder)}
+
+
+def fingerprint(folder: Path) -> dict:
+    """SHA-256 (first 16 hex digits) of the images and of the truth, to tell identical sets apart."""
+    import hashlib
+
+    out = {}
+    for key, name in (("sha256_images", "particles.mrcs"), ("sha256_truth", "truth.npy")):
+        h = hashlib.sha256()
+        with open(folder / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        out[key] = h.hexdigest()[:16]
+    return out
 
 
 def cluster(z: np.ndarray, k: int, truth: np.ndarray, seed: int = 0) -> dict:
@@ -172,7 +188,16 @@ def cluster(z: np.ndarray, k: int, truth: np.ndarray, seed: int = 0) -> dict:
     km = KMeans(k, n_init=10, random_state=seed).fit_predict(z)
     gm = GaussianMixture(k, covariance_type="full", n_init=5, random_state=seed).fit(z).predict(z)
     a_km, a_gm = matched_accuracy(truth, km), matched_accuracy(truth, gm)
-    return {"accuracy_kmeans": a_km, "accuracy_gmm": a_gm, "accuracy": max(a_km, a_gm), "zdim": z.shape[1]}
+    return {"accuracy_kmeans": a_km, "accuracy_gmm": a_gm, "accuracy": max(a_km, a_gm), "zdim": z.shape[1],
+            "confusion": confusion(truth, gm if a_gm >= a_km else km)}
+
+
+def confusion(truth: np.ndarray, labels: np.ndarray) -> list[list[int]]:
+    """Counts: rows the true states, columns the labels found (in their own numbering)."""
+    t, c = np.unique(truth, return_inverse=True)[1], np.unique(labels, return_inverse=True)[1]
+    m = np.zeros((t.max() + 1, c.max() + 1), int)
+    np.add.at(m, (t, c), 1)
+    return m.tolist()
 
 
 # ------------------------------------------------------------------------------------------ programs
@@ -193,7 +218,11 @@ def run_cryoprism(data: dict, k: int | None, work: Path, limit_s: float) -> dict
     lab = read_particles(out / "classes.star").table["rlnClassNumber"].to_numpy().astype(int)
     r.update({"classes": "auto" if k is None else k, "states_found": summary.get("states"),
               "n_res": summary.get("n_res"), "accuracy": matched_accuracy(data["labels"], lab),
-              "state_test": summary.get("state_test"), "gap_ratios": summary.get("gap_ratios", [])[:3]})
+              "state_test": summary.get("state_test"), "p_values": summary.get("p_values"),
+              "states_from_eigenvalues": summary.get("states_from_eigenvalues"),
+              "states_from_bic": summary.get("states_from_bic"), "states_from_gap": summary.get("states_from_gap"),
+              "eigenvalues": summary.get("eigenvalues", [])[:6], "gap_ratios": summary.get("gap_ratios", [])[:3],
+              "class_sizes": summary.get("class_sizes"), "confusion": confusion(data["labels"], lab)})
     return r
 
 
@@ -260,10 +289,10 @@ def run_cryodrgn(data: dict, k: int, work: Path, limit_s: float, box: int, zdim:
     r["settings"] = {"box": box, "zdim": zdim, "epochs": epochs, "enc": list(enc), "dec": list(dec),
                      "batch": batch}
     final = out / "train" / "z.pkl"  # the last epoch's z
+    done = sorted(((int(p.stem.split(".")[1]), p) for p in (out / "train").glob("z.*.pkl")
+                   if p.stem.split(".")[1].isdigit()), key=lambda t: t[0])  # z.EPOCH.pkl, 1-based
     if "error" in r or not final.exists():
-        # stopped at the time limit: the z of the last epoch it finished (z.EPOCH.pkl, 1-based), if any
-        done = sorted(((int(p.stem.split(".")[1]), p) for p in (out / "train").glob("z.*.pkl")
-                       if p.stem.split(".")[1].isdigit()), key=lambda t: t[0])
+        # stopped at the time limit: the z of the last epoch it finished, if any
         if not done:
             return r
         r["epochs_completed"] = done[-1][0]
@@ -273,7 +302,29 @@ def run_cryodrgn(data: dict, k: int, work: Path, limit_s: float, box: int, zdim:
     with open(final, "rb") as fh:
         z = pickle.load(fh)
     r.update(cluster(z, k, data["labels"]))
+    r["loss_per_epoch"] = drgn_losses(out / "train" / "run.log")
+    acc = {}
+    for epoch, path in done:
+        with open(path, "rb") as fh:
+            acc[epoch] = cluster(pickle.load(fh), k, data["labels"])["accuracy"]
+    r["accuracy_per_epoch"] = acc
     return r
+
+
+def drgn_losses(log: Path) -> dict:
+    """The epoch's average losses from cryoDRGN's ``run.log`` ("====> Epoch: N Average gen loss = …")."""
+    import re
+
+    out = {}
+    if not log.exists():
+        return out
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r"Epoch: (\d+) Average gen loss = ([-+.\deE]+), KLD = ([-+.\deE]+), "
+                      r"total loss = ([-+.\deE]+)", line)
+        if m:
+            out[int(m.group(1))] = {"gen": float(m.group(2)), "kld": float(m.group(3)),
+                                    "total": float(m.group(4))}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -283,6 +334,7 @@ def run_set(k: int, n: int, snr: float, work: Path, args) -> dict:
     data = make_set(k, n, snr, work, seed=args.seed)
     res = {"states": k, "n": n, "L": data["box"], "snr_het": snr, "defocus_groups": 7,
            "oracle_accuracy_nres32": data.get("oracle_accuracy_nres32"),
+           "sha256_images": data.get("sha256_images"), "sha256_truth": data.get("sha256_truth"),
            "simulate_seconds": round(time.perf_counter() - t0, 1)}
     for prog in [p.strip() for p in args.programs.split(",")]:
         if prog in ("cryoprism", "cryoprism_k"):
