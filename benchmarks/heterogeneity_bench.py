@@ -165,16 +165,46 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
     }
 
 
-def null_runs(vols, px, n, snrs, realisations, n_res=None, partial=None, out=None):
+def null_test_case(vol, px, n, sigma2, seed, n_res=None):
+    """One single-state realisation through the part of :func:`analyze` that decides "1 state": N_res
+    (from the data when None), the mean and the split-sample test at the defaults. With no significant
+    first eigenvalue the count is 1 whatever follows (the conditional steps, the floor and the BIC are
+    never reached); with one, ``states_from_eigenvalues`` bounds the count (the BIC can only lower it)."""
+    from cryoprism.heterogeneity.covariance import estimate_mean
+    from cryoprism.heterogeneity.data import compute_residuals, prepare
+    from cryoprism.heterogeneity.pipeline import resolve_nres
+    from cryoprism.heterogeneity.states import split_test
+    from cryoprism.io import ParticleStack
+
+    imgs, rot, ctf, _, sigma2, clean = simulate(vol[None], px, n, 1.0, seed, sigma2=sigma2)
+    del clean
+    t0, c0 = time.perf_counter(), time.process_time()
+    src = ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=rot, ctf=ctf)
+    N = resolve_nres(imgs.shape[-1], px, n_res, None, source=src)
+    d = prepare(src, N, oversample=1.5, progress=False)
+    A = estimate_mean(d, progress=False)
+    compute_residuals(d, A.mean, progress=False)
+    t = split_test(d, A, seed=seed, progress=False)
+    return {"n_res": N, "states_found": t.n_states_eig, "states_from_eigenvalues": t.n_states_eig,
+            "state_test": t.summary(), "p_values": [float(f"{x:.3g}") for x in t.p_values[:6]],
+            "heldout_eigenvalues": [round(float(x), 4) for x in t.eigenvalues[:6]],
+            "null_top_mean_sd": [round(float(t.null_top.mean()), 4), round(float(t.null_top.std(ddof=1)), 4)],
+            "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 1)}
+
+
+def null_runs(vols, px, n, snrs, realisations, n_res=None, partial=None, out=None, test_only=False):
     """Single-state data (``vols[0]``) with the noise of the two-state set at each SNR_het: how often
     the defaults (``n_res`` None: chosen from the data) report one state. Realisation ``r``: simulation
-    and analysis seed ``1000 + r``."""
+    and analysis seed ``1000 + r``. ``test_only``: :func:`null_test_case` instead of the whole pipeline."""
     res = {} if out is None else out.setdefault("null", {})
     sig = {snr: simulate(vols[:2], px, min(n, 2000), snr, 0)[4] for snr in snrs}
     for r in range(realisations):  # realisations outer: a run cut short keeps every SNR balanced
         for snr in snrs:
-            c = run_case(vols[:1], px, n, snr, n_res, "lowrank", seed=1000 + r, reconstruct=False,
-                         sigma2=sig[snr], oracle=False)
+            if test_only:
+                c = null_test_case(vols[0], px, n, sig[snr], 1000 + r, n_res)
+            else:
+                c = run_case(vols[:1], px, n, snr, n_res, "lowrank", seed=1000 + r, reconstruct=False,
+                             sigma2=sig[snr], oracle=False)
             print("null", snr, r, c["n_res"], c.get("state_test"), c["cpu_seconds"], file=sys.stderr, flush=True)
             e = res.setdefault(f"snr{snr}", {"realisations": 0, "one_state": 0, "states_found": [],
                                               "p_value_eigenvalue_1": [], "n": n, "n_res": [],
@@ -230,6 +260,8 @@ def main(argv=None):
     ap.add_argument("--null", type=int, default=0,
                     help="false positives: this many noise realisations of single-state data (vol_018) at "
                          "the noise level of the two-state set at each SNR_het; counts '1 state'")
+    ap.add_argument("--null-test-only", action="store_true",
+                    help="--null: run only N_res, the mean and the split-sample test (what decides '1 state')")
     ap.add_argument("--nres", default="auto",
                     help="N_res of --sweep / --null: 'auto' (the CLI's default: chosen from the data) or a number")
     ap.add_argument("--seed", type=int, default=0, help="simulation and analysis seed of the --sweep cells")
@@ -244,7 +276,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     snrs = [float(x) for x in args.snrs.split(",")]
     if args.null:
-        null_runs(vols4, px, args.n, snrs, args.null, n_res=sweep_nres, partial=args.partial, out=out)
+        out["null_test_only"] = args.null_test_only
+        null_runs(vols4, px, args.n, snrs, args.null, n_res=sweep_nres, partial=args.partial, out=out,
+                  test_only=args.null_test_only)
         cases = {}
     elif args.sweep:
         cases = {f"{c}_states_snr{snr}": ((vols4[:c], px, args.n, snr, sweep_nres, "lowrank"),
