@@ -165,18 +165,19 @@ def run_case(vols, px, n, snr, n_res, method, seed=0, classes="auto", reconstruc
     }
 
 
-def null_test_case(vol, px, n, sigma2, seed, n_res=None):
-    """One single-state realisation through the part of :func:`analyze` that decides "1 state": N_res
-    (from the data when None), the mean and the split-sample test at the defaults. With no significant
-    first eigenvalue the count is 1 whatever follows (the conditional steps, the floor and the BIC are
-    never reached); with one, ``states_from_eigenvalues`` bounds the count (the BIC can only lower it)."""
+def count_only(vols, px, n, snr, seed=0, n_res=None, sigma2=None):
+    """One simulated set through the part of :func:`analyze` that bounds the count: N_res (from the
+    data when None), the mean and the split-sample test at the defaults (no full covariance, BIC or
+    classes). With no significant first eigenvalue the count is 1 whatever follows (the conditional
+    steps, the floor and the BIC are never reached); otherwise ``states_from_eigenvalues`` bounds it
+    (the BIC can only lower it). Same images and test seed as :func:`run_case` with the same arguments."""
     from cryoprism.heterogeneity.covariance import estimate_mean
     from cryoprism.heterogeneity.data import compute_residuals, prepare
     from cryoprism.heterogeneity.pipeline import resolve_nres
     from cryoprism.heterogeneity.states import split_test
     from cryoprism.io import ParticleStack
 
-    imgs, rot, ctf, _, sigma2, clean = simulate(vol[None], px, n, 1.0, seed, sigma2=sigma2)
+    imgs, rot, ctf, _, sigma2, clean = simulate(vols, px, n, snr, seed, sigma2=sigma2)
     del clean
     t0, c0 = time.perf_counter(), time.process_time()
     src = ParticleStack.from_arrays(imgs, pixel_size_A=px, rotations=rot, ctf=ctf)
@@ -185,23 +186,25 @@ def null_test_case(vol, px, n, sigma2, seed, n_res=None):
     A = estimate_mean(d, progress=False)
     compute_residuals(d, A.mean, progress=False)
     t = split_test(d, A, seed=seed, progress=False)
-    return {"n_res": N, "states_found": t.n_states_eig, "states_from_eigenvalues": t.n_states_eig,
+    return {"n": n, "true_states": int(vols.shape[0]), "snr_het": snr, "n_res": N,
+            "states_found": t.n_states_eig, "states_from_eigenvalues": t.n_states_eig,
             "state_test": t.summary(), "p_values": [float(f"{x:.3g}") for x in t.p_values[:6]],
             "heldout_eigenvalues": [round(float(x), 4) for x in t.eigenvalues[:6]],
             "null_top_mean_sd": [round(float(t.null_top.mean()), 4), round(float(t.null_top.std(ddof=1)), 4)],
+            "null_mean_sd_per_eigenvalue": [[round(float(a), 4) for a in x] for x in t.info.get("null_mean_sd", [])],
             "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 1)}
 
 
 def null_runs(vols, px, n, snrs, realisations, n_res=None, partial=None, out=None, test_only=False):
     """Single-state data (``vols[0]``) with the noise of the two-state set at each SNR_het: how often
     the defaults (``n_res`` None: chosen from the data) report one state. Realisation ``r``: simulation
-    and analysis seed ``1000 + r``. ``test_only``: :func:`null_test_case` instead of the whole pipeline."""
+    and analysis seed ``1000 + r``. ``test_only``: :func:`count_only` instead of the whole pipeline."""
     res = {} if out is None else out.setdefault("null", {})
     sig = {snr: simulate(vols[:2], px, min(n, 2000), snr, 0)[4] for snr in snrs}
     for r in range(realisations):  # realisations outer: a run cut short keeps every SNR balanced
         for snr in snrs:
             if test_only:
-                c = null_test_case(vols[0], px, n, sig[snr], 1000 + r, n_res)
+                c = count_only(vols[:1], px, n, 1.0, 1000 + r, n_res, sigma2=sig[snr])
             else:
                 c = run_case(vols[:1], px, n, snr, n_res, "lowrank", seed=1000 + r, reconstruct=False,
                              sigma2=sig[snr], oracle=False)
@@ -240,7 +243,7 @@ def _git_head():
 
 
 def _case(out, name, *args, **kw):
-    out["cases"][name] = run_case(*args, **kw)
+    out["cases"][name] = count_only(*args) if kw.pop("_count_only", False) else run_case(*args, **kw)
     print(name, json.dumps(out["cases"][name]), file=sys.stderr, flush=True)
 
 
@@ -262,6 +265,9 @@ def main(argv=None):
                          "the noise level of the two-state set at each SNR_het; counts '1 state'")
     ap.add_argument("--null-test-only", action="store_true",
                     help="--null: run only N_res, the mean and the split-sample test (what decides '1 state')")
+    ap.add_argument("--count-only", action="store_true",
+                    help="--sweep: run only N_res, the mean and the split-sample test of each cell (the bound on "
+                         "the count; no accuracy)")
     ap.add_argument("--nres", default="auto",
                     help="N_res of --sweep / --null: 'auto' (the CLI's default: chosen from the data) or a number")
     ap.add_argument("--seed", type=int, default=0, help="simulation and analysis seed of the --sweep cells")
@@ -285,6 +291,9 @@ def main(argv=None):
                                           {"reconstruct": False, "refine_full": not args.no_refine,
                                            "seed": args.seed})
                  for snr in snrs for c in map(int, args.states.split(","))}  # in the order given
+        if args.count_only:
+            cases = {k: ((a[0], a[1], a[2], a[3], args.seed, a[4]), {"_count_only": True})
+                     for k, (a, _) in cases.items()}
     elif args.quick:
         cases = {"two_states_nres17_quick": ((vols3[:2], px, 2000, 0.02, 17, "lowrank"), {})}
     else:
