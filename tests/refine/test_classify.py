@@ -39,6 +39,16 @@ def test_two_states_are_separated_at_known_poses(two_states):
     assert [h["round"] for h in res.iterations] == [0, 0, 1]
 
 
+def test_class_maps_from_a_smaller_working_box_are_returned_at_the_full_box(two_states):
+    # the class E/M step may work on Fourier-cropped images (its box chosen from the data); the pose
+    # search and the returned class maps need the full box
+    ps, sim = two_states
+    res = classify3d(ps, 2, sim.rotations, sim.origins_A, pose_rounds=1, resolution_A=8.0, iterations=4,
+                     box=16, grid_size=500, progress=False)
+    assert all(v.shape == (L, L, L) for v in res.volumes)
+    assert matched_accuracy(sim.states, res.labels) > 0.9
+
+
 def test_local_pose_search_against_class_maps_reduces_pose_errors(two_states):
     ps, sim = two_states
     vols = [volume_from_pdb(files("cryoprism.data") / f"adk_{s}.pdb.gz", L, PX, 8.0) for s in ("open", "closed")]

@@ -66,6 +66,15 @@ def _posed(source, images, rotations, origins_A):
                                      origins_A=origins_A, ctf=source.ctf_params() if source.has_ctf else None)
 
 
+def _full_box(volumes, L: int) -> list:
+    """Class volumes at the full box ``L``: :func:`refine_classes` chooses its own working box from the
+    data (Fourier-cropped, same physical extent), so smaller maps are Fourier-padded back."""
+    from cryoprism.fourier.resample import upsample
+
+    return [np.asarray(v, np.float32) if np.shape(v)[-1] == L else
+            np.asarray(upsample(np.asarray(v, np.float64), L, ndim=3)[0], np.float32) for v in volumes]
+
+
 def initial_labels(posed, K: int, init: str, seed: int, n_workers=None, progress: bool = False):
     """Starting classes ``(n,)``: the covariance route's (``covariance``) or random subsets (``random``)."""
     if init == "random":
@@ -194,7 +203,8 @@ def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance"
     for rnd in range(pose_rounds + 1):
         t1 = time.perf_counter()
         if rnd > 0:
-            vols = [symmetrize(v, group) for v in cr.volumes] if len(group) > 1 else list(cr.volumes)
+            vols = [symmetrize(v, group) for v in _full_box(cr.volumes, L)] if len(group) > 1 \
+                else _full_box(cr.volumes, L)
             if imgs_w is None:
                 k = min(shell_index(resolution_A, L, px), L / 2 - 1)
                 imgs_w = _images_at(source, working_box(k, L), batch_size, n_workers)
@@ -224,7 +234,7 @@ def classify3d(source, K: int, rotations, origins_A, *, init: str = "covariance"
         per_round.append(labels.copy())
         if log:
             log.info("3-D classification round %d: %s", rnd, rec)
-    vols = [symmetrize(v, group).astype(np.float32) for v in cr.volumes]
+    vols = [symmetrize(v, group).astype(np.float32) for v in _full_box(cr.volumes, L)]
     gamma = np.asarray(cr.responsibilities)
     info = {"time_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
             "noise_var": noise_var, "init": init, "pose_rounds": pose_rounds,
