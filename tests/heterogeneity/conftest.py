@@ -45,3 +45,19 @@ def simulate(vols, n, snr_het, seed=0, px=4.0, origins_std_px=0.0):
 def two_state_16():
     vols = blob_states(16)
     return (vols,) + simulate(vols, 2000, 0.05, seed=3)
+
+
+def simulate_star_cli(tmp_path, vols, n: int):
+    """Write ``vols`` as MRC maps (4 Å/px) and simulate ``n`` particles from them with ``cryoprism
+    simulate`` (SNR 0.5, defocus 1.5–2.5 µm, seed 2); returns the STAR path."""
+    from cryoprism.cli.main import main
+    from cryoprism.io import write_mrc
+
+    paths = []
+    for k, v in enumerate(vols):
+        paths.append(tmp_path / f"state{k}.mrc")
+        write_mrc(paths[-1], np.asarray(v, np.float32), 4.0)
+    star = tmp_path / "sim" / "particles.star"
+    assert main(["simulate", *map(str, paths), "-o", str(star), "-n", str(n), "--snr", "0.5",
+                 "--defocus-min", "15000", "--defocus-max", "25000", "--seed", "2"]) == 0
+    return star

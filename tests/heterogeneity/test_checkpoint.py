@@ -18,7 +18,7 @@ from cryoprism.heterogeneity.data import compute_residuals, prepare
 from cryoprism.heterogeneity.pipeline import open_checkpoints
 from cryoprism.io.checkpoint import load_npz
 
-from .conftest import as_particles, blob_states, simulate
+from .conftest import as_particles, blob_states, simulate, simulate_star_cli
 
 
 @pytest.fixture(scope="module")
@@ -130,17 +130,7 @@ def test_checkpoint_of_other_data_is_refused(small, tmp_path):
 
 
 def _simulate_star(tmp_path, n=200):
-    from cryoprism.cli.main import main
-    from cryoprism.io import write_mrc
-
-    paths = []
-    for k, v in enumerate(blob_states(12)):
-        paths.append(tmp_path / f"state{k}.mrc")
-        write_mrc(paths[-1], v.astype(np.float32), 4.0)
-    star = tmp_path / "sim" / "particles.star"
-    assert main(["simulate", *map(str, paths), "-o", str(star), "-n", str(n), "--snr", "0.5",
-                 "--defocus-min", "15000", "--defocus-max", "25000", "--seed", "2"]) == 0
-    return star
+    return simulate_star_cli(tmp_path, blob_states(12), n)
 
 
 @pytest.mark.parametrize("method", ["cg", "lowrank"])

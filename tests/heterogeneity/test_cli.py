@@ -4,20 +4,13 @@ import numpy as np
 import pandas as pd
 
 from cryoprism.cli.main import main
-from cryoprism.io import read_star, write_mrc
+from cryoprism.io import read_star
 
-from .conftest import blob_states
+from .conftest import blob_states, simulate_star_cli
 
 
 def test_cli_outputs(tmp_path):
-    vols = blob_states(16)
-    paths = []
-    for k, v in enumerate(vols):
-        paths.append(tmp_path / f"state{k}.mrc")
-        write_mrc(paths[-1], v.astype(np.float32), 4.0)
-    star = tmp_path / "sim" / "particles.star"
-    assert main(["simulate", *map(str, paths), "-o", str(star), "-n", "400", "--snr", "0.5",
-                 "--defocus-min", "15000", "--defocus-max", "25000", "--seed", "2"]) == 0
+    star = simulate_star_cli(tmp_path, blob_states(16), 400)
     out = tmp_path / "het"
     assert main(["heterogeneity", str(star), "-o", str(out), "--nres", "8", "--method", "lowrank",
                  "--classes", "2", "--json"]) == 0

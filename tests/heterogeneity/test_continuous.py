@@ -16,7 +16,7 @@ from cryoprism.heterogeneity.continuous import (
     write_continuous,
 )
 
-from .conftest import as_particles, simulate
+from .conftest import as_particles, simulate, simulate_star_cli
 
 
 def moving_blob_family(L: int, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,16 +170,9 @@ def test_cli_trajectory(tmp_path):
     import json
 
     from cryoprism.cli.main import main
-    from cryoprism.io import write_mrc
 
     vols, _ = moving_blob_family(16, 3)
-    paths = []
-    for k, v in enumerate(vols):
-        paths.append(tmp_path / f"state{k}.mrc")
-        write_mrc(paths[-1], v.astype(np.float32), 4.0)
-    star = tmp_path / "sim" / "particles.star"
-    assert main(["simulate", *map(str, paths), "-o", str(star), "-n", "300", "--snr", "0.5",
-                 "--defocus-min", "15000", "--defocus-max", "25000", "--seed", "2"]) == 0
+    star = simulate_star_cli(tmp_path, vols, 300)
     out = tmp_path / "het"
     assert main(["heterogeneity", str(star), "-o", str(out), "--nres", "8", "--classes", "2", "--no-reconstruct",
                  "--trajectory", "--trajectory-points", "3", "--json"]) == 0
