@@ -176,29 +176,26 @@ class GoldFSC:
     validated: bool  # the corrected FSC stays ≥ 0.143 beyond the shared band
 
 
-def start_corrected_fsc(raw, half_maps, pixel_size_A: float, from_shell: int, support_px: float,
-                        seed: int = 0) -> GoldFSC:
+def start_corrected_fsc(raw, half_maps, pixel_size_A: float, from_shell: int, support_px: float) -> GoldFSC:
     """Gold-standard FSC that counts only what the halves found independently of their shared start.
 
     The halves share the start's shells ``k < from_shell`` (:func:`half_starts`). Reconstruction inside a
     hard ball (the support, ``support_px``) spreads that shared band into every shell (the sharp edge
     has power at all frequencies), so pure-noise particles refined from one start agree beyond it.
     As Chen et al. (2013) do for a mask, the null is measured: both half-maps with the phases of shells
-    ``k ≥ from_shell`` randomised independently (:func:`~cryoprism.metrics.postprocess.randomize_phases`),
-    cut by the same ball, give the FSC ``F_s`` that the shared band alone produces;
+    ``k ≥ from_shell`` randomised independently, cut by the same ball, give the FSC ``F_s`` that the
+    shared band alone produces — taken in expectation over the phases
+    (:func:`~cryoprism.metrics.postprocess.expected_randomized_masked_fsc`, as post-processing does);
     ``F = (F_raw − F_s) / (1 − F_s)`` for ``k ≥ from_shell``
     (:func:`~cryoprism.metrics.postprocess.correct_fsc`). The resolution (FSC 0.143 of ``F``) is
     *validated* only when ``F`` is still ≥ 0.143 at ``from_shell``: otherwise the halves agree only
     as far as the start they were given."""
     from cryoprism.metrics.fsc import FSCResult
-    from cryoprism.metrics.postprocess import correct_fsc, randomize_phases
+    from cryoprism.metrics.postprocess import correct_fsc, expected_randomized_masked_fsc
     from cryoprism.reconstruct.mean import sphere_mask
 
-    L = half_maps[0].shape[0]
-    rng = np.random.default_rng([seed, 143])
-    ball = sphere_mask(L, support_px).astype(np.float32)
-    rnd = [randomize_phases(m, from_shell, rng) * ball for m in half_maps]
-    null = _fsc(rnd[0], rnd[1], pixel_size_A)
+    ball = sphere_mask(half_maps[0].shape[0], support_px).astype(np.float32)
+    null = expected_randomized_masked_fsc(half_maps[0], half_maps[1], ball, pixel_size_A, from_shell)
     curve = correct_fsc(raw.curve, null.curve, from_shell)
     corr = FSCResult(freq_invA=raw.freq_invA, curve=curve, n_voxels=raw.n_voxels, pixel_size_A=raw.pixel_size_A,
                      box=raw.box)
@@ -465,7 +462,7 @@ def refine(source, reference, pixel_size_A: float | None = None, *, job=None, ma
     gs = reconstruct_gold_standard(stack, rot, org * px, halves, support_px=support_px, symmetry=st.symmetry,
                                    n_workers=n_workers, batch_size=st.batch_size)
     maps, full, f_raw = list(gs.half_maps), gs.volume, gs.fsc
-    gold = start_corrected_fsc(f_raw, maps, px, shared_shells, support_px, st.seed)
+    gold = start_corrected_fsc(f_raw, maps, px, shared_shells, support_px)
     f, res = gold.corrected, gold.resolution_A
     if log and not gold.validated:
         log.warning("the half-maps agree only as far as their shared start (FSC 0.143 at %.1f Å, the start "
